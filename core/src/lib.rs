@@ -1,0 +1,14 @@
+//! What every tagfleet process shares: the versioned task and result schema, the [`Queue`]
+//! and [`ObjectStore`] abstractions with their backends, pseudonyms and retention.
+
+pub mod keys;
+pub mod pseudonym;
+pub mod queue;
+pub mod retention;
+pub mod schema;
+pub mod store;
+
+pub use pseudonym::{Pseudonymiser, TenantKey};
+pub use queue::{Delivery, Queue, QueueError};
+pub use schema::{Analysis, ErrorKind, ImageError, ResultLine, TaskItem, TaskMessage, TaskOptions};
+pub use store::{ObjectStore, StoreError};

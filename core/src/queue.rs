@@ -1,0 +1,60 @@
+//! The task queue abstraction. Delivery is at-least-once: a message is acknowledged only
+//! after its results are durable, so a crash means redelivery, never loss.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub mod memory;
+
+pub use memory::MemoryQueue;
+
+/// A received message, to be acked or nacked exactly once.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub body: Vec<u8>,
+    /// Backend-specific handle (delivery tag, receipt handle) naming this delivery.
+    pub handle: String,
+    /// How many times this message has been delivered, this time included.
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue connection lost: {0}")]
+    Connection(String),
+    #[error("unknown delivery handle {0}")]
+    UnknownDelivery(String),
+    #[error("queue is closed")]
+    Closed,
+}
+
+impl QueueError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, QueueError::Connection(_))
+    }
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Publishes one message durably.
+    async fn publish(&self, body: Vec<u8>) -> Result<(), QueueError>;
+
+    /// Waits up to `wait` for at least one message, returns up to `max`.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
+
+    /// The message is done: its results are durable.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
+
+    /// The message was not done. With `requeue` it is delivered again (up to the
+    /// queue's delivery limit, then dead-lettered); without, it is dead-lettered now.
+    async fn nack(&self, delivery: &Delivery, requeue: bool) -> Result<(), QueueError>;
+
+    /// True when nothing is waiting and nothing is unacknowledged. Only queues that know
+    /// this exactly (the in-memory one) say so; brokers always answer false, so a worker
+    /// on a broker runs until it is told to stop.
+    fn is_drained(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,318 @@
+//! The wire contracts: task messages on the queue and result lines in the store.
+//!
+//! Both carry a version (`v`). A reader refuses a version it does not know instead of
+//! guessing, so a rolling upgrade never silently misreads a message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One queue message: a chunk of images of one job, analysed the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskMessage {
+    pub v: u32,
+    pub job_id: String,
+    pub task_id: String,
+    pub tenant: String,
+    pub analyses: Vec<Analysis>,
+    /// `name@version` of the model that must run, so a worker with another model refuses.
+    pub model: String,
+    #[serde(default)]
+    pub options: TaskOptions,
+    pub items: Vec<TaskItem>,
+}
+
+impl TaskMessage {
+    /// Parses and validates a message body.
+    pub fn from_json(body: &[u8]) -> Result<Self, SchemaError> {
+        let msg: TaskMessage =
+            serde_json::from_slice(body).map_err(|e| SchemaError::Malformed(e.to_string()))?;
+        if msg.v != SCHEMA_VERSION {
+            return Err(SchemaError::Version(msg.v));
+        }
+        if msg.items.is_empty() {
+            return Err(SchemaError::Malformed("task has no items".into()));
+        }
+        if msg.analyses.is_empty() {
+            return Err(SchemaError::Malformed("task asks for no analysis".into()));
+        }
+        msg.options.validate()?;
+        Ok(msg)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a task message always serialises")
+    }
+}
+
+/// Why a message body was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SchemaError {
+    #[error("malformed task message: {0}")]
+    Malformed(String),
+    #[error("unsupported task message version {0} (this build reads v{SCHEMA_VERSION})")]
+    Version(u32),
+    #[error("invalid option {field}: {reason}")]
+    Option { field: &'static str, reason: String },
+}
+
+/// An analysis a task may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Analysis {
+    /// Top-k labels of the classifier with their confidence.
+    Tags,
+    /// The L2-normalised feature vector, for visual search.
+    Embedding,
+}
+
+impl Analysis {
+    pub const ALL: [Analysis; 2] = [Analysis::Tags, Analysis::Embedding];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Analysis::Tags => "tags",
+            Analysis::Embedding => "embedding",
+        }
+    }
+}
+
+impl std::str::FromStr for Analysis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Analysis::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let valid: Vec<_> = Analysis::ALL.iter().map(|a| a.name()).collect();
+            format!("unknown analysis {s:?} (valid: {})", valid.join(", "))
+        })
+    }
+}
+
+/// Per-task knobs. Defaults match what a user gets without asking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskOptions {
+    /// How many tags to report at most.
+    pub top_k: usize,
+    /// Tags with a lower confidence (0..1) are left out.
+    pub threshold: f32,
+    /// `false` is the "keep nothing" option: results must not stay in our store.
+    pub retain: bool,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self { top_k: 5, threshold: 0.05, retain: true }
+    }
+}
+
+impl TaskOptions {
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        if self.top_k == 0 || self.top_k > 1000 {
+            return Err(SchemaError::Option {
+                field: "top_k",
+                reason: format!("{} is outside 1..=1000", self.top_k),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(SchemaError::Option {
+                field: "threshold",
+                reason: format!("{} is outside 0..=1", self.threshold),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One image of a task. `ref` is a location (`file:///…`, `s3://…`): it never leaves the
+/// worker's memory, results name the image by its pseudonym only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskItem {
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
+/// One line of a result object: what one image gave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultLine {
+    pub v: u32,
+    /// Pseudonym of the image: HMAC-SHA256(tenant key, canonical ref), hex.
+    pub image: String,
+    /// Which tenant key made the pseudonym, so keys can rotate.
+    pub key_id: String,
+    pub status: Status,
+    pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ImageError>,
+    /// Milliseconds spent per stage (`fetch`, `decode`, `queue`, `inference`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub timings_ms: BTreeMap<String, f64>,
+}
+
+impl ResultLine {
+    /// The line for an image that failed at some stage.
+    pub fn failed(image: String, key_id: String, model: String, error: ImageError) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            image,
+            key_id,
+            status: Status::Error,
+            model,
+            width: None,
+            height: None,
+            tags: None,
+            embedding: None,
+            error: Some(error),
+            timings_ms: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Error,
+}
+
+/// A label and the model's confidence in it (softmax probability).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tag {
+    pub label: String,
+    pub confidence: f32,
+}
+
+/// Why one image has no analysis. Never names the image: messages are written for a
+/// person, but must not carry paths, URLs or metadata of the input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct ImageError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ImageError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// The fixed set of failure kinds a result line can report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The bytes could not be read.
+    Fetch,
+    /// Over the byte or pixel limit; refused before decoding.
+    TooLarge,
+    /// Not an image format we decode.
+    Unsupported,
+    /// A known format, but the data is broken.
+    Decode,
+    /// The model failed on this image's batch.
+    Inference,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Fetch,
+        ErrorKind::TooLarge,
+        ErrorKind::Unsupported,
+        ErrorKind::Decode,
+        ErrorKind::Inference,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Fetch => "fetch",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Inference => "inference",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> TaskMessage {
+        TaskMessage {
+            v: SCHEMA_VERSION,
+            job_id: "j1".into(),
+            task_id: "t000001".into(),
+            tenant: "local".into(),
+            analyses: vec![Analysis::Tags],
+            model: "efficientnet-lite0@1".into(),
+            options: TaskOptions::default(),
+            items: vec![TaskItem { reference: "file:///photos/cat.png".into() }],
+        }
+    }
+
+    #[test]
+    fn task_message_round_trips() {
+        let msg = message();
+        assert_eq!(TaskMessage::from_json(&msg.to_json()).unwrap(), msg);
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let mut msg = message();
+        msg.v = 2;
+        let err = TaskMessage::from_json(&msg.to_json()).unwrap_err();
+        assert!(matches!(err, SchemaError::Version(2)), "{err}");
+    }
+
+    #[test]
+    fn bad_options_name_the_field() {
+        let mut msg = message();
+        msg.options.threshold = 1.5;
+        let err = TaskMessage::from_json(&msg.to_json()).unwrap_err().to_string();
+        assert!(err.contains("threshold"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let mut value = serde_json::to_value(message()).unwrap();
+        value["colour"] = serde_json::json!("red");
+        let err = TaskMessage::from_json(value.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn analysis_parse_lists_valid_names() {
+        assert_eq!("embedding".parse::<Analysis>().unwrap(), Analysis::Embedding);
+        let err = "faces".parse::<Analysis>().unwrap_err();
+        assert!(err.contains("tags, embedding"), "{err}");
+    }
+
+    #[test]
+    fn error_kinds_serialise_as_documented() {
+        let names: Vec<String> = ErrorKind::ALL
+            .iter()
+            .map(|k| serde_json::to_value(k).unwrap().as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["fetch", "too_large", "unsupported", "decode", "inference"]);
+        assert!(ErrorKind::ALL.iter().all(|k| names.contains(&k.name().to_owned())));
+    }
+}

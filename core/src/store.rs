@@ -1,0 +1,52 @@
+//! The object store abstraction: where result objects and job records live.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+pub mod fs;
+
+pub use fs::FsStore;
+
+/// What a listing tells about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    /// Past its retention: it must not be served, even if the sweeper has not run yet.
+    #[error("object {0} has expired")]
+    Expired(String),
+    #[error("invalid object key {0:?}")]
+    InvalidKey(String),
+    #[error("{op} {key}")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Writes `body` at `key` durably and atomically: readers see the old object or the
+    /// new one, never a part. Returns once the write would survive a crash.
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError>;
+
+    /// Reads an object. Objects past the store's retention answer [`StoreError::Expired`].
+    async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
+
+    /// Lists every object under `prefix`, expired ones included (the sweeper needs them),
+    /// sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}

