@@ -1,1 +1,81 @@
-fn main(){}
+//! `tagfleet`: the one binary of the fleet.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod bench;
+mod engine;
+mod inputs;
+mod run;
+
+/// Batch image analysis: tags and embeddings for many images, on CPUs and GPUs.
+///
+/// Images are named in results by a keyed pseudonym, never by their path or URL; results
+/// expire after the retention (24 h by default).
+#[derive(Debug, Parser)]
+#[command(name = "tagfleet", version, about, long_about)]
+struct Cli {
+    /// Log filter: a level (error, warn, info, debug) and per-module levels
+    /// (`info,tagfleet_worker=debug`). ONNX Runtime logs under `ort`.
+    #[arg(
+        long,
+        global = true,
+        env = "TAGFLEET_LOG",
+        default_value = "info,ort=warn"
+    )]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Analyse a folder or manifest of photos on this machine, with no services (the
+    /// embedded mode). Exit code 0 when every image succeeded, 3 when some failed.
+    Run(run::RunArgs),
+    /// Measure the engine bound, the decode bound and end-to-end throughput on the same
+    /// photos in one run, and print how close end-to-end comes to the bound.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        eprintln!(
+            "tagfleet: invalid --log filter {:?} ({e}); using info",
+            cli.log
+        );
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tagfleet: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::main(args).await,
+            Command::Bench(args) => bench::main(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("tagfleet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

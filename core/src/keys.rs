@@ -22,7 +22,9 @@ pub fn job_key(tenant: &str, job_id: &str) -> String {
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !id.chars().all(|c| c == '.')
 }
 
@@ -32,7 +34,10 @@ mod tests {
 
     #[test]
     fn result_keys_are_deterministic_and_scoped() {
-        assert_eq!(result_key("acme", "j1", "t000003"), "results/acme/j1/t000003.jsonl");
+        assert_eq!(
+            result_key("acme", "j1", "t000003"),
+            "results/acme/j1/t000003.jsonl"
+        );
         assert!(result_key("acme", "j1", "t1").starts_with(&job_results_prefix("acme", "j1")));
         assert_eq!(job_key("acme", "j1"), "jobs/acme/j1.json");
     }

@@ -28,7 +28,9 @@ impl TenantKey {
             return Err(KeyError::TooShort(secret.len()));
         }
         // The id names the key without revealing it: a different domain than pseudonyms.
-        let digest = Sha256::new_with_prefix(b"tagfleet key id\0").chain_update(&secret).finalize();
+        let digest = Sha256::new_with_prefix(b"tagfleet key id\0")
+            .chain_update(&secret)
+            .finalize();
         let id = hex::encode(&digest[..8]);
         Ok(Self { secret, id })
     }
@@ -72,7 +74,10 @@ impl TenantKey {
 
 impl fmt::Debug for TenantKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TenantKey").field("id", &self.id).field("secret", &"<redacted>").finish()
+        f.debug_struct("TenantKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
@@ -80,7 +85,11 @@ impl fmt::Debug for TenantKey {
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -139,7 +148,10 @@ mod tests {
         let r = "file:///photos/holiday/beach.jpg";
         assert_eq!(a.pseudonym(r), again.pseudonym(r));
         assert_eq!(a.pseudonym(r).len(), 64);
-        assert_ne!(a.pseudonym(r), a.pseudonym("file:///photos/holiday/beach2.jpg"));
+        assert_ne!(
+            a.pseudonym(r),
+            a.pseudonym("file:///photos/holiday/beach2.jpg")
+        );
     }
 
     #[test]
@@ -187,7 +199,10 @@ mod tests {
 
     #[test]
     fn short_or_garbled_keys_are_refused() {
-        assert!(matches!(TenantKey::new(vec![1; 8]), Err(KeyError::TooShort(8))));
+        assert!(matches!(
+            TenantKey::new(vec![1; 8]),
+            Err(KeyError::TooShort(8))
+        ));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
         std::fs::write(&path, "not hex at all\n").unwrap();

@@ -48,17 +48,31 @@ mod tests {
     fn expiry_boundaries() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let day = Some(DEFAULT_RETENTION);
-        assert!(!is_expired(t0, day, t0 + Duration::from_secs(24 * 3600 - 1)));
+        assert!(!is_expired(
+            t0,
+            day,
+            t0 + Duration::from_secs(24 * 3600 - 1)
+        ));
         assert!(is_expired(t0, day, t0 + Duration::from_secs(24 * 3600)));
-        assert!(!is_expired(t0, None, t0 + Duration::from_secs(365 * 24 * 3600)));
-        assert!(!is_expired(t0, day, t0 - Duration::from_secs(5)), "clock went backwards");
+        assert!(!is_expired(
+            t0,
+            None,
+            t0 + Duration::from_secs(365 * 24 * 3600)
+        ));
+        assert!(
+            !is_expired(t0, day, t0 - Duration::from_secs(5)),
+            "clock went backwards"
+        );
     }
 
     #[tokio::test]
     async fn sweep_deletes_only_expired_results_and_jobs() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path(), None).unwrap();
-        store.put("results/t/j/a.jsonl", b"x".to_vec()).await.unwrap();
+        store
+            .put("results/t/j/a.jsonl", b"x".to_vec())
+            .await
+            .unwrap();
         store.put("jobs/t/j.json", b"{}".to_vec()).await.unwrap();
         store.put("config/keep.toml", b"".to_vec()).await.unwrap();
 
@@ -66,7 +80,13 @@ mod tests {
         assert_eq!(sweep(&store, DEFAULT_RETENTION, now).await.unwrap(), 0);
         let later = now + DEFAULT_RETENTION + Duration::from_secs(1);
         assert_eq!(sweep(&store, DEFAULT_RETENTION, later).await.unwrap(), 2);
-        let left: Vec<_> = store.list("").await.unwrap().into_iter().map(|m| m.key).collect();
+        let left: Vec<_> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(left, ["config/keep.toml"]);
     }
 }

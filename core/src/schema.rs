@@ -85,10 +85,13 @@ impl Analysis {
 impl std::str::FromStr for Analysis {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Analysis::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
-            let valid: Vec<_> = Analysis::ALL.iter().map(|a| a.name()).collect();
-            format!("unknown analysis {s:?} (valid: {})", valid.join(", "))
-        })
+        Analysis::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let valid: Vec<_> = Analysis::ALL.iter().map(|a| a.name()).collect();
+                format!("unknown analysis {s:?} (valid: {})", valid.join(", "))
+            })
     }
 }
 
@@ -106,7 +109,11 @@ pub struct TaskOptions {
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        Self { top_k: 5, threshold: 0.05, retain: true }
+        Self {
+            top_k: 5,
+            threshold: 0.05,
+            retain: true,
+        }
     }
 }
 
@@ -206,7 +213,10 @@ pub struct ImageError {
 
 impl ImageError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -265,7 +275,9 @@ mod tests {
             analyses: vec![Analysis::Tags],
             model: "efficientnet-lite0@1".into(),
             options: TaskOptions::default(),
-            items: vec![TaskItem { reference: "file:///photos/cat.png".into() }],
+            items: vec![TaskItem {
+                reference: "file:///photos/cat.png".into(),
+            }],
         }
     }
 
@@ -287,7 +299,9 @@ mod tests {
     fn bad_options_name_the_field() {
         let mut msg = message();
         msg.options.threshold = 1.5;
-        let err = TaskMessage::from_json(&msg.to_json()).unwrap_err().to_string();
+        let err = TaskMessage::from_json(&msg.to_json())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("threshold"), "{err}");
     }
 
@@ -295,13 +309,18 @@ mod tests {
     fn unknown_fields_are_refused() {
         let mut value = serde_json::to_value(message()).unwrap();
         value["colour"] = serde_json::json!("red");
-        let err = TaskMessage::from_json(value.to_string().as_bytes()).unwrap_err().to_string();
+        let err = TaskMessage::from_json(value.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("colour"), "{err}");
     }
 
     #[test]
     fn analysis_parse_lists_valid_names() {
-        assert_eq!("embedding".parse::<Analysis>().unwrap(), Analysis::Embedding);
+        assert_eq!(
+            "embedding".parse::<Analysis>().unwrap(),
+            Analysis::Embedding
+        );
         let err = "faces".parse::<Analysis>().unwrap_err();
         assert!(err.contains("tags, embedding"), "{err}");
     }
@@ -310,9 +329,22 @@ mod tests {
     fn error_kinds_serialise_as_documented() {
         let names: Vec<String> = ErrorKind::ALL
             .iter()
-            .map(|k| serde_json::to_value(k).unwrap().as_str().unwrap().to_owned())
+            .map(|k| {
+                serde_json::to_value(k)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
-        assert_eq!(names, ["fetch", "too_large", "unsupported", "decode", "inference"]);
-        assert!(ErrorKind::ALL.iter().all(|k| names.contains(&k.name().to_owned())));
+        assert_eq!(
+            names,
+            ["fetch", "too_large", "unsupported", "decode", "inference"]
+        );
+        assert!(
+            ErrorKind::ALL
+                .iter()
+                .all(|k| names.contains(&k.name().to_owned()))
+        );
     }
 }

@@ -57,5 +57,10 @@ pub trait Backend: Send {
     fn device(&self) -> Device;
 
     /// Runs `n` images laid out contiguously in `input` (NCHW floats).
-    fn run(&mut self, input: &[f32], n: usize, want_embedding: bool) -> Result<BatchOutput, BackendError>;
+    fn run(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        want_embedding: bool,
+    ) -> Result<BatchOutput, BackendError>;
 }

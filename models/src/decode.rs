@@ -23,7 +23,10 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_bytes: DEFAULT_MAX_IMAGE_BYTES, max_pixels: DEFAULT_MAX_IMAGE_PIXELS }
+        Self {
+            max_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            max_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+        }
     }
 }
 
@@ -46,16 +49,26 @@ impl Decoded {
 /// contain anything of the image's name or metadata.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, ImageError> {
     if bytes.is_empty() {
-        return Err(ImageError::new(ErrorKind::Decode, "image is empty (0 bytes)"));
+        return Err(ImageError::new(
+            ErrorKind::Decode,
+            "image is empty (0 bytes)",
+        ));
     }
     if bytes.len() as u64 > limits.max_bytes {
         return Err(ImageError::new(
             ErrorKind::TooLarge,
-            format!("image is {} bytes, the limit is {}", bytes.len(), limits.max_bytes),
+            format!(
+                "image is {} bytes, the limit is {}",
+                bytes.len(),
+                limits.max_bytes
+            ),
         ));
     }
     let format = image::guess_format(bytes).map_err(|_| {
-        ImageError::new(ErrorKind::Unsupported, "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF)")
+        ImageError::new(
+            ErrorKind::Unsupported,
+            "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF)",
+        )
     })?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decoder_limits(limits));
@@ -66,14 +79,21 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, ImageError>
     if pixels > limits.max_pixels {
         return Err(ImageError::new(
             ErrorKind::TooLarge,
-            format!("image is {width}x{height} ({pixels} pixels), the limit is {}", limits.max_pixels),
+            format!(
+                "image is {width}x{height} ({pixels} pixels), the limit is {}",
+                limits.max_pixels
+            ),
         ));
     }
     // A broken EXIF block does not make the pixels unusable: keep them upright-as-stored.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(classify)?;
     image.apply_orientation(orientation);
-    Ok(Decoded { pixels: to_rgb8(image) })
+    Ok(Decoded {
+        pixels: to_rgb8(image),
+    })
 }
 
 fn decoder_limits(limits: DecodeLimits) -> Limits {
@@ -88,7 +108,10 @@ fn classify(err: ImgError) -> ImageError {
         ImgError::Limits(e) => ImageError::new(ErrorKind::TooLarge, format!("decoder limit: {e}")),
         ImgError::Unsupported(e) => ImageError::new(ErrorKind::Unsupported, e.to_string()),
         ImgError::Decoding(e) => ImageError::new(ErrorKind::Decode, e.to_string()),
-        ImgError::IoError(e) => ImageError::new(ErrorKind::Decode, format!("image data is cut short or unreadable: {e}")),
+        ImgError::IoError(e) => ImageError::new(
+            ErrorKind::Decode,
+            format!("image data is cut short or unreadable: {e}"),
+        ),
         other => ImageError::new(ErrorKind::Decode, other.to_string()),
     }
 }
@@ -124,15 +147,25 @@ mod tests {
     }
 
     fn gradient(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8]))
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
+        })
     }
 
     #[test]
     fn formats_decode_to_rgb8() {
         let img = DynamicImage::ImageRgb8(gradient(40, 30));
-        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::Gif, ImageFormat::WebP] {
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+        ] {
             let bytes = encode(&img, format);
-            let decoded = decode(&bytes, DecodeLimits::default()).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            let decoded = decode(&bytes, DecodeLimits::default())
+                .unwrap_or_else(|e| panic!("{format:?}: {e}"));
             assert_eq!((decoded.width(), decoded.height()), (40, 30), "{format:?}");
         }
     }
@@ -154,7 +187,11 @@ mod tests {
         let decoded = decode(&encode(&grey, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(decoded.pixels.get_pixel(1, 1).0, [77, 77, 77]);
 
-        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(3, 3, image::Rgb([65535u16, 0, 32896])));
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            3,
+            3,
+            image::Rgb([65535u16, 0, 32896]),
+        ));
         let decoded = decode(&encode(&deep, ImageFormat::Png), DecodeLimits::default()).unwrap();
         assert_eq!(decoded.pixels.get_pixel(0, 0).0, [255, 0, 128]);
     }
@@ -179,7 +216,10 @@ mod tests {
 
     #[test]
     fn exif_orientation_is_applied() {
-        let jpeg = encode(&DynamicImage::ImageRgb8(gradient(40, 30)), ImageFormat::Jpeg);
+        let jpeg = encode(
+            &DynamicImage::ImageRgb8(gradient(40, 30)),
+            ImageFormat::Jpeg,
+        );
         let rotated = decode(&with_exif_orientation(&jpeg, 6), DecodeLimits::default()).unwrap();
         assert_eq!((rotated.width(), rotated.height()), (30, 40));
         let upright = decode(&with_exif_orientation(&jpeg, 1), DecodeLimits::default()).unwrap();
@@ -188,8 +228,14 @@ mod tests {
 
     #[test]
     fn pixel_limit_is_checked_from_the_header() {
-        let bytes = encode(&DynamicImage::ImageRgb8(gradient(100, 100)), ImageFormat::Png);
-        let limits = DecodeLimits { max_pixels: 9_999, ..DecodeLimits::default() };
+        let bytes = encode(
+            &DynamicImage::ImageRgb8(gradient(100, 100)),
+            ImageFormat::Png,
+        );
+        let limits = DecodeLimits {
+            max_pixels: 9_999,
+            ..DecodeLimits::default()
+        };
         let err = decode(&bytes, limits).unwrap_err();
         assert_eq!(err.kind, ErrorKind::TooLarge, "{err}");
         assert!(err.message.contains("100x100"), "{err}");
@@ -198,11 +244,28 @@ mod tests {
     #[test]
     fn byte_limit_and_garbage_have_their_kinds() {
         let bytes = encode(&DynamicImage::ImageRgb8(gradient(10, 10)), ImageFormat::Png);
-        let limits = DecodeLimits { max_bytes: 10, ..DecodeLimits::default() };
-        assert_eq!(decode(&bytes, limits).unwrap_err().kind, ErrorKind::TooLarge);
-        assert_eq!(decode(b"hello, not an image", DecodeLimits::default()).unwrap_err().kind, ErrorKind::Unsupported);
-        assert_eq!(decode(b"", DecodeLimits::default()).unwrap_err().kind, ErrorKind::Decode);
+        let limits = DecodeLimits {
+            max_bytes: 10,
+            ..DecodeLimits::default()
+        };
+        assert_eq!(
+            decode(&bytes, limits).unwrap_err().kind,
+            ErrorKind::TooLarge
+        );
+        assert_eq!(
+            decode(b"hello, not an image", DecodeLimits::default())
+                .unwrap_err()
+                .kind,
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            decode(b"", DecodeLimits::default()).unwrap_err().kind,
+            ErrorKind::Decode
+        );
         let truncated = &bytes[..bytes.len() / 2];
-        assert_eq!(decode(truncated, DecodeLimits::default()).unwrap_err().kind, ErrorKind::Decode);
+        assert_eq!(
+            decode(truncated, DecodeLimits::default()).unwrap_err().kind,
+            ErrorKind::Decode
+        );
     }
 }

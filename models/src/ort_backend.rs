@@ -20,13 +20,19 @@ pub struct OrtBackend {
 }
 
 /// ort errors print their cause only in Debug.
-fn backend_error(what: &str) -> impl Fn(ort::Error<ort::session::builder::SessionBuilder>) -> BackendError + '_ {
+fn backend_error(
+    what: &str,
+) -> impl Fn(ort::Error<ort::session::builder::SessionBuilder>) -> BackendError + '_ {
     move |e| BackendError::new(format!("{what}: {e:?}"))
 }
 
 impl OrtBackend {
     /// A CPU session of `spec`'s model using `threads` intra-op threads.
-    pub fn cpu(spec: &ModelSpec, threads: usize, dylib: Option<&Path>) -> Result<Self, BackendError> {
+    pub fn cpu(
+        spec: &ModelSpec,
+        threads: usize,
+        dylib: Option<&Path>,
+    ) -> Result<Self, BackendError> {
         let env = runtime::environment(dylib).map_err(|e| BackendError::new(e.to_string()))?;
         let session = Session::builder(env)
             .map_err(|e| BackendError::new(format!("creating session options: {e:?}")))?
@@ -35,21 +41,35 @@ impl OrtBackend {
             .with_intra_threads(threads.max(1))
             .map_err(backend_error("setting intra-op threads"))?
             .commit_from_file(spec.onnx_path())
-            .map_err(|e| BackendError::new(format!("loading {}: {e:?}", spec.onnx_path().display())))?;
+            .map_err(|e| {
+                BackendError::new(format!("loading {}: {e:?}", spec.onnx_path().display()))
+            })?;
         Self::from_session(session, Device::Cpu, spec)
     }
 
-    fn from_session(session: Session, device: Device, spec: &ModelSpec) -> Result<Self, BackendError> {
+    fn from_session(
+        session: Session,
+        device: Device,
+        spec: &ModelSpec,
+    ) -> Result<Self, BackendError> {
         let has_input = session.inputs().iter().any(|i| i.name() == spec.input.name);
         let has_output = |name: &str| session.outputs().iter().any(|o| o.name() == name);
         if !has_input {
-            return Err(BackendError::new(format!("model has no input named {:?}", spec.input.name)));
+            return Err(BackendError::new(format!(
+                "model has no input named {:?}",
+                spec.input.name
+            )));
         }
         if !has_output(&spec.outputs.logits) {
-            return Err(BackendError::new(format!("model has no output named {:?}", spec.outputs.logits)));
+            return Err(BackendError::new(format!(
+                "model has no output named {:?}",
+                spec.outputs.logits
+            )));
         }
         if let Some(name) = spec.outputs.embedding.as_deref().filter(|n| !has_output(n)) {
-            return Err(BackendError::new(format!("model has no output named {name:?}")));
+            return Err(BackendError::new(format!(
+                "model has no output named {name:?}"
+            )));
         }
         Ok(Self {
             session,
@@ -67,10 +87,18 @@ impl Backend for OrtBackend {
         self.device
     }
 
-    fn run(&mut self, input: &[f32], n: usize, want_embedding: bool) -> Result<BatchOutput, BackendError> {
+    fn run(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        want_embedding: bool,
+    ) -> Result<BatchOutput, BackendError> {
         let [c, h, w] = self.shape;
         if input.len() != n * c * h * w {
-            return Err(BackendError::new(format!("batch holds {} floats, expected {n}x{c}x{h}x{w}", input.len())));
+            return Err(BackendError::new(format!(
+                "batch holds {} floats, expected {n}x{c}x{h}x{w}",
+                input.len()
+            )));
         }
         let tensor = TensorRef::from_array_view(([n, c, h, w], input))
             .map_err(|e| BackendError::new(format!("wrapping the input tensor: {e:?}")))?;
@@ -79,23 +107,34 @@ impl Backend for OrtBackend {
             .run(ort::inputs![self.input.as_str() => tensor])
             .map_err(|e| BackendError::new(format!("running the model: {e:?}")))?;
         let extract = |name: &str| -> Result<(usize, Vec<f32>), BackendError> {
-            let value = outputs.get(name).ok_or_else(|| BackendError::new(format!("no output {name:?}")))?;
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| BackendError::new(format!("no output {name:?}")))?;
             let (_, data) = value
                 .try_extract_tensor::<f32>()
                 .map_err(|e| BackendError::new(format!("reading output {name:?}: {e:?}")))?;
             if n == 0 || data.len() % n != 0 {
-                return Err(BackendError::new(format!("output {name:?} has {} values for {n} images", data.len())));
+                return Err(BackendError::new(format!(
+                    "output {name:?} has {} values for {n} images",
+                    data.len()
+                )));
             }
             Ok((data.len() / n, data.to_vec()))
         };
         let (classes, logits) = extract(&self.logits)?;
-        let (embedding_dim, embeddings) = match self.embedding.as_deref().filter(|_| want_embedding) {
+        let (embedding_dim, embeddings) = match self.embedding.as_deref().filter(|_| want_embedding)
+        {
             Some(name) => {
                 let (dim, data) = extract(name)?;
                 (dim, Some(data))
             }
             None => (0, None),
         };
-        Ok(BatchOutput { logits, classes, embeddings, embedding_dim })
+        Ok(BatchOutput {
+            logits,
+            classes,
+            embeddings,
+            embedding_dim,
+        })
     }
 }

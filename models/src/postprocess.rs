@@ -21,14 +21,24 @@ pub fn top_k_tags(logits: &[f32], labels: &[String], top_k: usize, threshold: f3
         .into_iter()
         .map(|i| (i, exps[i] / sum))
         .filter(|(_, p)| *p >= threshold)
-        .map(|(i, p)| Tag { label: labels.get(i).cloned().unwrap_or_else(|| format!("class_{i}")), confidence: p })
+        .map(|(i, p)| Tag {
+            label: labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}")),
+            confidence: p,
+        })
         .collect()
 }
 
 /// `v / |v|`; a zero vector stays zero.
 pub fn l2_normalised(v: &[f32]) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm == 0.0 { v.to_vec() } else { v.iter().map(|x| x / norm).collect() }
+    if norm == 0.0 {
+        v.to_vec()
+    } else {
+        v.iter().map(|x| x / norm).collect()
+    }
 }
 
 #[cfg(test)]
@@ -54,7 +64,10 @@ mod tests {
         let tags = top_k_tags(&[10.0, 0.0, 0.0], &labels(3), 3, 0.5);
         assert_eq!(tags.len(), 1);
         assert_eq!(tags[0].label, "l0");
-        assert!(top_k_tags(&[0.0; 4], &labels(4), 4, 0.3).is_empty(), "uniform 0.25 < 0.3");
+        assert!(
+            top_k_tags(&[0.0; 4], &labels(4), 4, 0.3).is_empty(),
+            "uniform 0.25 < 0.3"
+        );
     }
 
     #[test]

@@ -24,7 +24,11 @@ impl Preprocessor {
                 *out = (v as f32 - input.mean[c]) / input.std[c];
             }
         }
-        Self { input: input.clone(), resizer: Resizer::new(), lut }
+        Self {
+            input: input.clone(),
+            resizer: Resizer::new(),
+            lut,
+        }
     }
 
     /// Floats one image takes in the tensor.
@@ -37,7 +41,11 @@ impl Preprocessor {
     pub fn crop_box(&self, width: u32, height: u32) -> (f64, f64, f64, f64) {
         let (w, h) = (f64::from(width), f64::from(height));
         let target_aspect = f64::from(self.input.width) / f64::from(self.input.height);
-        let (mut cw, mut ch) = if w / h > target_aspect { (h * target_aspect, h) } else { (w, w / target_aspect) };
+        let (mut cw, mut ch) = if w / h > target_aspect {
+            (h * target_aspect, h)
+        } else {
+            (w, w / target_aspect)
+        };
         let fraction = f64::from(self.input.crop_fraction);
         cw *= fraction;
         ch *= fraction;
@@ -54,7 +62,9 @@ impl Preprocessor {
         let options = ResizeOptions::new()
             .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
             .crop(left, top, cw, ch);
-        self.resizer.resize(&src, &mut dst, &options).expect("pixel types match and the crop is inside the image");
+        self.resizer
+            .resize(&src, &mut dst, &options)
+            .expect("pixel types match and the crop is inside the image");
         dst.into_vec()
     }
 
@@ -85,7 +95,14 @@ mod tests {
     use image::RgbImage;
 
     fn spec(w: u32, h: u32, crop: f32) -> InputSpec {
-        InputSpec { name: "input".into(), width: w, height: h, crop_fraction: crop, mean: [127.0; 3], std: [128.0; 3] }
+        InputSpec {
+            name: "input".into(),
+            width: w,
+            height: h,
+            crop_fraction: crop,
+            mean: [127.0; 3],
+            std: [128.0; 3],
+        }
     }
 
     #[test]
@@ -101,12 +118,21 @@ mod tests {
     #[test]
     fn normalisation_and_channel_planes() {
         let mut p = Preprocessor::new(&spec(4, 4, 1.0));
-        let img = Decoded { pixels: RgbImage::from_pixel(8, 8, image::Rgb([255, 127, 0])) };
+        let img = Decoded {
+            pixels: RgbImage::from_pixel(8, 8, image::Rgb([255, 127, 0])),
+        };
         let mut out = vec![0.0; p.len()];
         p.run(&img, &mut out);
-        assert!(out[..16].iter().all(|v| (*v - 1.0).abs() < 1e-6), "R plane: {:?}", &out[..16]);
+        assert!(
+            out[..16].iter().all(|v| (*v - 1.0).abs() < 1e-6),
+            "R plane: {:?}",
+            &out[..16]
+        );
         assert!(out[16..32].iter().all(|v| v.abs() < 1e-6), "G plane");
-        assert!(out[32..].iter().all(|v| (*v + 127.0 / 128.0).abs() < 1e-6), "B plane");
+        assert!(
+            out[32..].iter().all(|v| (*v + 127.0 / 128.0).abs() < 1e-6),
+            "B plane"
+        );
     }
 
     #[test]

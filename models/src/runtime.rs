@@ -31,9 +31,15 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment, Runt
         .get_or_init(|| {
             let path = find_library(explicit)?;
             // ort's Display hides the cause; its Debug carries it.
-            let load_error = |message: String| RuntimeError::Load { path: path.clone(), message };
+            let load_error = |message: String| RuntimeError::Load {
+                path: path.clone(),
+                message,
+            };
             let builder = ort::init_from(&path).map_err(|e| load_error(format!("{e:?}")))?;
-            let env = builder.with_name("tagfleet").build().map_err(|e| load_error(format!("{e:?}")))?;
+            let env = builder
+                .with_name("tagfleet")
+                .build()
+                .map_err(|e| load_error(format!("{e:?}")))?;
             tracing::info!(library = %path.display(), "ONNX Runtime loaded");
             Ok(env)
         })
@@ -48,7 +54,9 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         return if path.is_file() {
             Ok(path.to_path_buf())
         } else {
-            Err(RuntimeError::NotFound { searched: format!("{} (given explicitly)", path.display()) })
+            Err(RuntimeError::NotFound {
+                searched: format!("{} (given explicitly)", path.display()),
+            })
         };
     }
     let venvs = candidate_venvs();
@@ -58,7 +66,9 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         }
     }
     let searched: Vec<String> = venvs.iter().map(|v| v.display().to_string()).collect();
-    Err(RuntimeError::NotFound { searched: searched.join(", ") })
+    Err(RuntimeError::NotFound {
+        searched: searched.join(", "),
+    })
 }
 
 fn candidate_venvs() -> Vec<PathBuf> {
@@ -92,8 +102,12 @@ fn library_in_venv(venv: &Path) -> Option<PathBuf> {
 }
 
 fn is_runtime_library(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    name.starts_with("libonnxruntime.so") || name.starts_with("libonnxruntime.") && name.ends_with(".dylib")
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.starts_with("libonnxruntime.so")
+        || name.starts_with("libonnxruntime.") && name.ends_with(".dylib")
 }
 
 #[cfg(test)]
@@ -103,18 +117,32 @@ mod tests {
     #[test]
     fn finds_the_library_in_a_venv_layout() {
         let dir = tempfile::tempdir().unwrap();
-        let capi = dir.path().join("lib/python3.11/site-packages/onnxruntime/capi");
+        let capi = dir
+            .path()
+            .join("lib/python3.11/site-packages/onnxruntime/capi");
         std::fs::create_dir_all(&capi).unwrap();
         std::fs::write(capi.join("libonnxruntime_providers_shared.so"), b"").unwrap();
-        assert_eq!(library_in_venv(dir.path()), None, "the providers library is not the runtime");
+        assert_eq!(
+            library_in_venv(dir.path()),
+            None,
+            "the providers library is not the runtime"
+        );
         std::fs::write(capi.join("libonnxruntime.so.1.31.1"), b"").unwrap();
-        assert_eq!(library_in_venv(dir.path()), Some(capi.join("libonnxruntime.so.1.31.1")));
+        assert_eq!(
+            library_in_venv(dir.path()),
+            Some(capi.join("libonnxruntime.so.1.31.1"))
+        );
     }
 
     #[test]
     fn a_missing_explicit_path_says_how_to_get_the_library() {
-        let err = find_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err().to_string();
+        let err = find_library(Some(Path::new("/nonexistent/libonnxruntime.so")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/libonnxruntime.so"), "{err}");
-        assert!(err.contains("make venv") && err.contains(DYLIB_ENV), "{err}");
+        assert!(
+            err.contains("make venv") && err.contains(DYLIB_ENV),
+            "{err}"
+        );
     }
 }

@@ -67,7 +67,10 @@ pub struct BatchSpec {
 
 impl Default for BatchSpec {
     fn default() -> Self {
-        Self { max_batch: 16, max_delay_ms: 10 }
+        Self {
+            max_batch: 16,
+            max_delay_ms: 10,
+        }
     }
 }
 
@@ -81,9 +84,7 @@ pub enum SpecError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error(
-        "model file {path} is missing; build it with `make model` (scripts/build_model.py)"
-    )]
+    #[error("model file {path} is missing; build it with `make model` (scripts/build_model.py)")]
     MissingOnnx { path: PathBuf },
 }
 
@@ -91,14 +92,21 @@ impl ModelSpec {
     /// Reads `<dir>/model.toml` and the labels, and checks that the ONNX file exists.
     pub fn load(dir: &Path) -> Result<Self, SpecError> {
         let path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| SpecError::Read { path: path.clone(), source })?;
-        let mut spec: ModelSpec = toml::from_str(&text)
-            .map_err(|e| SpecError::Invalid { path: path.clone(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut spec: ModelSpec = toml::from_str(&text).map_err(|e| SpecError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         spec.dir = dir.to_path_buf();
-        spec.validate().map_err(|message| SpecError::Invalid { path, message })?;
+        spec.validate()
+            .map_err(|message| SpecError::Invalid { path, message })?;
         if !spec.onnx_path().is_file() {
-            return Err(SpecError::MissingOnnx { path: spec.onnx_path() });
+            return Err(SpecError::MissingOnnx {
+                path: spec.onnx_path(),
+            });
         }
         Ok(spec)
     }
@@ -106,10 +114,16 @@ impl ModelSpec {
     fn validate(&self) -> Result<(), String> {
         let input = &self.input;
         if input.width == 0 || input.height == 0 || input.width > 4096 || input.height > 4096 {
-            return Err(format!("input size {}x{} is outside 1..=4096", input.width, input.height));
+            return Err(format!(
+                "input size {}x{} is outside 1..=4096",
+                input.width, input.height
+            ));
         }
         if !(input.crop_fraction > 0.0 && input.crop_fraction <= 1.0) {
-            return Err(format!("input.crop_fraction {} is outside (0, 1]", input.crop_fraction));
+            return Err(format!(
+                "input.crop_fraction {} is outside (0, 1]",
+                input.crop_fraction
+            ));
         }
         if input.std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
             return Err("input.std must be finite and non-zero".into());
@@ -132,9 +146,15 @@ impl ModelSpec {
     /// Reads the labels file: one label per line.
     pub fn load_labels(&self) -> Result<Vec<String>, SpecError> {
         let path = self.dir.join(&self.labels);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| SpecError::Read { path: path.clone(), source })?;
-        Ok(text.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())
+        let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(text
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
     /// Floats in one input tensor of batch size 1.
@@ -184,7 +204,10 @@ mod tests {
     #[test]
     fn unknown_field_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        write_model(dir.path(), &GOOD.replace("kind =", "colour = \"red\"\nkind ="));
+        write_model(
+            dir.path(),
+            &GOOD.replace("kind =", "colour = \"red\"\nkind ="),
+        );
         let err = ModelSpec::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
     }
@@ -192,7 +215,10 @@ mod tests {
     #[test]
     fn invalid_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        write_model(dir.path(), &GOOD.replace("std = [128.0, 128.0, 128.0]", "std = [0.0, 1.0, 1.0]"));
+        write_model(
+            dir.path(),
+            &GOOD.replace("std = [128.0, 128.0, 128.0]", "std = [0.0, 1.0, 1.0]"),
+        );
         let err = ModelSpec::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("input.std"), "{err}");
     }

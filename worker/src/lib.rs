@@ -1,1 +1,15 @@
+//! The tagfleet worker: the pipeline of DESIGN.md, from queue to result object.
 
+pub mod batcher;
+pub mod executor;
+pub mod fetch;
+pub mod pipeline;
+pub mod prepare;
+pub mod task;
+pub mod writer;
+
+pub use batcher::BatchPolicy;
+pub use fetch::FileRoots;
+pub use pipeline::{Pipeline, PipelineConfig};
+pub use task::Tenants;
+pub use writer::{Event, Summary};

@@ -43,7 +43,11 @@ impl Default for MemoryQueue {
 
 impl MemoryQueue {
     pub fn new(delivery_limit: u32) -> Self {
-        Self { state: Mutex::default(), ready: Notify::new(), delivery_limit: delivery_limit.max(1) }
+        Self {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            delivery_limit: delivery_limit.max(1),
+        }
     }
 
     /// Bodies of the dead-lettered messages, oldest first.
@@ -70,7 +74,9 @@ impl MemoryQueue {
         let mut state = self.lock();
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(mut msg) = state.ready.pop_front() else { break };
+            let Some(mut msg) = state.ready.pop_front() else {
+                break;
+            };
             msg.deliveries += 1;
             state.next_handle += 1;
             let handle = state.next_handle;
@@ -99,7 +105,10 @@ impl MemoryQueue {
 #[async_trait]
 impl Queue for MemoryQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), QueueError> {
-        self.lock().ready.push_back(Message { body, deliveries: 0 });
+        self.lock().ready.push_back(Message {
+            body,
+            deliveries: 0,
+        });
         self.ready.notify_one();
         Ok(())
     }
@@ -171,7 +180,12 @@ mod tests {
         let q = MemoryQueue::new(3);
         q.publish(b"poison".to_vec()).await.unwrap();
         for attempt in 1..=3 {
-            let d = q.receive(1, NO_WAIT).await.unwrap().pop().expect("delivered");
+            let d = q
+                .receive(1, NO_WAIT)
+                .await
+                .unwrap()
+                .pop()
+                .expect("delivered");
             assert_eq!(d.attempt, attempt);
             q.nack(&d, true).await.unwrap();
         }
@@ -189,7 +203,10 @@ mod tests {
         };
         tokio::task::yield_now().await;
         q.publish(b"x".to_vec()).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.unwrap().len(), 1);
     }
 

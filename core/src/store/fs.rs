@@ -34,7 +34,9 @@ impl FsStore {
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let valid = !key.is_empty()
             && !key.starts_with('/')
-            && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+            && key
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
             && !key.split('/').any(|seg| seg.starts_with(TMP_PREFIX))
             && !key.contains('\\')
             && !key.contains('\0');
@@ -89,9 +91,18 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<(
             walk(&entry.path(), root, out)?;
         } else if meta.is_file() {
             let rel = entry.path();
-            let rel = rel.strip_prefix(root).expect("walked paths are under the root");
-            let key = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>();
-            out.push(ObjectMeta { key: key.join("/"), size: meta.len(), modified: meta.modified()? });
+            let rel = rel
+                .strip_prefix(root)
+                .expect("walked paths are under the root");
+            let key = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>();
+            out.push(ObjectMeta {
+                key: key.join("/"),
+                size: meta.len(),
+                modified: meta.modified()?,
+            });
         }
     }
     Ok(())
@@ -127,7 +138,11 @@ impl ObjectStore for FsStore {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         // Walk the deepest directory the prefix names, then filter by the full prefix.
         let dir_part = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
-        let start = if dir_part.is_empty() { self.root.clone() } else { self.path(dir_part)? };
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_part)?
+        };
         let root = self.root.clone();
         let mut out = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
@@ -159,30 +174,51 @@ mod tests {
     async fn put_get_list_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path(), None).unwrap();
-        store.put("results/t/j/a.jsonl", b"one".to_vec()).await.unwrap();
-        store.put("results/t/j/b.jsonl", b"two".to_vec()).await.unwrap();
+        store
+            .put("results/t/j/a.jsonl", b"one".to_vec())
+            .await
+            .unwrap();
+        store
+            .put("results/t/j/b.jsonl", b"two".to_vec())
+            .await
+            .unwrap();
         store.put("jobs/t/j.json", b"{}".to_vec()).await.unwrap();
         assert_eq!(store.get("results/t/j/a.jsonl").await.unwrap(), b"one");
 
-        let keys: Vec<_> =
-            store.list("results/t/j/").await.unwrap().into_iter().map(|m| m.key).collect();
+        let keys: Vec<_> = store
+            .list("results/t/j/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, ["results/t/j/a.jsonl", "results/t/j/b.jsonl"]);
         assert_eq!(store.list("").await.unwrap().len(), 3);
         assert!(store.list("results/other/").await.unwrap().is_empty());
 
         store.delete("results/t/j/a.jsonl").await.unwrap();
         store.delete("results/t/j/a.jsonl").await.unwrap();
-        assert!(matches!(store.get("results/t/j/a.jsonl").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.get("results/t/j/a.jsonl").await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
     async fn overwrite_replaces_whole_object() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path(), None).unwrap();
-        store.put("k", b"a much longer first version".to_vec()).await.unwrap();
+        store
+            .put("k", b"a much longer first version".to_vec())
+            .await
+            .unwrap();
         store.put("k", b"short".to_vec()).await.unwrap();
         assert_eq!(store.get("k").await.unwrap(), b"short");
-        assert_eq!(store.list("").await.unwrap().len(), 1, "no temporary file left behind");
+        assert_eq!(
+            store.list("").await.unwrap().len(),
+            1,
+            "no temporary file left behind"
+        );
     }
 
     #[tokio::test]
@@ -200,7 +236,10 @@ mod tests {
     async fn expired_objects_are_never_served() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path(), Some(Duration::from_millis(200))).unwrap();
-        store.put("results/t/j/a.jsonl", b"x".to_vec()).await.unwrap();
+        store
+            .put("results/t/j/a.jsonl", b"x".to_vec())
+            .await
+            .unwrap();
         assert!(store.get("results/t/j/a.jsonl").await.is_ok());
         tokio::time::sleep(Duration::from_millis(300)).await;
         let err = store.get("results/t/j/a.jsonl").await.unwrap_err();

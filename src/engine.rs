@@ -1,0 +1,101 @@
+//! Choosing and loading a model and its backends: shared by `run` and `bench`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tagfleet_models::{Backend, ModelSpec, OrtBackend};
+
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Model to run: a folder name in the models directory.
+    #[arg(long, env = "TAGFLEET_MODEL", default_value = "efficientnet-lite0")]
+    pub model: String,
+
+    /// Folder holding one sub-folder per model (model.toml, model.onnx, labels). Default:
+    /// ./models, else the models folder of the checkout the binary was built in.
+    #[arg(long, env = "TAGFLEET_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// Path of the ONNX Runtime shared library (libonnxruntime.so.1.x). Default: the
+    /// onnxruntime wheel in $VIRTUAL_ENV or ./.venv (`make venv` creates it).
+    #[arg(long, env = "TAGFLEET_ORT_DYLIB")]
+    pub ort_dylib: Option<PathBuf>,
+
+    /// Threads ONNX Runtime uses inside one batch. Default: the number of cores.
+    #[arg(long, env = "TAGFLEET_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
+}
+
+/// A loaded model: its spec and labels.
+pub struct Model {
+    pub spec: ModelSpec,
+    pub labels: Arc<Vec<String>>,
+}
+
+impl EngineArgs {
+    pub fn load_model(&self) -> anyhow::Result<Model> {
+        let dir = self.models_dir()?.join(&self.model);
+        if !dir.join("model.toml").is_file() {
+            bail!(
+                "model {:?} not found: no {}",
+                self.model,
+                dir.join("model.toml").display()
+            );
+        }
+        let spec = ModelSpec::load(&dir)?;
+        let labels = spec.load_labels()?;
+        if labels.is_empty() {
+            bail!("model {}: labels file is empty", spec.id());
+        }
+        Ok(Model {
+            spec,
+            labels: Arc::new(labels),
+        })
+    }
+
+    fn models_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.models_dir {
+            return Ok(dir.clone());
+        }
+        let mut candidates = vec![PathBuf::from("models")];
+        if let Ok(exe) = std::env::current_exe() {
+            candidates.extend(exe.ancestors().skip(1).map(|d| d.join("models")));
+        }
+        candidates
+            .into_iter()
+            .find(|d| d.is_dir())
+            .context("no models folder found: pass --models-dir or run from the project folder")
+    }
+
+    pub fn threads(&self) -> usize {
+        self.intra_threads.unwrap_or_else(cores)
+    }
+
+    /// The executors' backends. The CPU is the one device of this build.
+    pub fn backends(&self, model: &Model) -> anyhow::Result<Vec<Box<dyn Backend>>> {
+        let backend = OrtBackend::cpu(&model.spec, self.threads(), self.ort_dylib.as_deref())
+            .with_context(|| format!("starting ONNX Runtime for {}", model.spec.id()))?;
+        tracing::info!(
+            device = "cpu",
+            executors = 1,
+            intra_threads = self.threads(),
+            "executing on the CPU"
+        );
+        Ok(vec![Box::new(backend)])
+    }
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The default tenant key of the embedded mode, kept apart from the results folder.
+pub fn default_key_file() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("tagfleet").join("local.key")
+}

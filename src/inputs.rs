@@ -1,0 +1,199 @@
+//! What `tagfleet run` works on: a directory of photos or a manifest of paths, expanded
+//! into canonical `file://` refs. Canonical refs make pseudonyms stable: the same file
+//! named two ways gets one pseudonym.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// Extensions taken from a directory walk. A file with one of these that is not really
+/// an image still becomes an error record: nothing given is silently dropped.
+const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif",
+];
+
+/// One image to analyse: its ref, and the name shown to the user on their terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub reference: String,
+    pub display: String,
+}
+
+/// The inputs of a run, and what was passed over.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub items: Vec<Input>,
+    /// Files in the directory whose extension is not an image's.
+    pub skipped: usize,
+    /// Folders the refs may be read from (the worker's allowed roots).
+    pub roots: Vec<PathBuf>,
+}
+
+/// A directory is walked recursively (hidden entries skipped); a file is a manifest:
+/// one path a line, or JSON Lines with a `ref` field; relative paths are relative to
+/// the manifest.
+pub fn collect(path: &Path) -> anyhow::Result<Inputs> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("reading input {}", path.display()))?;
+    if meta.is_dir() {
+        let root = path
+            .canonicalize()
+            .with_context(|| format!("resolving {}", path.display()))?;
+        let mut inputs = Inputs {
+            roots: vec![root.clone()],
+            ..Inputs::default()
+        };
+        walk(&root, &root, &mut inputs)?;
+        inputs.items.sort_by(|a, b| a.display.cmp(&b.display));
+        Ok(inputs)
+    } else {
+        manifest(path)
+    }
+}
+
+fn walk(dir: &Path, root: &Path, inputs: &mut Inputs) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&path, root, inputs)?;
+        } else if is_image_name(&path) {
+            let display = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            inputs.items.push(Input {
+                reference: file_ref(&path)?,
+                display,
+            });
+        } else {
+            inputs.skipped += 1;
+        }
+    }
+    Ok(())
+}
+
+fn is_image_name(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+}
+
+fn manifest(path: &Path) -> anyhow::Result<Inputs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading manifest {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut inputs = Inputs::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let entry = if line.starts_with('{') {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("manifest line {}: not valid JSON", n + 1))?;
+            match value.get("ref").and_then(|r| r.as_str()) {
+                Some(r) => r.to_owned(),
+                None => bail!("manifest line {}: no \"ref\" string field", n + 1),
+            }
+        } else {
+            line.to_owned()
+        };
+        let local = entry.strip_prefix("file://").unwrap_or(&entry);
+        if local.contains("://") {
+            bail!(
+                "manifest line {}: only local files are read by `tagfleet run`",
+                n + 1
+            );
+        }
+        let full = base.join(local);
+        // A missing file is the user's data, not a reason to refuse the run: it becomes a
+        // fetch error record. Its folder still bounds what may be read.
+        let reference = match full.canonicalize() {
+            Ok(p) => format!("file://{}", p.display()),
+            Err(_) => format!("file://{}", absolute(&full).display()),
+        };
+        let root = absolute(full.parent().unwrap_or(&base));
+        let root = root.canonicalize().unwrap_or(root);
+        if !inputs.roots.contains(&root) {
+            inputs.roots.push(root);
+        }
+        inputs.items.push(Input {
+            reference,
+            display: entry,
+        });
+    }
+    if inputs.roots.iter().all(|r| !r.exists()) && !inputs.items.is_empty() {
+        bail!(
+            "none of the folders named in manifest {} exists",
+            path.display()
+        );
+    }
+    inputs.roots.retain(|r| r.exists());
+    Ok(inputs)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn file_ref(path: &Path) -> anyhow::Result<String> {
+    let canonical = path
+        .canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))?;
+    Ok(format!("file://{}", canonical.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_walk_takes_images_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        for name in ["a.JPG", "sub/b.png", "notes.txt", ".hidden.png"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let inputs = collect(dir.path()).unwrap();
+        let names: Vec<_> = inputs.items.iter().map(|i| i.display.as_str()).collect();
+        assert_eq!(names, ["a.JPG", "sub/b.png"]);
+        assert_eq!(inputs.skipped, 1);
+        let root = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            inputs.items[1].reference,
+            format!("file://{}/sub/b.png", root.display())
+        );
+    }
+
+    #[test]
+    fn manifest_lines_plain_and_json_relative_to_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+        let manifest = dir.path().join("list.txt");
+        std::fs::write(&manifest, "# photos\na.png\n{\"ref\": \"missing.jpg\"}\n\n").unwrap();
+        let inputs = collect(&manifest).unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        assert_eq!(inputs.items.len(), 2);
+        assert_eq!(
+            inputs.items[0].reference,
+            format!("file://{}/a.png", root.display())
+        );
+        assert!(inputs.items[1].reference.ends_with("/missing.jpg"));
+        assert_eq!(inputs.roots, [root]);
+    }
+
+    #[test]
+    fn manifest_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("list.jsonl");
+        std::fs::write(&manifest, "a.png\n{\"path\": 1}\n").unwrap();
+        let err = collect(&manifest).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

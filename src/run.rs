@@ -1,0 +1,412 @@
+//! `tagfleet run`: the embedded mode. The whole pipeline in one process: an in-process
+//! queue, a local folder as the object store, the CPU. No services needed.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use tagfleet_core::queue::MemoryQueue;
+use tagfleet_core::schema::{
+    Analysis, ResultLine, SCHEMA_VERSION, TaskItem, TaskMessage, TaskOptions,
+};
+use tagfleet_core::store::FsStore;
+use tagfleet_core::{Pseudonymiser, Queue, TenantKey, retention};
+use tagfleet_models::DecodeLimits;
+use tagfleet_worker::{BatchPolicy, Event, FileRoots, Pipeline, PipelineConfig, Summary, Tenants};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{self, EngineArgs};
+use crate::inputs::{self, Inputs};
+
+/// Exit code when the run finished but some images have error records.
+pub const EXIT_SOME_FAILED: i32 = 3;
+
+/// The tenant of the embedded mode.
+const LOCAL_TENANT: &str = "local";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A folder of photos (walked recursively) or a manifest: one path a line, or JSON
+    /// Lines with a "ref" field.
+    pub input: PathBuf,
+
+    /// Folder the result objects are written to (results/<tenant>/<job>/<task>.jsonl).
+    #[arg(long, env = "TAGFLEET_OUT", default_value = "tagfleet-results")]
+    pub out: PathBuf,
+
+    /// Analyses to run, comma separated: tags, embedding.
+    #[arg(
+        long,
+        env = "TAGFLEET_ANALYSES",
+        value_delimiter = ',',
+        default_value = "tags"
+    )]
+    pub analyses: Vec<Analysis>,
+
+    /// Tags reported per image at most.
+    #[arg(long, env = "TAGFLEET_TOP_K", default_value_t = TaskOptions::default().top_k)]
+    pub top_k: usize,
+
+    /// Tags with a lower confidence (0 to 1) are left out.
+    #[arg(long, env = "TAGFLEET_THRESHOLD", default_value_t = TaskOptions::default().threshold)]
+    pub threshold: f32,
+
+    /// Images per task message (and per result object).
+    #[arg(long, env = "TAGFLEET_CHUNK_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub chunk_size: u32,
+
+    /// Largest batch the model runs. Default: the model's batch.max_batch.
+    #[arg(long, env = "TAGFLEET_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+
+    /// Longest an image waits for its batch to fill, in ms. Default: the model's.
+    #[arg(long, env = "TAGFLEET_MAX_DELAY_MS")]
+    pub max_delay_ms: Option<u64>,
+
+    /// Decode and preprocess threads. Default: the number of cores.
+    #[arg(long, env = "TAGFLEET_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
+
+    /// Images larger than this many bytes are refused (error kind too_large).
+    #[arg(long, env = "TAGFLEET_MAX_IMAGE_BYTES", default_value_t = DecodeLimits::default().max_bytes)]
+    pub max_image_bytes: u64,
+
+    /// Images with more pixels than this are refused from their header, before decoding.
+    #[arg(long, env = "TAGFLEET_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
+    pub max_image_pixels: u64,
+
+    /// Tenant key file (hex secret) that names images by pseudonym. Created if missing.
+    /// Default: $XDG_CONFIG_HOME/tagfleet/local.key, kept apart from the results.
+    #[arg(long, env = "TAGFLEET_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Results older than this are deleted at start and never read back.
+    #[arg(long, env = "TAGFLEET_RETENTION_HOURS", default_value_t = 24)]
+    pub retention_hours: u64,
+
+    /// What to print on stdout per image: a table, JSON Lines (results joined with the
+    /// file names, on your terminal only), or nothing.
+    #[arg(long, env = "TAGFLEET_FORMAT", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// The table shows at most this many images.
+    #[arg(long, env = "TAGFLEET_SHOW", default_value_t = 50)]
+    pub show: usize,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    None,
+}
+
+/// What a finished run reports.
+pub struct RunReport {
+    pub summary: Summary,
+    pub elapsed: Duration,
+    pub lines: Vec<(String, ResultLine)>,
+    pub job_id: String,
+}
+
+pub async fn main(args: RunArgs) -> anyhow::Result<i32> {
+    let inputs = inputs::collect(&args.input)?;
+    if inputs.items.is_empty() {
+        bail!(
+            "no images found in {} ({} other files skipped)",
+            args.input.display(),
+            inputs.skipped
+        );
+    }
+    let report = execute(&args, &inputs).await?;
+    print_results(&args, &report)?;
+    print_summary(&args, &inputs, &report);
+    Ok(
+        if report.summary.image_errors() > 0 || report.summary.tasks_failed > 0 {
+            EXIT_SOME_FAILED
+        } else {
+            0
+        },
+    )
+}
+
+async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
+    let model = args.engine.load_model()?;
+    let key_file = args
+        .key_file
+        .clone()
+        .unwrap_or_else(engine::default_key_file);
+    let key = TenantKey::load_or_create(&key_file)
+        .with_context(|| format!("tenant key {}", key_file.display()))?;
+    let pseudonymiser = Pseudonymiser::new(key);
+
+    let retention = Duration::from_secs(args.retention_hours.saturating_mul(3600));
+    let store = FsStore::new(&args.out, Some(retention))
+        .with_context(|| format!("creating results folder {}", args.out.display()))?;
+    let swept = retention::sweep(&store, retention, SystemTime::now()).await?;
+    if swept > 0 {
+        tracing::info!(
+            deleted = swept,
+            retention_hours = args.retention_hours,
+            "deleted expired results"
+        );
+    }
+
+    let backends = args.engine.backends(&model)?;
+    let queue = Arc::new(MemoryQueue::default());
+    let job_id = uuid::Uuid::new_v4().simple().to_string();
+    let options = TaskOptions {
+        top_k: args.top_k,
+        threshold: args.threshold,
+        retain: true,
+    };
+    options.validate()?;
+    for (n, chunk) in inputs.items.chunks(args.chunk_size as usize).enumerate() {
+        let msg = TaskMessage {
+            v: SCHEMA_VERSION,
+            job_id: job_id.clone(),
+            task_id: format!("t{:06}", n + 1),
+            tenant: LOCAL_TENANT.into(),
+            analyses: args.analyses.clone(),
+            model: model.spec.id(),
+            options: options.clone(),
+            items: chunk
+                .iter()
+                .map(|i| TaskItem {
+                    reference: i.reference.clone(),
+                })
+                .collect(),
+        };
+        queue.publish(msg.to_json()).await?;
+    }
+    tracing::info!(job = %job_id, images = inputs.items.len(), model = %model.spec.id(), "job started");
+
+    let config = PipelineConfig {
+        batch: BatchPolicy {
+            max_batch: args.max_batch.unwrap_or(model.spec.batch.max_batch),
+            max_delay: Duration::from_millis(
+                args.max_delay_ms.unwrap_or(model.spec.batch.max_delay_ms),
+            ),
+        },
+        prepare_threads: args.decode_threads.unwrap_or_else(engine::cores),
+        fetch_concurrency: 16,
+        max_tasks_in_flight: 4,
+        limits: DecodeLimits {
+            max_bytes: args.max_image_bytes,
+            max_pixels: args.max_image_pixels,
+        },
+        file_roots: FileRoots::new(inputs.roots.clone()).context("resolving the input folders")?,
+        exit_when_drained: true,
+    };
+    let pipeline = Pipeline {
+        queue,
+        store: Arc::new(store),
+        tenants: Tenants::single(LOCAL_TENANT, pseudonymiser.clone()),
+        spec: model.spec,
+        labels: model.labels,
+        backends,
+        config,
+    };
+
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("interrupted: finishing the images in flight");
+            on_signal.cancel();
+        }
+    });
+
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let start = Instant::now();
+    let run = tokio::spawn(pipeline.run(shutdown, Some(events_tx)));
+    let progress = Progress::new(inputs.items.len() as u64);
+    let mut written = Vec::new();
+    while let Some(event) = events_rx.recv().await {
+        match event {
+            Event::Image { .. } => progress.inc(),
+            Event::TaskWritten { lines, .. } => written.extend(lines),
+            Event::TaskFailed { task_id, .. } => {
+                tracing::error!(task = %task_id, "a result could not be written")
+            }
+        }
+    }
+    let summary = run.await.context("the pipeline stopped unexpectedly")?;
+    let elapsed = start.elapsed();
+    progress.finish();
+
+    // Join pseudonyms back to the user's own names, on the user's side, with their key.
+    let by_pseudonym: HashMap<String, &str> = inputs
+        .items
+        .iter()
+        .map(|i| (pseudonymiser.pseudonym(&i.reference), i.display.as_str()))
+        .collect();
+    let mut lines: Vec<(String, ResultLine)> = written
+        .into_iter()
+        .map(|l| {
+            (
+                by_pseudonym
+                    .get(&l.image)
+                    .copied()
+                    .unwrap_or("?")
+                    .to_owned(),
+                l,
+            )
+        })
+        .collect();
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(RunReport {
+        summary,
+        elapsed,
+        lines,
+        job_id,
+    })
+}
+
+/// A bar on a terminal; plain lines every few seconds otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    done: std::sync::atomic::AtomicU64,
+    last_line: std::sync::Mutex<Instant>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
+                    .expect("the template is valid"),
+            );
+            bar
+        });
+        Self {
+            bar,
+            total,
+            done: 0.into(),
+            last_line: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn inc(&self) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        match &self.bar {
+            Some(bar) => bar.inc(1),
+            None => {
+                let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+                if last.elapsed() >= Duration::from_secs(5) {
+                    eprintln!("progress: {done}/{} images", self.total);
+                    *last = Instant::now();
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_results(args: &RunArgs, report: &RunReport) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::None => {}
+        Format::Json => {
+            for (name, line) in &report.lines {
+                let mut value = serde_json::to_value(line)?;
+                value["file"] = serde_json::Value::String(name.clone());
+                writeln!(out, "{value}")?;
+            }
+        }
+        Format::Table => {
+            let width = report
+                .lines
+                .iter()
+                .take(args.show)
+                .map(|(n, _)| n.len())
+                .max()
+                .unwrap_or(0);
+            for (name, line) in report.lines.iter().take(args.show) {
+                writeln!(out, "{name:width$}  {}", describe(line))?;
+            }
+            if report.lines.len() > args.show {
+                writeln!(
+                    out,
+                    "... and {} more (see --show, or --format json)",
+                    report.lines.len() - args.show
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe(line: &ResultLine) -> String {
+    if let Some(e) = &line.error {
+        return format!("error ({}): {}", e.kind, e.message);
+    }
+    let mut parts = Vec::new();
+    if let Some(tags) = &line.tags {
+        let tags: Vec<String> = tags
+            .iter()
+            .map(|t| format!("{} {:.2}", t.label, t.confidence))
+            .collect();
+        parts.push(if tags.is_empty() {
+            "no tag over the threshold".into()
+        } else {
+            tags.join(", ")
+        });
+    }
+    if let Some(e) = &line.embedding {
+        parts.push(format!("embedding[{}]", e.len()));
+    }
+    parts.join("  ")
+}
+
+fn print_summary(args: &RunArgs, inputs: &Inputs, report: &RunReport) {
+    let s = &report.summary;
+    let secs = report.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        s.images() as f64 / secs
+    } else {
+        0.0
+    };
+    eprintln!(
+        "{} images in {secs:.2} s ({rate:.1} images/s): {} ok, {} failed",
+        s.images(),
+        s.images_ok,
+        s.image_errors()
+    );
+    if !s.errors.is_empty() {
+        let kinds: Vec<String> = s.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        eprintln!("errors by kind: {}", kinds.join(", "));
+    }
+    if inputs.skipped > 0 {
+        eprintln!(
+            "{} files skipped: not image files by their extension",
+            inputs.skipped
+        );
+    }
+    if s.tasks_failed > 0 {
+        eprintln!("{} result objects could not be written", s.tasks_failed);
+    }
+    eprintln!(
+        "results: {}",
+        args.out
+            .join("results")
+            .join(LOCAL_TENANT)
+            .join(&report.job_id)
+            .display()
+    );
+}

@@ -1,0 +1,232 @@
+//! One task message in work: its images travel through the stages independently and the
+//! last one to finish hands the task to the writer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tagfleet_core::{Delivery, ImageError, Pseudonymiser, ResultLine, TaskMessage};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// The tenants this worker serves, each with its pseudonym key.
+#[derive(Debug, Clone, Default)]
+pub struct Tenants {
+    by_name: HashMap<String, Pseudonymiser>,
+}
+
+impl Tenants {
+    pub fn single(name: impl Into<String>, pseudonymiser: Pseudonymiser) -> Self {
+        Self {
+            by_name: HashMap::from([(name.into(), pseudonymiser)]),
+        }
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, pseudonymiser: Pseudonymiser) {
+        self.by_name.insert(name.into(), pseudonymiser);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Pseudonymiser> {
+        self.by_name.get(name)
+    }
+}
+
+/// A task message being worked on.
+pub struct TaskState {
+    pub msg: TaskMessage,
+    pub delivery: Delivery,
+    pub model_id: String,
+    pseudonymiser: Pseudonymiser,
+    lines: Mutex<Vec<Option<ResultLine>>>,
+    remaining: AtomicUsize,
+    /// Held until the task is acked: bounds the messages in flight.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl TaskState {
+    pub fn new(
+        msg: TaskMessage,
+        delivery: Delivery,
+        model_id: String,
+        pseudonymiser: Pseudonymiser,
+        permit: OwnedSemaphorePermit,
+    ) -> Arc<Self> {
+        let n = msg.items.len();
+        Arc::new(Self {
+            msg,
+            delivery,
+            model_id,
+            pseudonymiser,
+            lines: Mutex::new(vec![None; n]),
+            remaining: AtomicUsize::new(n),
+            _permit: permit,
+        })
+    }
+
+    pub fn pseudonymiser_key_id(&self) -> &str {
+        self.pseudonymiser.key_id()
+    }
+
+    /// The work items of this task, one per image.
+    pub fn items(self: &Arc<Self>) -> impl Iterator<Item = Work> + '_ {
+        (0..self.msg.items.len()).map(move |index| Work {
+            task: self.clone(),
+            index,
+            timings: Timings::start(),
+        })
+    }
+
+    /// Records one image's line; true when it was the last one.
+    pub fn complete(&self, index: usize, line: ResultLine) -> bool {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines[index].replace(line).is_some() {
+            // A stage reported an image twice: a bug, but not one to lose data over.
+            tracing::error!(task = %self.msg.task_id, index, "image completed twice");
+            return false;
+        }
+        self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// The finished lines in item order.
+    pub fn take_lines(&self) -> Vec<ResultLine> {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter_mut()
+            .map(|l| l.take().expect("every image completed before the write"))
+            .collect()
+    }
+}
+
+/// One image of a task on its way through the pipeline.
+pub struct Work {
+    pub task: Arc<TaskState>,
+    pub index: usize,
+    pub timings: Timings,
+}
+
+impl Work {
+    pub fn reference(&self) -> &str {
+        &self.task.msg.items[self.index].reference
+    }
+
+    /// The image's pseudonym. Refs are canonical when published, so this is stable.
+    pub fn pseudonym(&self) -> String {
+        self.task.pseudonymiser.pseudonym(self.reference())
+    }
+
+    /// The error line for this image.
+    pub fn failed(&self, error: ImageError) -> ResultLine {
+        let mut line = ResultLine::failed(
+            self.pseudonym(),
+            self.task.pseudonymiser.key_id().to_owned(),
+            self.task.model_id.clone(),
+            error,
+        );
+        line.timings_ms = self.timings.ms.clone();
+        line
+    }
+}
+
+/// Milliseconds per stage of one image, and the moment the current stage started.
+pub struct Timings {
+    pub ms: BTreeMap<String, f64>,
+    mark: Instant,
+}
+
+impl Timings {
+    pub fn start() -> Self {
+        Self {
+            ms: BTreeMap::new(),
+            mark: Instant::now(),
+        }
+    }
+
+    /// Ends the current stage under `name` and starts the next.
+    pub fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        let ms = now.duration_since(self.mark).as_secs_f64() * 1e3;
+        *self.ms.entry(name.to_owned()).or_default() += (ms * 1e3).round() / 1e3;
+        self.mark = now;
+    }
+
+    /// Records a duration measured elsewhere (a batch's inference) and restarts the mark.
+    pub fn record(&mut self, name: &str, ms: f64) {
+        self.ms.insert(name.to_owned(), (ms * 1e3).round() / 1e3);
+        self.mark = Instant::now();
+    }
+}
+
+/// An image leaving the pipeline with its line.
+pub struct Completed {
+    pub work: Work,
+    pub line: ResultLine,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tagfleet_core::TenantKey;
+    use tagfleet_core::schema::{Analysis, SCHEMA_VERSION, TaskItem, TaskOptions};
+
+    /// `n` work items of one task, for stage tests.
+    pub(crate) fn works(n: usize) -> Vec<Work> {
+        let msg = TaskMessage {
+            v: SCHEMA_VERSION,
+            job_id: "j".into(),
+            task_id: "t".into(),
+            tenant: "local".into(),
+            analyses: vec![Analysis::Tags],
+            model: "m@1".into(),
+            options: TaskOptions::default(),
+            items: (0..n)
+                .map(|i| TaskItem {
+                    reference: format!("file:///img/{i}.jpg"),
+                })
+                .collect(),
+        };
+        let delivery = Delivery {
+            body: Vec::new(),
+            handle: "1".into(),
+            attempt: 1,
+        };
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let key = Pseudonymiser::new(TenantKey::new(vec![7; 32]).unwrap());
+        let task = TaskState::new(msg, delivery, "m@1".into(), key, permit);
+        task.items().collect()
+    }
+
+    #[test]
+    fn the_last_image_completes_the_task_and_lines_keep_item_order() {
+        let works = works(3);
+        let task = works[0].task.clone();
+        let mut done = Vec::new();
+        for w in works.iter().rev() {
+            let line = w.failed(ImageError::new(
+                tagfleet_core::ErrorKind::Decode,
+                format!("image {}", w.index),
+            ));
+            done.push(task.complete(w.index, line));
+        }
+        assert_eq!(done, [false, false, true]);
+        let messages: Vec<_> = task
+            .take_lines()
+            .into_iter()
+            .map(|l| l.error.unwrap().message)
+            .collect();
+        assert_eq!(messages, ["image 0", "image 1", "image 2"]);
+    }
+
+    #[test]
+    fn error_lines_name_the_image_by_pseudonym_only() {
+        let w = works(1).pop().unwrap();
+        let line = w.failed(ImageError::new(
+            tagfleet_core::ErrorKind::Fetch,
+            "file not found",
+        ));
+        let json = serde_json::to_string(&line).unwrap();
+        assert!(!json.contains("0.jpg") && !json.contains("/img/"), "{json}");
+        assert_eq!(line.image, w.pseudonym());
+    }
+}

@@ -1,0 +1,166 @@
+//! The end of the pipeline: collect each task's lines, write them as one JSON Lines object
+//! at the task's deterministic key, and only then ack the message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_channel::Receiver;
+use tagfleet_core::keys::result_key;
+use tagfleet_core::schema::{ResultLine, Status};
+use tagfleet_core::{ErrorKind, ObjectStore, Queue};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+
+use crate::task::{Completed, TaskState};
+
+/// Attempts at writing one result object before the message goes back to the queue.
+const WRITE_ATTEMPTS: u32 = 3;
+
+/// What the pipeline reports as it goes, for progress displays.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// One image finished (before its task is written).
+    Image { error: Option<ErrorKind> },
+    /// A task's result object is durable and its message acked.
+    TaskWritten {
+        job_id: String,
+        task_id: String,
+        key: String,
+        lines: Vec<ResultLine>,
+    },
+    /// A task's result could not be written; its message went back to the queue.
+    TaskFailed { job_id: String, task_id: String },
+}
+
+/// Counts over the whole run: images of written tasks only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub images_ok: usize,
+    pub errors: BTreeMap<ErrorKind, usize>,
+    pub tasks_written: usize,
+    pub tasks_failed: usize,
+}
+
+impl Summary {
+    pub fn images(&self) -> usize {
+        self.images_ok + self.image_errors()
+    }
+
+    pub fn image_errors(&self) -> usize {
+        self.errors.values().sum()
+    }
+
+    fn add(&mut self, lines: &[ResultLine]) {
+        self.tasks_written += 1;
+        for line in lines {
+            match (&line.status, &line.error) {
+                (Status::Ok, _) => self.images_ok += 1,
+                (Status::Error, Some(e)) => *self.errors.entry(e.kind).or_default() += 1,
+                (Status::Error, None) => *self.errors.entry(ErrorKind::Inference).or_default() += 1,
+            }
+        }
+    }
+}
+
+/// Collects completed images until every stage before has closed; returns the summary
+/// once every write has finished.
+pub async fn run(
+    input: Receiver<Completed>,
+    store: Arc<dyn ObjectStore>,
+    queue: Arc<dyn Queue>,
+    events: Option<UnboundedSender<Event>>,
+) -> Summary {
+    let mut writes = JoinSet::new();
+    let mut summary = Summary::default();
+    let emit = |event: Event| {
+        if let Some(tx) = &events {
+            let _ = tx.send(event);
+        }
+    };
+    loop {
+        tokio::select! {
+            completed = input.recv() => {
+                let Ok(Completed { work, line }) = completed else { break };
+                emit(Event::Image { error: line.error.as_ref().map(|e| e.kind) });
+                if work.task.complete(work.index, line) {
+                    writes.spawn(write_and_ack(work.task, store.clone(), queue.clone()));
+                }
+            }
+            Some(done) = writes.join_next(), if !writes.is_empty() => {
+                record(done, &mut summary, &emit);
+            }
+        }
+    }
+    while let Some(done) = writes.join_next().await {
+        record(done, &mut summary, &emit);
+    }
+    summary
+}
+
+type WriteOutcome = (String, String, Result<(String, Vec<ResultLine>), ()>);
+
+fn record(
+    done: Result<WriteOutcome, tokio::task::JoinError>,
+    summary: &mut Summary,
+    emit: &impl Fn(Event),
+) {
+    match done {
+        Ok((job_id, task_id, Ok((key, lines)))) => {
+            summary.add(&lines);
+            emit(Event::TaskWritten {
+                job_id,
+                task_id,
+                key,
+                lines,
+            });
+        }
+        Ok((job_id, task_id, Err(()))) => {
+            summary.tasks_failed += 1;
+            emit(Event::TaskFailed { job_id, task_id });
+        }
+        Err(e) => {
+            summary.tasks_failed += 1;
+            tracing::error!(error = %e, "result writer panicked");
+        }
+    }
+}
+
+async fn write_and_ack(
+    task: Arc<TaskState>,
+    store: Arc<dyn ObjectStore>,
+    queue: Arc<dyn Queue>,
+) -> WriteOutcome {
+    let msg = &task.msg;
+    let lines = task.take_lines();
+    let key = result_key(&msg.tenant, &msg.job_id, &msg.task_id);
+    let mut body = Vec::new();
+    for line in &lines {
+        serde_json::to_writer(&mut body, line).expect("result lines serialise");
+        body.push(b'\n');
+    }
+    let ids = (msg.job_id.clone(), msg.task_id.clone());
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=WRITE_ATTEMPTS {
+        match store.put(&key, body.clone()).await {
+            Ok(()) => {
+                if let Err(e) = queue.ack(&task.delivery).await {
+                    // The result is durable; a redelivery rewrites the same key.
+                    tracing::warn!(job = %msg.job_id, task = %msg.task_id, error = %e, "ack failed after write");
+                }
+                return (ids.0, ids.1, Ok((key, lines)));
+            }
+            Err(e) => {
+                tracing::warn!(job = %msg.job_id, task = %msg.task_id, attempt, error = %e, "writing result failed");
+                if attempt < WRITE_ATTEMPTS {
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+            }
+        }
+    }
+    if let Err(e) = queue.nack(&task.delivery, true).await {
+        tracing::error!(job = %msg.job_id, task = %msg.task_id, error = %e, "returning message failed");
+    }
+    (ids.0, ids.1, Err(()))
+}
