@@ -1,8 +1,245 @@
+//! `tagfleet bench`: the throughput bounds and the end-to-end rate, measured in one run on
+//! the same photos, and how close end-to-end comes to the bound.
+//!
+//! On a CPU host the bound is cores / (decode+preprocess CPU-s + inference CPU-s per
+//! image): every image costs both, and all cores are shared between them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
 use clap::Args;
+use tagfleet_models::{Backend, DecodeLimits, Decoded, Preprocessor, decode};
+
+use crate::engine::{self, EngineArgs};
+use crate::inputs;
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Folder of photos the corpus is made from (`make photos` extracts the samples).
+    #[arg(default_value = "samples/photos")]
+    pub photos: PathBuf,
 
-pub async fn main(_args: BenchArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("not yet")
+    /// Images in the end-to-end corpus (the photos repeated, as hard links).
+    #[arg(long, env = "TAGFLEET_BENCH_IMAGES", default_value_t = 1000)]
+    pub images: usize,
+
+    /// Batch size of the engine measurement and of the end-to-end run. Default: the model's.
+    #[arg(long, env = "TAGFLEET_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+
+    /// Seconds each bound is measured for, at least.
+    #[arg(long, env = "TAGFLEET_BENCH_SECONDS", default_value_t = 5.0)]
+    pub seconds: f64,
+
+    /// Where the corpus folder is made. Default: the system's temporary folder.
+    #[arg(long, env = "TAGFLEET_BENCH_DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
+    let model = args.engine.load_model()?;
+    let max_batch = args.max_batch.unwrap_or(model.spec.batch.max_batch).max(1);
+    let inputs = inputs::collect(&args.photos)?;
+    let mut photos = Vec::new();
+    for input in &inputs.items {
+        let path = input.reference.trim_start_matches("file://");
+        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        if decode(&bytes, DecodeLimits::default()).is_ok() {
+            photos.push((PathBuf::from(path), bytes));
+        }
+    }
+    if photos.is_empty() {
+        bail!("no decodable photos in {}", args.photos.display());
+    }
+    let cores = engine::cores();
+    let budget = Duration::from_secs_f64(args.seconds.max(0.1));
+    println!(
+        "tagfleet bench: {} photos, {cores} cores, model {}, batch {max_batch}",
+        photos.len(),
+        model.spec.id()
+    );
+
+    // Decode + preprocess, one thread: CPU-seconds per image.
+    let bytes: Vec<&[u8]> = photos.iter().map(|(_, b)| b.as_slice()).collect();
+    let (prepare_cpu, tensors) = measure_prepare(&bytes, &model.spec.input, budget);
+    println!(
+        "decode+preprocess   {:8.2} ms CPU per image (one thread)",
+        prepare_cpu * 1e3
+    );
+
+    // The engine alone on ready tensors, at the chosen batch size.
+    let mut backends = args.engine.backends(&model)?;
+    let backend = backends.first_mut().expect("at least one backend");
+    let (engine_rate, infer_cpu) = measure_engine(backend.as_mut(), &tensors, max_batch, budget)?;
+    println!(
+        "engine              {engine_rate:8.1} images/s, {:.2} ms CPU per image ({} threads)",
+        infer_cpu * 1e3,
+        args.engine.threads()
+    );
+    drop(backends);
+
+    let bound = cores as f64 / (prepare_cpu + infer_cpu);
+    println!(
+        "bound               {bound:8.1} images/s = {cores} cores / (decode+preprocess + inference CPU-s per image)"
+    );
+
+    // End to end: the real `tagfleet run` on a corpus of hard links to the photos.
+    let work = tempfile::Builder::new()
+        .prefix("tagfleet-bench-")
+        .tempdir_in(args.work_dir.clone().unwrap_or_else(std::env::temp_dir))
+        .context("creating the bench folder")?;
+    let corpus = make_corpus(work.path(), &photos, args.images)?;
+    let (e2e_rate, peak_rss) = measure_run(&args, &corpus, work.path(), args.images, max_batch)?;
+    println!(
+        "end-to-end          {e2e_rate:8.1} images/s on {} images, peak RSS {:.0} MiB",
+        args.images,
+        peak_rss as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "ratio               {:8.2} end-to-end / bound (target >= 0.8)",
+        e2e_rate / bound
+    );
+    Ok(0)
+}
+
+/// Decodes and preprocesses the photos round-robin on this thread for about `budget`;
+/// returns CPU-seconds per image and one tensor per photo.
+fn measure_prepare(
+    photos: &[&[u8]],
+    input: &tagfleet_models::spec::InputSpec,
+    budget: Duration,
+) -> (f64, Vec<Vec<f32>>) {
+    let mut pre = Preprocessor::new(input);
+    let prepare = |pre: &mut Preprocessor, bytes: &[u8]| {
+        let decoded: Decoded = decode(bytes, DecodeLimits::default()).expect("photos were checked");
+        let mut tensor = vec![0.0; pre.tensor_len()];
+        pre.run(&decoded, &mut tensor);
+        tensor
+    };
+    let tensors: Vec<Vec<f32>> = photos.iter().map(|b| prepare(&mut pre, b)).collect();
+    let start = Instant::now();
+    let cpu0 = thread_cpu();
+    let mut n = 0usize;
+    while start.elapsed() < budget || n < photos.len() {
+        std::hint::black_box(prepare(&mut pre, photos[n % photos.len()]));
+        n += 1;
+    }
+    ((thread_cpu() - cpu0) / n as f64, tensors)
+}
+
+/// Runs full batches for about `budget`; returns images/s and CPU-seconds per image.
+fn measure_engine(
+    backend: &mut dyn Backend,
+    tensors: &[Vec<f32>],
+    batch: usize,
+    budget: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let input: Vec<f32> = tensors
+        .iter()
+        .cycle()
+        .take(batch)
+        .flatten()
+        .copied()
+        .collect();
+    backend.run(&input, batch, false).context("warm-up batch")?;
+    let start = Instant::now();
+    let cpu0 = process_cpu();
+    let mut images = 0usize;
+    while start.elapsed() < budget || images == 0 {
+        backend.run(&input, batch, false).context("engine batch")?;
+        images += batch;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok((images as f64 / wall, (process_cpu() - cpu0) / images as f64))
+}
+
+fn make_corpus(dir: &Path, photos: &[(PathBuf, Vec<u8>)], n: usize) -> anyhow::Result<PathBuf> {
+    let corpus = dir.join("corpus");
+    std::fs::create_dir_all(&corpus)?;
+    for i in 0..n {
+        let (src, _) = &photos[i % photos.len()];
+        let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("img");
+        let dst = corpus.join(format!("{i:06}.{ext}"));
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst)
+                .with_context(|| format!("copying into {}", corpus.display()))?;
+        }
+    }
+    Ok(corpus)
+}
+
+/// Runs `tagfleet run` on the corpus as a child process; returns images/s over its whole
+/// wall time (start-up included) and its peak RSS in bytes.
+fn measure_run(
+    args: &BenchArgs,
+    corpus: &Path,
+    work: &Path,
+    n: usize,
+    max_batch: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let exe = std::env::current_exe().context("finding the tagfleet binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .arg(corpus)
+        .arg("--out")
+        .arg(work.join("results"))
+        .arg("--key-file")
+        .arg(work.join("bench.key"))
+        .args([
+            "--format",
+            "none",
+            "--log",
+            "warn",
+            "--max-batch",
+            &max_batch.to_string(),
+        ])
+        .args(["--model", &args.engine.model]);
+    if let Some(dir) = &args.engine.models_dir {
+        cmd.arg("--models-dir").arg(dir);
+    }
+    if let Some(lib) = &args.engine.ort_dylib {
+        cmd.arg("--ort-dylib").arg(lib);
+    }
+    let start = Instant::now();
+    let status = cmd.status().context("running tagfleet run")?;
+    let wall = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("tagfleet run on the corpus failed: {status}");
+    }
+    Ok((n as f64 / wall, children_peak_rss()))
+}
+
+fn rusage(who: libc::c_int) -> libc::rusage {
+    // SAFETY: getrusage only writes the struct it is given.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        usage
+    }
+}
+
+fn seconds(tv: libc::timeval) -> f64 {
+    tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6
+}
+
+/// User+system CPU-seconds of this thread.
+fn thread_cpu() -> f64 {
+    let u = rusage(libc::RUSAGE_THREAD);
+    seconds(u.ru_utime) + seconds(u.ru_stime)
+}
+
+/// User+system CPU-seconds of the whole process (all of ONNX Runtime's threads).
+fn process_cpu() -> f64 {
+    let u = rusage(libc::RUSAGE_SELF);
+    seconds(u.ru_utime) + seconds(u.ru_stime)
+}
+
+/// Largest RSS of any waited-for child, in bytes (Linux reports KiB).
+fn children_peak_rss() -> u64 {
+    rusage(libc::RUSAGE_CHILDREN).ru_maxrss as u64 * 1024
 }

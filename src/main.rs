@@ -35,10 +35,10 @@ struct Cli {
 enum Command {
     /// Analyse a folder or manifest of photos on this machine, with no services (the
     /// embedded mode). Exit code 0 when every image succeeded, 3 when some failed.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Measure the engine bound, the decode bound and end-to-end throughput on the same
     /// photos in one run, and print how close end-to-end comes to the bound.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -67,8 +67,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::main(args).await,
-            Command::Bench(args) => bench::main(args).await,
+            Command::Run(args) => run::main(*args).await,
+            Command::Bench(args) => bench::main(*args).await,
         }
     });
     match result {

@@ -7,7 +7,9 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageError as ImgError, ImageReader, Limits, RgbImage};
+use image::{
+    DynamicImage, ImageDecoder, ImageError as ImgError, ImageFormat, ImageReader, Limits, RgbImage,
+};
 use tagfleet_core::{ErrorKind, ImageError};
 
 /// Default refusal thresholds.
@@ -70,6 +72,13 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, ImageError>
             "not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF)",
         )
     })?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a cut-off scan with grey instead of failing.
+        return Err(ImageError::new(
+            ErrorKind::Decode,
+            "JPEG data is cut short: no end-of-image marker after the last scan",
+        ));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decoder_limits(limits));
     let mut decoder = reader.into_decoder().map_err(classify)?;
@@ -94,6 +103,17 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, ImageError>
     Ok(Decoded {
         pixels: to_rgb8(image),
     })
+}
+
+/// Whether an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Inside
+/// entropy-coded data a 0xFF byte is always stuffed or a restart marker, so neither pair
+/// can occur by accident; bytes after the EOI (some cameras append data) are allowed.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
 }
 
 fn decoder_limits(limits: DecodeLimits) -> Limits {
@@ -138,7 +158,7 @@ fn to_rgb8(image: DynamicImage) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageFormat, Rgba, RgbaImage};
+    use image::{Rgba, RgbaImage};
 
     fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());

@@ -40,6 +40,9 @@ impl OrtBackend {
             .map_err(backend_error("setting the optimisation level"))?
             .with_intra_threads(threads.max(1))
             .map_err(backend_error("setting intra-op threads"))?
+            // Spinning intra-op threads would burn the cores the decoders need.
+            .with_config_entry("session.intra_op.allow_spinning", "0")
+            .map_err(backend_error("disabling intra-op spinning"))?
             .commit_from_file(spec.onnx_path())
             .map_err(|e| {
                 BackendError::new(format!("loading {}: {e:?}", spec.onnx_path().display()))

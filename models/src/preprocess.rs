@@ -32,7 +32,7 @@ impl Preprocessor {
     }
 
     /// Floats one image takes in the tensor.
-    pub fn len(&self) -> usize {
+    pub fn tensor_len(&self) -> usize {
         3 * self.input.width as usize * self.input.height as usize
     }
 
@@ -121,7 +121,7 @@ mod tests {
         let img = Decoded {
             pixels: RgbImage::from_pixel(8, 8, image::Rgb([255, 127, 0])),
         };
-        let mut out = vec![0.0; p.len()];
+        let mut out = vec![0.0; p.tensor_len()];
         p.run(&img, &mut out);
         assert!(
             out[..16].iter().all(|v| (*v - 1.0).abs() < 1e-6),

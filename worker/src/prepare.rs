@@ -84,7 +84,7 @@ fn prepare(
                 ImageError::new(ErrorKind::Decode, "the decoder failed on this image")
             })??;
     work.timings.lap("decode");
-    let mut tensor = vec![0.0; pre.len()];
+    let mut tensor = vec![0.0; pre.tensor_len()];
     pre.run(&decoded, &mut tensor);
     work.timings.lap("preprocess");
     Ok((tensor, decoded.width(), decoded.height()))

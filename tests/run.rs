@@ -1,0 +1,321 @@
+//! `tagfleet run`, the embedded mode, as a user runs it: the real binary, the real model,
+//! real photos.
+
+mod common;
+
+use common::*;
+
+const CATS: [&str; 3] = ["tiger cat", "Egyptian cat", "tabby"];
+
+#[test]
+fn tags_real_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_photos(
+        &photos,
+        &[("chelsea.png", "chelsea.png"), ("coffee.png", "coffee.png")],
+    );
+    let out = dir.path().join("out");
+    let run = tagfleet(
+        &[
+            "run",
+            photos.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+            "--top-k",
+            "3",
+        ],
+        &dir.path().join("key"),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = json_lines(&run);
+
+    let chelsea = labels(line_for(&lines, "chelsea.png"));
+    assert!(
+        chelsea.iter().any(|l| CATS.contains(&l.as_str())),
+        "chelsea top 3: {chelsea:?}"
+    );
+    let coffee = labels(line_for(&lines, "coffee.png"));
+    assert_eq!(coffee[0], "espresso", "coffee: {coffee:?}");
+
+    // The same lines are in the result object, without the file names.
+    let objects = files_under(&out);
+    assert_eq!(
+        objects.len(),
+        1,
+        "{:?}",
+        objects.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    assert!(objects[0].0.starts_with("results/local/") && objects[0].0.ends_with("/t000001.jsonl"));
+    let stored: Vec<serde_json::Value> = String::from_utf8_lossy(&objects[0].1)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 2);
+    for line in &lines {
+        let twin = stored
+            .iter()
+            .find(|s| s["image"] == line["image"])
+            .expect("printed line is stored");
+        assert_eq!(labels(twin), labels(line));
+        assert!(
+            twin.get("file").is_none(),
+            "stored lines carry no file name"
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_become_error_records_and_good_images_are_still_tagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_photos(
+        &photos,
+        &[("coffee.png", "coffee.png"), ("chelsea.png", "chelsea.png")],
+    );
+    let rocket = std::fs::read(photo("rocket.jpg")).unwrap();
+    std::fs::write(photos.join("truncated.jpg"), &rocket[..rocket.len() / 2]).unwrap();
+    std::fs::write(photos.join("empty.jpg"), b"").unwrap();
+    std::fs::write(photos.join("notes.jpg"), b"shopping list: milk, eggs\n").unwrap();
+    std::fs::write(
+        photos.join("huge.png"),
+        png_claiming_size("chelsea.png", 20_000, 20_000),
+    )
+    .unwrap();
+
+    let run = tagfleet(
+        &[
+            "run",
+            photos.to_str().unwrap(),
+            "--out",
+            dir.path().join("out").to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &dir.path().join("key"),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(3), "some images failed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("6 images") && stderr.contains("4 failed"),
+        "{stderr}"
+    );
+
+    let lines = json_lines(&run);
+    let kind = |file: &str| {
+        line_for(&lines, file)["error"]["kind"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(kind("truncated.jpg").as_deref(), Some("decode"));
+    assert_eq!(kind("empty.jpg").as_deref(), Some("decode"));
+    assert_eq!(kind("notes.jpg").as_deref(), Some("unsupported"));
+    assert_eq!(kind("huge.png").as_deref(), Some("too_large"));
+    for file in ["truncated.jpg", "empty.jpg", "notes.jpg", "huge.png"] {
+        let line = line_for(&lines, file);
+        assert_eq!(line["status"], "error");
+        assert!(!line["error"]["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(labels(line_for(&lines, "coffee.png"))[0], "espresso");
+    assert_eq!(line_for(&lines, "chelsea.png")["status"], "ok");
+}
+
+#[test]
+fn no_input_name_or_path_in_results_keys_or_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = "zanzibar-holiday-marker";
+    let photos = dir.path().join(format!("{marker}-album"));
+    copy_photos(
+        &photos,
+        &[
+            ("chelsea.png", &format!("{marker}-cat.png")),
+            ("coffee.png", "kitchen/cup.png"),
+        ],
+    );
+    std::fs::write(photos.join(format!("{marker}-broken.jpg")), b"not a jpeg").unwrap();
+    let out = dir.path().join("out");
+
+    let run = tagfleet(
+        &[
+            "run",
+            photos.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "none",
+            "--log",
+            "debug",
+        ],
+        &dir.path().join("key"),
+    );
+    assert_eq!(run.status.code(), Some(3));
+    let logs = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        logs.contains("DEBUG") || logs.contains("INFO"),
+        "logs were captured: {logs}"
+    );
+    for needle in [marker, "cup.png", "kitchen", photos.to_str().unwrap()] {
+        assert!(!logs.contains(needle), "{needle:?} in logs:\n{logs}");
+        for (key, body) in files_under(&out) {
+            assert!(!key.contains(needle), "{needle:?} in object key {key}");
+            assert!(
+                !String::from_utf8_lossy(&body).contains(needle),
+                "{needle:?} in object {key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn embeddings_are_unit_length() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_photos(dir.path(), &[("astronaut.png", "a.png")]);
+    let run = tagfleet(
+        &[
+            "run",
+            dir.path().join("a.png").to_str().unwrap(),
+            "--format",
+            "json",
+            "--analyses",
+            "tags,embedding",
+        ],
+        &dir.path().join("key"),
+    );
+    // A single file is read as a manifest, and fails: it is no text. Use a manifest.
+    assert!(!run.status.success());
+    let manifest = dir.path().join("list.txt");
+    std::fs::write(&manifest, "a.png\n").unwrap();
+    let out = dir.path().join("out");
+    let run = tagfleet(
+        &[
+            "run",
+            manifest.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+            "--analyses",
+            "tags,embedding",
+        ],
+        &dir.path().join("key"),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = json_lines(&run);
+    let embedding: Vec<f64> = lines[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(embedding.len(), 1280);
+    let norm = embedding.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+    assert!(embedding.iter().any(|v| *v != 0.0));
+}
+
+#[test]
+fn pseudonyms_are_stable_per_key_and_differ_across_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
+    let photos = dir.path().join("photos");
+    let image_of = |key: &str| {
+        let run = tagfleet(
+            &[
+                "run",
+                photos.to_str().unwrap(),
+                "--out",
+                dir.path().join("out").to_str().unwrap(),
+                "--format",
+                "json",
+            ],
+            &dir.path().join(key),
+        );
+        assert!(run.status.success());
+        json_lines(&run)[0]["image"].as_str().unwrap().to_owned()
+    };
+    let first = image_of("key-a");
+    assert_eq!(first.len(), 64);
+    assert_eq!(first, image_of("key-a"));
+    assert_ne!(first, image_of("key-b"));
+}
+
+#[test]
+fn expired_results_are_swept_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
+    let out = dir.path().join("out");
+    let old = out.join("results/local/oldjob/t000001.jsonl");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(&old, b"{}\n").unwrap();
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+
+    let run = tagfleet(
+        &[
+            "run",
+            dir.path().join("photos").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("key"),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        !old.exists(),
+        "a 48-hour-old result outlived the 24-hour retention"
+    );
+    assert_eq!(files_under(&out).len(), 1, "the new result stays");
+}
+
+#[test]
+fn clear_errors_for_an_empty_folder_and_a_missing_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let run = tagfleet(&["run", empty.to_str().unwrap()], &dir.path().join("key"));
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no images found"));
+
+    copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
+    let run = tagfleet(
+        &[
+            "run",
+            dir.path().join("photos").to_str().unwrap(),
+            "--out",
+            dir.path().join("out").to_str().unwrap(),
+            "--ort-dylib",
+            "/nonexistent/libonnxruntime.so.1",
+        ],
+        &dir.path().join("key"),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("make venv") && stderr.contains("TAGFLEET_ORT_DYLIB"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("out/results").exists(),
+        "nothing half-written"
+    );
+}

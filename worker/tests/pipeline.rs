@@ -1,0 +1,294 @@
+//! The pipeline end to end with the real model on real photos: redelivery, poison
+//! messages, failing backends, and several executors sharing one batch queue.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tagfleet_core::keys::result_key;
+use tagfleet_core::queue::MemoryQueue;
+use tagfleet_core::schema::{
+    Analysis, ResultLine, SCHEMA_VERSION, Status, TaskItem, TaskMessage, TaskOptions,
+};
+use tagfleet_core::store::FsStore;
+use tagfleet_core::{ErrorKind, ObjectStore, Pseudonymiser, Queue, TenantKey};
+use tagfleet_models::{
+    Backend, BackendError, BatchOutput, DecodeLimits, Device, ModelSpec, OrtBackend,
+};
+use tagfleet_worker::{BatchPolicy, FileRoots, Pipeline, PipelineConfig, Summary, Tenants};
+use tokio_util::sync::CancellationToken;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn photos() -> PathBuf {
+    let dir = repo().join("samples/photos");
+    assert!(
+        dir.join("coffee.png").is_file(),
+        "run `make photos` (make test does)"
+    );
+    dir.canonicalize().unwrap()
+}
+
+fn spec() -> ModelSpec {
+    ModelSpec::load(&repo().join("models/efficientnet-lite0"))
+        .expect("run `make model` (make test does)")
+}
+
+fn ort() -> Box<dyn Backend> {
+    Box::new(OrtBackend::cpu(&spec(), 1, None).expect("ONNX Runtime from .venv (`make venv`)"))
+}
+
+fn task(task_id: &str, files: &[&str]) -> TaskMessage {
+    TaskMessage {
+        v: SCHEMA_VERSION,
+        job_id: "job1".into(),
+        task_id: task_id.into(),
+        tenant: "acme".into(),
+        analyses: vec![Analysis::Tags],
+        model: spec().id(),
+        options: TaskOptions::default(),
+        items: files
+            .iter()
+            .map(|f| TaskItem {
+                reference: format!("file://{}/{f}", photos().display()),
+            })
+            .collect(),
+    }
+}
+
+struct Harness {
+    queue: Arc<MemoryQueue>,
+    store: Arc<FsStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::new(dir.path(), None).unwrap());
+        Self {
+            queue: Arc::new(MemoryQueue::new(3)),
+            store,
+            _dir: dir,
+        }
+    }
+
+    async fn run(&self, backends: Vec<Box<dyn Backend>>, max_batch: usize) -> Summary {
+        let spec = spec();
+        let labels = Arc::new(spec.load_labels().unwrap());
+        let key = Pseudonymiser::new(TenantKey::new(vec![42; 32]).unwrap());
+        let pipeline = Pipeline {
+            queue: self.queue.clone(),
+            store: self.store.clone(),
+            tenants: Tenants::single("acme", key),
+            spec,
+            labels,
+            backends,
+            config: PipelineConfig {
+                batch: BatchPolicy {
+                    max_batch,
+                    max_delay: Duration::from_millis(5),
+                },
+                prepare_threads: 2,
+                fetch_concurrency: 4,
+                max_tasks_in_flight: 2,
+                limits: DecodeLimits::default(),
+                file_roots: FileRoots::new([photos()]).unwrap(),
+                exit_when_drained: true,
+            },
+        };
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            pipeline.run(CancellationToken::new(), None),
+        )
+        .await
+        .expect("the pipeline drains and stops")
+    }
+
+    async fn lines(&self, task_id: &str) -> Vec<ResultLine> {
+        let body = self
+            .store
+            .get(&result_key("acme", "job1", task_id))
+            .await
+            .unwrap();
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_rewrites_the_same_key() {
+    let h = Harness::new();
+    let msg = task("t000001", &["coffee.png", "chelsea.png"]);
+    h.queue.publish(msg.to_json()).await.unwrap();
+    h.run(vec![ort()], 4).await;
+    let first = h.lines("t000001").await;
+
+    // The broker hands the same message out again (a worker died before its ack).
+    h.queue.publish(msg.to_json()).await.unwrap();
+    let summary = h.run(vec![ort()], 4).await;
+    assert_eq!(summary.tasks_written, 1);
+
+    let objects = h.store.list("results/").await.unwrap();
+    assert_eq!(
+        objects.len(),
+        1,
+        "one object per task, however often it is delivered"
+    );
+    let again = h.lines("t000001").await;
+    assert_eq!(again.len(), 2);
+    for (a, b) in first.iter().zip(&again) {
+        assert_eq!(
+            (&a.image, &a.tags.as_ref().unwrap()[0].label),
+            (&b.image, &b.tags.as_ref().unwrap()[0].label)
+        );
+    }
+    assert_eq!(
+        first[0].tags.as_ref().unwrap()[0].label,
+        "espresso",
+        "lines keep item order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_and_the_rest_completes() {
+    let h = Harness::new();
+    h.queue
+        .publish(b"{\"v\": 1, \"this is\": \"not a task\"}".to_vec())
+        .await
+        .unwrap();
+    let mut unknown_tenant = task("t000002", &["coffee.png"]);
+    unknown_tenant.tenant = "nobody".into();
+    h.queue.publish(unknown_tenant.to_json()).await.unwrap();
+    h.queue
+        .publish(task("t000001", &["coffee.png"]).to_json())
+        .await
+        .unwrap();
+
+    let summary = h.run(vec![ort()], 4).await;
+    assert_eq!((summary.tasks_written, summary.images_ok), (1, 1));
+    assert_eq!(h.queue.dead_letters().len(), 2);
+    assert!(h.queue.is_drained());
+    assert_eq!(h.lines("t000001").await[0].status, Status::Ok);
+}
+
+/// Counts the images each executor ran, then delegates to a real backend.
+struct Counting {
+    inner: Box<dyn Backend>,
+    images: Arc<AtomicUsize>,
+    batches: Arc<AtomicUsize>,
+}
+
+impl Backend for Counting {
+    fn device(&self) -> Device {
+        self.inner.device()
+    }
+    fn run(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        want_embedding: bool,
+    ) -> Result<BatchOutput, BackendError> {
+        self.images.fetch_add(n, Ordering::SeqCst);
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        // Slow enough that one executor cannot drain the queue alone.
+        std::thread::sleep(Duration::from_millis(20));
+        self.inner.run(input, n, want_embedding)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_executors_share_the_batches_and_run_each_once() {
+    let h = Harness::new();
+    let files: Vec<&str> = [
+        "coffee.png",
+        "chelsea.png",
+        "astronaut.png",
+        "rocket.jpg",
+        "camera.png",
+        "horse.png",
+    ]
+    .into_iter()
+    .cycle()
+    .take(24)
+    .collect();
+    for (i, chunk) in files.chunks(6).enumerate() {
+        h.queue
+            .publish(task(&format!("t{:06}", i + 1), chunk).to_json())
+            .await
+            .unwrap();
+    }
+    let counters: Vec<_> = (0..2)
+        .map(|_| (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))))
+        .collect();
+    let backends: Vec<Box<dyn Backend>> = counters
+        .iter()
+        .map(|(images, batches)| {
+            Box::new(Counting {
+                inner: ort(),
+                images: images.clone(),
+                batches: batches.clone(),
+            }) as Box<dyn Backend>
+        })
+        .collect();
+
+    let summary = h.run(backends, 2).await;
+    let per_executor: Vec<usize> = counters
+        .iter()
+        .map(|(i, _)| i.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(
+        per_executor.iter().sum::<usize>(),
+        24,
+        "every image ran exactly once: {per_executor:?}"
+    );
+    assert!(
+        per_executor.iter().all(|n| *n > 0),
+        "both executors took batches: {per_executor:?}"
+    );
+    assert_eq!((summary.images_ok, summary.tasks_written), (24, 4));
+    for t in 1..=4 {
+        let lines = h.lines(&format!("t{t:06}")).await;
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[0].tags.as_ref().unwrap()[0].label, "espresso");
+    }
+}
+
+/// A device that fails every batch.
+struct Broken;
+
+impl Backend for Broken {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn run(&mut self, _: &[f32], _: usize, _: bool) -> Result<BatchOutput, BackendError> {
+        Err(BackendError::new("device lost"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_gives_inference_error_records() {
+    let h = Harness::new();
+    h.queue
+        .publish(task("t000001", &["coffee.png", "chelsea.png", "missing.png"]).to_json())
+        .await
+        .unwrap();
+    let summary = h.run(vec![Box::new(Broken)], 4).await;
+    assert_eq!(summary.errors.get(&ErrorKind::Inference), Some(&2));
+    assert_eq!(summary.errors.get(&ErrorKind::Fetch), Some(&1));
+    let lines = h.lines("t000001").await;
+    assert_eq!(lines[0].error.as_ref().unwrap().message, "device lost");
+    assert!(
+        h.queue.is_drained(),
+        "the task was written and acked, not redelivered forever"
+    );
+}
