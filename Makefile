@@ -18,9 +18,11 @@ CARGO_FLAGS ?=
 demo: model photos build
 	./target/release/tagfleet run $(PHOTOS) --out tagfleet-results
 
+# The integration tests talk to real RabbitMQ, S3 (SeaweedFS) and SQS (moto) servers that
+# scripts/services.sh installs and starts on 127.0.0.1 for the duration of the run.
 test: model photos tools
 	$(PY) -m unittest discover -s scripts -p 'test_*.py'
-	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS)
+	scripts/with-services.sh cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS)
 
 venv: $(VENV)/.ready
 

@@ -33,6 +33,15 @@ pub struct Inputs {
 /// one path a line, or JSON Lines with a `ref` field; relative paths are relative to
 /// the manifest.
 pub fn collect(path: &Path) -> anyhow::Result<Inputs> {
+    collect_with(path, false)
+}
+
+/// As [`collect`], but manifests may also name `s3://` refs (for `submit`).
+pub fn collect_refs(path: &Path) -> anyhow::Result<Inputs> {
+    collect_with(path, true)
+}
+
+fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("reading input {}", path.display()))?;
     if meta.is_dir() {
@@ -47,7 +56,7 @@ pub fn collect(path: &Path) -> anyhow::Result<Inputs> {
         inputs.items.sort_by(|a, b| a.display.cmp(&b.display));
         Ok(inputs)
     } else {
-        manifest(path)
+        manifest(path, allow_s3)
     }
 }
 
@@ -84,7 +93,7 @@ fn is_image_name(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
 }
 
-fn manifest(path: &Path) -> anyhow::Result<Inputs> {
+fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading manifest {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -104,12 +113,21 @@ fn manifest(path: &Path) -> anyhow::Result<Inputs> {
         } else {
             line.to_owned()
         };
+        if allow_s3 && entry.starts_with("s3://") {
+            inputs.items.push(Input {
+                reference: entry.clone(),
+                display: entry,
+            });
+            continue;
+        }
         let local = entry.strip_prefix("file://").unwrap_or(&entry);
         if local.contains("://") {
-            bail!(
-                "manifest line {}: only local files are read by `tagfleet run`",
-                n + 1
-            );
+            let allowed = if allow_s3 {
+                "local files and s3:// refs"
+            } else {
+                "local files"
+            };
+            bail!("manifest line {}: only {allowed} are accepted here", n + 1);
         }
         let full = base.join(local);
         // A missing file is the user's data, not a reason to refuse the run: it becomes a
@@ -128,7 +146,7 @@ fn manifest(path: &Path) -> anyhow::Result<Inputs> {
             display: entry,
         });
     }
-    if inputs.roots.iter().all(|r| !r.exists()) && !inputs.items.is_empty() {
+    if !inputs.roots.is_empty() && inputs.roots.iter().all(|r| !r.exists()) {
         bail!(
             "none of the folders named in manifest {} exists",
             path.display()

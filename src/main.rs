@@ -5,10 +5,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod backends;
 mod bench;
 mod engine;
+mod http;
 mod inputs;
+mod pipeline_args;
 mod run;
+mod submit;
+mod worker;
 
 /// Batch image analysis: tags and embeddings for many images, on CPUs and GPUs.
 ///
@@ -36,6 +41,12 @@ enum Command {
     /// Analyse a folder or manifest of photos on this machine, with no services (the
     /// embedded mode). Exit code 0 when every image succeeded, 3 when some failed.
     Run(Box<run::RunArgs>),
+    /// Run a worker of the fleet: take tasks from RabbitMQ or SQS, write results to S3.
+    /// Stops cleanly on SIGTERM, finishing what is in flight.
+    Worker(Box<worker::WorkerArgs>),
+    /// Publish a job's tasks (from a folder, a manifest or an S3 prefix) to the queue and
+    /// print the job id.
+    Submit(Box<submit::SubmitArgs>),
     /// Measure the engine bound, the decode bound and end-to-end throughput on the same
     /// photos in one run, and print how close end-to-end comes to the bound.
     Bench(Box<bench::BenchArgs>),
@@ -69,6 +80,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::main(*args).await,
             Command::Bench(args) => bench::main(*args).await,
+            Command::Worker(args) => worker::main(*args).await,
+            Command::Submit(args) => submit::main(*args).await,
         }
     });
     match result {

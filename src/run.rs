@@ -11,17 +11,15 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tagfleet_core::queue::MemoryQueue;
-use tagfleet_core::schema::{
-    Analysis, ResultLine, SCHEMA_VERSION, TaskItem, TaskMessage, TaskOptions,
-};
+use tagfleet_core::schema::ResultLine;
 use tagfleet_core::store::FsStore;
 use tagfleet_core::{Pseudonymiser, Queue, TenantKey, retention};
-use tagfleet_models::DecodeLimits;
-use tagfleet_worker::{BatchPolicy, Event, FileRoots, Pipeline, PipelineConfig, Summary, Tenants};
+use tagfleet_worker::{Event, FileRoots, Pipeline, PipelineConfig, Summary, Tenants};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{self, EngineArgs};
 use crate::inputs::{self, Inputs};
+use crate::pipeline_args::{PipelineArgs, TaskArgs};
 
 /// Exit code when the run finished but some images have error records.
 pub const EXIT_SOME_FAILED: i32 = 3;
@@ -39,46 +37,11 @@ pub struct RunArgs {
     #[arg(long, env = "TAGFLEET_OUT", default_value = "tagfleet-results")]
     pub out: PathBuf,
 
-    /// Analyses to run, comma separated: tags, embedding.
-    #[arg(
-        long,
-        env = "TAGFLEET_ANALYSES",
-        value_delimiter = ',',
-        default_value = "tags"
-    )]
-    pub analyses: Vec<Analysis>,
+    #[command(flatten)]
+    pub task: TaskArgs,
 
-    /// Tags reported per image at most.
-    #[arg(long, env = "TAGFLEET_TOP_K", default_value_t = TaskOptions::default().top_k)]
-    pub top_k: usize,
-
-    /// Tags with a lower confidence (0 to 1) are left out.
-    #[arg(long, env = "TAGFLEET_THRESHOLD", default_value_t = TaskOptions::default().threshold)]
-    pub threshold: f32,
-
-    /// Images per task message (and per result object).
-    #[arg(long, env = "TAGFLEET_CHUNK_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub chunk_size: u32,
-
-    /// Largest batch the model runs. Default: the model's batch.max_batch.
-    #[arg(long, env = "TAGFLEET_MAX_BATCH")]
-    pub max_batch: Option<usize>,
-
-    /// Longest an image waits for its batch to fill, in ms. Default: the model's.
-    #[arg(long, env = "TAGFLEET_MAX_DELAY_MS")]
-    pub max_delay_ms: Option<u64>,
-
-    /// Decode and preprocess threads. Default: the number of cores.
-    #[arg(long, env = "TAGFLEET_DECODE_THREADS")]
-    pub decode_threads: Option<usize>,
-
-    /// Images larger than this many bytes are refused (error kind too_large).
-    #[arg(long, env = "TAGFLEET_MAX_IMAGE_BYTES", default_value_t = DecodeLimits::default().max_bytes)]
-    pub max_image_bytes: u64,
-
-    /// Images with more pixels than this are refused from their header, before decoding.
-    #[arg(long, env = "TAGFLEET_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
-    pub max_image_pixels: u64,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 
     /// Tenant key file (hex secret) that names images by pseudonym. Created if missing.
     /// Default: $XDG_CONFIG_HOME/tagfleet/local.key, kept apart from the results.
@@ -163,47 +126,24 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
     let backends = args.engine.backends(&model)?;
     let queue = Arc::new(MemoryQueue::default());
     let job_id = uuid::Uuid::new_v4().simple().to_string();
-    let options = TaskOptions {
-        top_k: args.top_k,
-        threshold: args.threshold,
-        retain: true,
-    };
-    options.validate()?;
-    for (n, chunk) in inputs.items.chunks(args.chunk_size as usize).enumerate() {
-        let msg = TaskMessage {
-            v: SCHEMA_VERSION,
-            job_id: job_id.clone(),
-            task_id: format!("t{:06}", n + 1),
-            tenant: LOCAL_TENANT.into(),
-            analyses: args.analyses.clone(),
-            model: model.spec.id(),
-            options: options.clone(),
-            items: chunk
-                .iter()
-                .map(|i| TaskItem {
-                    reference: i.reference.clone(),
-                })
-                .collect(),
-        };
+    let refs: Vec<String> = inputs.items.iter().map(|i| i.reference.clone()).collect();
+    for msg in args
+        .task
+        .messages(&job_id, LOCAL_TENANT, &model.spec.id(), &refs)?
+    {
         queue.publish(msg.to_json()).await?;
     }
     tracing::info!(job = %job_id, images = inputs.items.len(), model = %model.spec.id(), "job started");
 
     let config = PipelineConfig {
-        batch: BatchPolicy {
-            max_batch: args.max_batch.unwrap_or(model.spec.batch.max_batch),
-            max_delay: Duration::from_millis(
-                args.max_delay_ms.unwrap_or(model.spec.batch.max_delay_ms),
-            ),
-        },
-        prepare_threads: args.decode_threads.unwrap_or_else(engine::cores),
+        batch: args.pipeline.batch(&model.spec),
+        prepare_threads: args.pipeline.decode_threads(),
         fetch_concurrency: 16,
         max_tasks_in_flight: 4,
-        limits: DecodeLimits {
-            max_bytes: args.max_image_bytes,
-            max_pixels: args.max_image_pixels,
-        },
-        file_roots: FileRoots::new(inputs.roots.clone()).context("resolving the input folders")?,
+        limits: args.pipeline.limits(),
+        sources: FileRoots::new(inputs.roots.clone())
+            .context("resolving the input folders")?
+            .into(),
         exit_when_drained: true,
     };
     let pipeline = Pipeline {

@@ -1,6 +1,7 @@
 //! What every tagfleet process shares: the versioned task and result schema, the [`Queue`]
 //! and [`ObjectStore`] abstractions with their backends, pseudonyms and retention.
 
+pub mod aws;
 pub mod keys;
 pub mod pseudonym;
 pub mod queue;

@@ -6,8 +6,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod memory;
+pub mod rabbitmq;
+pub mod sqs;
 
 pub use memory::MemoryQueue;
+pub use rabbitmq::{RabbitOptions, RabbitQueue};
+pub use sqs::{SqsOptions, SqsQueue};
 
 /// A received message, to be acked or nacked exactly once.
 #[derive(Debug, Clone)]
@@ -40,6 +44,14 @@ impl QueueError {
 pub trait Queue: Send + Sync {
     /// Publishes one message durably.
     async fn publish(&self, body: Vec<u8>) -> Result<(), QueueError>;
+
+    /// Publishes several messages; brokers with a batch call override this.
+    async fn publish_batch(&self, bodies: Vec<Vec<u8>>) -> Result<(), QueueError> {
+        for body in bodies {
+            self.publish(body).await?;
+        }
+        Ok(())
+    }
 
     /// Waits up to `wait` for at least one message, returns up to `max`.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;

@@ -5,8 +5,10 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub mod fs;
+pub mod s3;
 
 pub use fs::FsStore;
+pub use s3::{S3Options, S3Store};
 
 /// What a listing tells about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,6 +55,8 @@ pub fn execute(backend: &mut dyn Backend, batch: Batch, labels: &[String]) -> Ve
         std::panic::catch_unwind(AssertUnwindSafe(|| backend.run(&input, n, want_embedding)))
             .unwrap_or_else(|_| Err(BackendError::new("the inference backend panicked")));
     let inference_ms = start.elapsed().as_secs_f64() * 1e3;
+    crate::metrics::BATCH_SIZE.observe(n as f64);
+    crate::metrics::INFERENCE_SECONDS.observe(inference_ms / 1e3);
     if let Err(e) = &result {
         tracing::error!(device = %backend.device(), images = n, error = %e, "batch failed");
     }

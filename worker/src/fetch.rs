@@ -1,5 +1,5 @@
-//! Fetching image bytes. Only `file://` refs under configured roots for now; every failure
-//! is an error record. Messages never repeat the ref.
+//! Fetching image bytes: `file://` refs under configured roots, `s3://` refs through the
+//! worker's S3 client. Every failure is an error record; messages never repeat the ref.
 
 use std::path::{Path, PathBuf};
 
@@ -26,19 +26,93 @@ impl FileRoots {
     }
 }
 
-/// Reads the bytes of `reference`, refusing files over `max_bytes` before reading them.
+/// Where a worker may read images from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub roots: FileRoots,
+    /// Client for `s3://` refs; without one they are refused.
+    pub s3: Option<aws_sdk_s3::Client>,
+}
+
+impl From<FileRoots> for Sources {
+    fn from(roots: FileRoots) -> Self {
+        Self { roots, s3: None }
+    }
+}
+
+/// Reads the bytes of `reference`, refusing images over `max_bytes` before reading them.
 pub async fn fetch(
     reference: &str,
-    roots: &FileRoots,
+    sources: &Sources,
     max_bytes: u64,
 ) -> Result<Vec<u8>, ImageError> {
+    if let Some(path) = reference.strip_prefix("file://") {
+        return fetch_file(path, &sources.roots, max_bytes).await;
+    }
+    if let Some(location) = reference.strip_prefix("s3://") {
+        return match &sources.s3 {
+            Some(client) => fetch_s3(client, location, max_bytes).await,
+            None => Err(ImageError::new(
+                ErrorKind::Fetch,
+                "this worker has no S3 access for s3:// refs",
+            )),
+        };
+    }
+    let scheme = reference.split_once("://").map_or("none", |(s, _)| s);
+    Err(ImageError::new(
+        ErrorKind::Fetch,
+        format!("unsupported ref scheme {scheme:?}; refs are file:// or s3://"),
+    ))
+}
+
+fn too_large(size: u64, max_bytes: u64) -> ImageError {
+    ImageError::new(
+        ErrorKind::TooLarge,
+        format!("image is {size} bytes, the limit is {max_bytes}"),
+    )
+}
+
+async fn fetch_s3(
+    client: &aws_sdk_s3::Client,
+    location: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>, ImageError> {
+    let fetch_error = |message: String| ImageError::new(ErrorKind::Fetch, message);
+    let (bucket, key) = location
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| fetch_error("s3 ref names no bucket and key".into()))?;
+    let object = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                fetch_error("object not found".into())
+            } else {
+                // The SDK's messages can repeat the key: keep only the error code.
+                let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e)
+                    .unwrap_or("request failed")
+                    .to_owned();
+                fetch_error(format!("reading the object failed ({code})"))
+            }
+        })?;
+    let size = object.content_length().unwrap_or(0).max(0) as u64;
+    if size > max_bytes {
+        return Err(too_large(size, max_bytes));
+    }
+    let body = object
+        .body
+        .collect()
+        .await
+        .map_err(|_| fetch_error("reading the object body failed".into()))?;
+    Ok(body.into_bytes().to_vec())
+}
+
+async fn fetch_file(path: &str, roots: &FileRoots, max_bytes: u64) -> Result<Vec<u8>, ImageError> {
     let fetch_error = |message: &str| ImageError::new(ErrorKind::Fetch, message);
-    let Some(path) = reference.strip_prefix("file://") else {
-        let scheme = reference.split_once("://").map_or("none", |(s, _)| s);
-        return Err(fetch_error(&format!(
-            "unsupported ref scheme {scheme:?}; this worker fetches file:// refs"
-        )));
-    };
     // Canonicalising resolves `..` and symlinks before the root check.
     let path = tokio::fs::canonicalize(path)
         .await
@@ -53,10 +127,7 @@ pub async fn fetch(
         return Err(fetch_error("not a regular file"));
     }
     if meta.len() > max_bytes {
-        return Err(ImageError::new(
-            ErrorKind::TooLarge,
-            format!("image is {} bytes, the limit is {max_bytes}", meta.len()),
-        ));
+        return Err(too_large(meta.len(), max_bytes));
     }
     tokio::fs::read(&path)
         .await
@@ -82,7 +153,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(inside.path().join("a.bin"), b"abc").unwrap();
         std::fs::write(outside.path().join("b.bin"), b"xyz").unwrap();
-        let roots = FileRoots::new([inside.path().to_path_buf()]).unwrap();
+        let roots = Sources::from(FileRoots::new([inside.path().to_path_buf()]).unwrap());
 
         let ok = fetch(
             &format!("file://{}/a.bin", inside.path().display()),
@@ -109,7 +180,7 @@ mod tests {
     async fn missing_large_and_foreign_refs_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("big.bin"), vec![0u8; 1000]).unwrap();
-        let roots = FileRoots::new([dir.path().to_path_buf()]).unwrap();
+        let roots = Sources::from(FileRoots::new([dir.path().to_path_buf()]).unwrap());
         let big = fetch(
             &format!("file://{}/big.bin", dir.path().display()),
             &roots,

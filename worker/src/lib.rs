@@ -3,13 +3,14 @@
 pub mod batcher;
 pub mod executor;
 pub mod fetch;
+pub mod metrics;
 pub mod pipeline;
 pub mod prepare;
 pub mod task;
 pub mod writer;
 
 pub use batcher::BatchPolicy;
-pub use fetch::FileRoots;
+pub use fetch::{FileRoots, Sources};
 pub use pipeline::{Pipeline, PipelineConfig};
 pub use task::Tenants;
 pub use writer::{Event, Summary};

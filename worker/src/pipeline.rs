@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{self, BatchPolicy};
 use crate::executor;
-use crate::fetch::{FileRoots, fetch};
+use crate::fetch::{Sources, fetch};
 use crate::prepare::{self, Fetched};
 use crate::task::{Completed, TaskState, Tenants, Timings, Work};
 use crate::writer::{self, Event, Summary};
@@ -34,7 +34,8 @@ pub struct PipelineConfig {
     /// Task messages taken from the queue and not yet acked.
     pub max_tasks_in_flight: usize,
     pub limits: DecodeLimits,
-    pub file_roots: FileRoots,
+    /// Where images may be read from.
+    pub sources: Sources,
     /// Stop once the queue says it is drained (the embedded mode), instead of waiting
     /// for more work until shutdown.
     pub exit_when_drained: bool,
@@ -96,7 +97,7 @@ impl Pipeline {
             work_rx,
             fetched_tx,
             done_tx.clone(),
-            config.file_roots.clone(),
+            config.sources.clone(),
             config.limits.max_bytes,
             config.fetch_concurrency.max(1),
         ));
@@ -233,12 +234,12 @@ async fn fetch_stage(
     input: Receiver<Work>,
     output: Sender<Fetched>,
     failed: Sender<Completed>,
-    roots: FileRoots,
+    sources: Sources,
     max_bytes: u64,
     concurrency: usize,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
-    let roots = Arc::new(roots);
+    let roots = Arc::new(sources);
     let mut fetches = JoinSet::new();
     while let Ok(mut work) = input.recv().await {
         let slot = slots

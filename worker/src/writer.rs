@@ -82,7 +82,9 @@ pub async fn run(
         tokio::select! {
             completed = input.recv() => {
                 let Ok(Completed { work, line }) = completed else { break };
-                emit(Event::Image { error: line.error.as_ref().map(|e| e.kind) });
+                let error = line.error.as_ref().map(|e| e.kind);
+                crate::metrics::IMAGES.with_label_values(&[error.map_or("ok", |k| k.name())]).inc();
+                emit(Event::Image { error });
                 if work.task.complete(work.index, line) {
                     writes.spawn(write_and_ack(work.task, store.clone(), queue.clone()));
                 }
@@ -107,6 +109,7 @@ fn record(
 ) {
     match done {
         Ok((job_id, task_id, Ok((key, lines)))) => {
+            crate::metrics::TASKS.with_label_values(&["written"]).inc();
             summary.add(&lines);
             emit(Event::TaskWritten {
                 job_id,
@@ -116,6 +119,7 @@ fn record(
             });
         }
         Ok((job_id, task_id, Err(()))) => {
+            crate::metrics::TASKS.with_label_values(&["failed"]).inc();
             summary.tasks_failed += 1;
             emit(Event::TaskFailed { job_id, task_id });
         }

@@ -99,7 +99,7 @@ impl Harness {
                 fetch_concurrency: 4,
                 max_tasks_in_flight: 2,
                 limits: DecodeLimits::default(),
-                file_roots: FileRoots::new([photos()]).unwrap(),
+                sources: FileRoots::new([photos()]).unwrap().into(),
                 exit_when_drained: true,
             },
         };

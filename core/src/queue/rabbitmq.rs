@@ -1,0 +1,344 @@
+//! RabbitMQ as the task queue (lapin). A durable quorum queue with a delivery limit and a
+//! dead-letter exchange into `<queue>.dlq`; persistent messages published with confirms;
+//! manual acks; prefetch bounded by the worker's in-flight budget. A lost connection is
+//! re-established on the next call, with the topology declared again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::Acker;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+
+use super::{Delivery, Queue, QueueError};
+
+/// Deliveries before a message is dead-lettered, unless configured otherwise.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct RabbitOptions {
+    /// `amqp://` or `amqps://` URL of the broker (with vhost).
+    pub url: String,
+    pub queue: String,
+    pub delivery_limit: u32,
+    /// Unacked messages the broker hands this consumer at most.
+    pub prefetch: u16,
+}
+
+impl RabbitOptions {
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.queue)
+    }
+}
+
+/// A connection with its two channels: one publishes with confirms, one consumes.
+struct Link {
+    generation: u64,
+    _connection: Connection,
+    publish: Channel,
+    consume: Channel,
+}
+
+pub struct RabbitQueue {
+    options: RabbitOptions,
+    link: tokio::sync::Mutex<Option<Link>>,
+    consumer: tokio::sync::Mutex<Option<(u64, Consumer)>>,
+    /// Ackers of unsettled deliveries, by handle.
+    pending: Mutex<HashMap<String, Acker>>,
+    generations: AtomicU64,
+}
+
+fn lost(what: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Connection(format!("{what}: {e}"))
+}
+
+impl RabbitQueue {
+    /// Connects and declares the topology; fails if the broker cannot be reached now.
+    pub async fn connect(options: RabbitOptions) -> Result<Self, QueueError> {
+        if options.url.starts_with("amqp://")
+            && crate::aws::is_plaintext_remote(&options.url.replacen("amqp://", "http://", 1))
+        {
+            tracing::warn!("AMQP connection to a host outside loopback is not TLS (use amqps://)");
+        }
+        let queue = Self {
+            options,
+            link: tokio::sync::Mutex::new(None),
+            consumer: tokio::sync::Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
+        };
+        queue.channels().await?;
+        Ok(queue)
+    }
+
+    pub fn options(&self) -> &RabbitOptions {
+        &self.options
+    }
+
+    /// The publish and consume channels of a live link, connecting first if needed.
+    async fn channels(&self) -> Result<(u64, Channel, Channel), QueueError> {
+        let mut link = self.link.lock().await;
+        if let Some(l) = link
+            .as_ref()
+            .filter(|l| l.publish.status().connected() && l.consume.status().connected())
+        {
+            return Ok((l.generation, l.publish.clone(), l.consume.clone()));
+        }
+        *link = None;
+        let connection = Connection::connect(&self.options.url, ConnectionProperties::default())
+            .await
+            .map_err(|e| lost("connecting to RabbitMQ", e))?;
+        let publish = connection
+            .create_channel()
+            .await
+            .map_err(|e| lost("opening a channel", e))?;
+        let consume = connection
+            .create_channel()
+            .await
+            .map_err(|e| lost("opening a channel", e))?;
+        self.declare(&publish).await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| lost("enabling confirms", e))?;
+        let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        if generation > 1 {
+            tracing::info!(generation, "reconnected to RabbitMQ");
+        }
+        *link = Some(Link {
+            generation,
+            _connection: connection,
+            publish: publish.clone(),
+            consume: consume.clone(),
+        });
+        Ok((generation, publish, consume))
+    }
+
+    async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
+        let o = &self.options;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        channel
+            .exchange_declare(
+                o.dead_letter_exchange().as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| lost("declaring the dead-letter exchange", e))?;
+        channel
+            .queue_declare(
+                o.dead_letter_queue().as_str().into(),
+                durable,
+                quorum.clone(),
+            )
+            .await
+            .map_err(|e| lost("declaring the dead-letter queue", e))?;
+        channel
+            .queue_bind(
+                o.dead_letter_queue().as_str().into(),
+                o.dead_letter_exchange().as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| lost("binding the dead-letter queue", e))?;
+        let mut args = quorum;
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(o.delivery_limit as i32),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(o.dead_letter_exchange().as_str().into()),
+        );
+        channel
+            .queue_declare(o.queue.as_str().into(), durable, args)
+            .await
+            .map_err(|e| lost("declaring the task queue", e))?;
+        Ok(())
+    }
+
+    /// Messages ready in `queue` (a passive declare), for tests and metrics.
+    pub async fn message_count(&self, queue: &str) -> Result<u32, QueueError> {
+        let (_, publish, _) = self.channels().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let q = publish
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .map_err(|e| lost("inspecting a queue", e))?;
+        Ok(q.message_count())
+    }
+
+    async fn forget_link(&self, generation: u64) {
+        let mut link = self.link.lock().await;
+        if link.as_ref().is_some_and(|l| l.generation == generation) {
+            *link = None;
+        }
+    }
+
+    fn settle(&self, delivery: &Delivery) -> Result<Acker, QueueError> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&delivery.handle)
+            .ok_or_else(|| QueueError::UnknownDelivery(delivery.handle.clone()))
+    }
+
+    fn accept(&self, generation: u64, d: lapin::message::Delivery) -> Delivery {
+        let count = d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned())
+            .and_then(|v| match v {
+                AMQPValue::LongLongInt(n) => Some(n as u32),
+                AMQPValue::LongInt(n) => Some(n as u32),
+                AMQPValue::LongUInt(n) => Some(n),
+                _ => None,
+            });
+        let attempt = count.map_or(if d.redelivered { 2 } else { 1 }, |n| n + 1);
+        let handle = format!("{generation}:{}", d.delivery_tag);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.clone(), d.acker);
+        Delivery {
+            body: d.data,
+            handle,
+            attempt,
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for RabbitQueue {
+    async fn publish(&self, body: Vec<u8>) -> Result<(), QueueError> {
+        let (generation, publish, _) = self.channels().await?;
+        let persistent = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let result = async {
+            let confirm = publish
+                .basic_publish(
+                    "".into(),
+                    self.options.queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    persistent,
+                )
+                .await?
+                .await?;
+            Ok::<_, lapin::Error>(confirm)
+        }
+        .await;
+        match result {
+            Ok(confirm) if confirm.is_ack() => Ok(()),
+            Ok(_) => Err(QueueError::Connection(
+                "the broker refused the message (nack)".into(),
+            )),
+            Err(e) => {
+                self.forget_link(generation).await;
+                Err(lost("publishing", e))
+            }
+        }
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let mut consumer = self.consumer.lock().await;
+        let current = self.link.lock().await.as_ref().map(|l| l.generation);
+        if consumer.as_ref().map(|(g, _)| Some(*g)) != Some(current) || current.is_none() {
+            let (generation, _, consume) = self.channels().await?;
+            consume
+                .basic_qos(self.options.prefetch.max(1), BasicQosOptions::default())
+                .await
+                .map_err(|e| lost("setting prefetch", e))?;
+            let c = consume
+                .basic_consume(
+                    self.options.queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| lost("starting to consume", e))?;
+            *consumer = Some((generation, c));
+        }
+        let (generation, stream) = consumer.as_mut().expect("set above");
+        let generation = *generation;
+        let mut out = Vec::new();
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => return Ok(out),
+            Ok(Some(Ok(d))) => out.push(self.accept(generation, d)),
+            Ok(Some(Err(e))) => {
+                *consumer = None;
+                self.forget_link(generation).await;
+                return Err(lost("consuming", e));
+            }
+            Ok(None) => {
+                *consumer = None;
+                self.forget_link(generation).await;
+                return Err(QueueError::Connection(
+                    "the broker closed the consumer".into(),
+                ));
+            }
+        }
+        // Take what has already arrived, without waiting again.
+        while out.len() < max {
+            match futures_util::FutureExt::now_or_never(stream.next()) {
+                Some(Some(Ok(d))) => out.push(self.accept(generation, d)),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let acker = self.settle(delivery)?;
+        acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(|e| lost("acking", e))
+    }
+
+    async fn nack(&self, delivery: &Delivery, requeue: bool) -> Result<(), QueueError> {
+        let acker = self.settle(delivery)?;
+        let options = BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        };
+        acker
+            .nack(options)
+            .await
+            .map(drop)
+            .map_err(|e| lost("nacking", e))
+    }
+}

@@ -1,0 +1,380 @@
+//! S3 (or an S3-compatible server) as the object store. Every PUT asks for server-side
+//! encryption; reads refuse objects past the retention; a lifecycle rule on the results
+//! and job prefixes deletes what the sweeper might miss.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+    LifecycleRuleFilter, ObjectIdentifier, ServerSideEncryption,
+};
+
+use super::{ObjectMeta, ObjectStore, StoreError};
+use crate::aws::{Endpoint, sdk_config};
+use crate::retention::{SWEPT_PREFIXES, is_expired};
+
+/// Lifecycle rules this store owns are named with this prefix; others are left alone.
+const RULE_PREFIX: &str = "tagfleet-expire-";
+
+/// Server-side encryption asked for on every write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Encryption {
+    /// SSE-S3: keys managed by the store.
+    #[default]
+    Aes256,
+    /// SSE-KMS with this key id (or the account's default key when `None`).
+    Kms(Option<String>),
+}
+
+/// Where and how to store.
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    pub bucket: String,
+    /// Key prefix inside the bucket (empty, or ending in `/`).
+    pub prefix: String,
+    pub endpoint: Endpoint,
+    /// Path-style addressing (`host/bucket/key`), which most compatible servers need.
+    pub path_style: bool,
+    pub encryption: Encryption,
+    pub retention: Option<Duration>,
+}
+
+impl S3Options {
+    /// Parses `s3://bucket[/prefix]`.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{url:?} is not an s3:// URL"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url:?} names no bucket"));
+        }
+        let prefix = prefix.trim_matches('/');
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            endpoint: Endpoint::default(),
+            path_style: false,
+            encryption: Encryption::default(),
+            retention: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    options: S3Options,
+}
+
+fn io(
+    op: &'static str,
+    key: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    let message = DisplayErrorContext(&e).to_string();
+    StoreError::Io {
+        op,
+        key: key.to_owned(),
+        source: std::io::Error::other(message),
+    }
+}
+
+impl S3Store {
+    pub async fn connect(options: S3Options) -> Self {
+        options.endpoint.warn_if_plaintext("s3");
+        let sdk = sdk_config(&options.endpoint).await;
+        let config = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(options.path_style)
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            options,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.options.bucket
+    }
+
+    /// The full object key of a store key.
+    pub fn object_key(&self, key: &str) -> String {
+        format!("{}{key}", self.options.prefix)
+    }
+
+    /// Creates the bucket if it does not exist (tests and first start-up).
+    pub async fn ensure_bucket(&self) -> Result<(), StoreError> {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.options.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.options.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_bucket_already_owned_by_you()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(io("creating bucket", &self.options.bucket, e)),
+        }
+    }
+
+    /// Makes sure the bucket expires results and job records after one day, merging our
+    /// rules with the bucket's others, and reads them back. Lifecycle rules count whole
+    /// days, so they are the backstop; the sweeper and expiry-aware reads keep the hours.
+    pub async fn ensure_lifecycle(&self) -> Result<(), StoreError> {
+        let bucket = &self.options.bucket;
+        let existing = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out.rules.unwrap_or_default(),
+            Err(e) if is_no_lifecycle(&e) => Vec::new(),
+            Err(e) => return Err(io("reading lifecycle rules of", bucket, e)),
+        };
+        let mut rules: Vec<LifecycleRule> = existing
+            .into_iter()
+            .filter(|r| !r.id().is_some_and(|id| id.starts_with(RULE_PREFIX)))
+            .collect();
+        let wanted = self.wanted_rules();
+        rules.extend(wanted.iter().cloned());
+        let config = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .map_err(|e| io("building lifecycle rules for", bucket, e))?;
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .lifecycle_configuration(config)
+            .send()
+            .await
+            .map_err(|e| io("setting lifecycle rules of", bucket, e))?;
+
+        let now = self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .send()
+            .await;
+        let now = now
+            .map_err(|e| io("reading back lifecycle rules of", bucket, e))?
+            .rules
+            .unwrap_or_default();
+        for rule in &wanted {
+            let present = now.iter().any(|r| {
+                r.filter().and_then(|f| f.prefix()) == rule.filter().and_then(|f| f.prefix())
+                    && r.expiration().and_then(|e| e.days()) == Some(1)
+                    && r.status() == &ExpirationStatus::Enabled
+            });
+            if !present {
+                return Err(io(
+                    "verifying lifecycle rules of",
+                    bucket,
+                    std::io::Error::other(format!(
+                        "rule {:?} is missing after it was set",
+                        rule.id()
+                    )),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn wanted_rules(&self) -> Vec<LifecycleRule> {
+        SWEPT_PREFIXES
+            .iter()
+            .map(|p| {
+                let prefix = self.object_key(p);
+                LifecycleRule::builder()
+                    .id(format!(
+                        "{RULE_PREFIX}{}",
+                        prefix.trim_end_matches('/').replace('/', "-")
+                    ))
+                    .status(ExpirationStatus::Enabled)
+                    .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+                    .expiration(LifecycleExpiration::builder().days(1).build())
+                    .build()
+                    .expect("id, status and filter are set")
+            })
+            .collect()
+    }
+
+    /// Deletes every object under `prefix` in batches of 1,000.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let keys: Vec<String> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|m| self.object_key(&m.key))
+            .collect();
+        for chunk in keys.chunks(1000) {
+            let objects: Vec<ObjectIdentifier> = chunk
+                .iter()
+                .map(|k| {
+                    ObjectIdentifier::builder()
+                        .key(k)
+                        .build()
+                        .expect("key is set")
+                })
+                .collect();
+            let delete = aws_sdk_s3::types::Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| io("deleting under", prefix, e))?;
+            self.client
+                .delete_objects()
+                .bucket(&self.options.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| io("deleting under", prefix, e))?;
+        }
+        Ok(keys.len())
+    }
+}
+
+fn is_no_lifecycle<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    e.as_service_error().and_then(|s| s.code()) == Some("NoSuchLifecycleConfiguration")
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.options.bucket)
+            .key(self.object_key(key))
+            .body(ByteStream::from(body));
+        put = match &self.options.encryption {
+            Encryption::Aes256 => put.server_side_encryption(ServerSideEncryption::Aes256),
+            Encryption::Kms(key_id) => put
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+        };
+        put.send()
+            .await
+            .map(drop)
+            .map_err(|e| io("writing", key, e))
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.options.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(StoreError::NotFound(key.to_owned()));
+            }
+            Err(e) => return Err(io("reading", key, e)),
+        };
+        let modified = out
+            .last_modified()
+            .and_then(|t| SystemTime::try_from(*t).ok());
+        if modified.is_some_and(|m| is_expired(m, self.options.retention, SystemTime::now())) {
+            return Err(StoreError::Expired(key.to_owned()));
+        }
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| io("reading", key, e))?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.options.bucket)
+            .prefix(self.object_key(prefix))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| io("listing", prefix, e))?;
+            for object in page.contents() {
+                let Some(full) = object.key() else { continue };
+                let Some(key) = full.strip_prefix(&self.options.prefix) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key: key.to_owned(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: object
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.options.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| io("deleting", key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_parse_into_bucket_and_prefix() {
+        let o = S3Options::from_url("s3://media/results/2026/").unwrap();
+        assert_eq!(
+            (o.bucket.as_str(), o.prefix.as_str()),
+            ("media", "results/2026/")
+        );
+        let o = S3Options::from_url("s3://media").unwrap();
+        assert_eq!(o.prefix, "");
+        assert!(S3Options::from_url("s3:///x").is_err());
+        assert!(S3Options::from_url("file:///x").is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Turning `--queue` and `--store` URLs into the backends behind the `Queue` and
+//! `ObjectStore` traits. Shared by `worker` and `submit`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use tagfleet_core::aws::Endpoint;
+use tagfleet_core::queue::{MemoryQueue, RabbitOptions, RabbitQueue, SqsOptions, SqsQueue};
+use tagfleet_core::store::s3::Encryption;
+use tagfleet_core::store::{FsStore, S3Options, S3Store};
+use tagfleet_core::{ObjectStore, Queue};
+
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Task queue: amqp://user:pass@host:5672/vhost (amqps:// for TLS), sqs://QUEUE-NAME,
+    /// or memory (this process only).
+    #[arg(long, env = "TAGFLEET_QUEUE")]
+    pub queue: String,
+
+    /// RabbitMQ queue name (the dead-letter queue is <name>.dlq).
+    #[arg(long, env = "TAGFLEET_QUEUE_NAME", default_value = "tagfleet-tasks")]
+    pub queue_name: String,
+
+    /// Deliveries (RabbitMQ) or receives (SQS) of one message before it is dead-lettered.
+    #[arg(long, env = "TAGFLEET_DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+
+    /// SQS endpoint URL, for SQS-compatible servers. Default: AWS in the region.
+    #[arg(long, env = "TAGFLEET_SQS_ENDPOINT")]
+    pub sqs_endpoint: Option<String>,
+
+    /// Seconds an SQS message stays invisible; a heartbeat renews it while in work.
+    #[arg(
+        long,
+        env = "TAGFLEET_SQS_VISIBILITY_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub sqs_visibility_timeout_secs: u64,
+
+    /// AWS region for S3 and SQS. Default: the standard chain (AWS_REGION, profile).
+    #[arg(long, env = "TAGFLEET_REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Result store: s3://bucket/prefix or file:///path.
+    #[arg(long, env = "TAGFLEET_STORE")]
+    pub store: String,
+
+    /// S3 endpoint URL, for S3-compatible servers (path-style addressing). Default: AWS.
+    #[arg(long, env = "TAGFLEET_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// Server-side encryption asked for on every write.
+    #[arg(long, env = "TAGFLEET_SSE", value_enum, default_value_t = Sse::Aes256)]
+    pub sse: Sse,
+
+    /// KMS key id for --sse aws-kms (default: the account's key).
+    #[arg(long, env = "TAGFLEET_SSE_KMS_KEY_ID")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Results older than this are never read back.
+    #[arg(long, env = "TAGFLEET_RETENTION_HOURS", default_value_t = 24)]
+    pub retention_hours: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Sse {
+    /// SSE-S3 (AES256)
+    Aes256,
+    /// SSE-KMS (aws:kms)
+    AwsKms,
+}
+
+impl QueueArgs {
+    pub async fn open(&self, prefetch: u16) -> anyhow::Result<Arc<dyn Queue>> {
+        let url = self.queue.as_str();
+        if url == "memory" {
+            return Ok(Arc::new(MemoryQueue::new(self.delivery_limit)));
+        }
+        if url.starts_with("amqp://") || url.starts_with("amqps://") {
+            let options = RabbitOptions {
+                url: url.to_owned(),
+                queue: self.queue_name.clone(),
+                delivery_limit: self.delivery_limit,
+                prefetch,
+            };
+            let queue = RabbitQueue::connect(options)
+                .await
+                .context("connecting to RabbitMQ")?;
+            return Ok(Arc::new(queue));
+        }
+        if let Some(name) = url.strip_prefix("sqs://") {
+            if name.is_empty() || name.contains('/') {
+                bail!("--queue {url:?}: expected sqs://QUEUE-NAME");
+            }
+            let options = SqsOptions {
+                queue: name.to_owned(),
+                endpoint: Endpoint {
+                    url: self.sqs_endpoint.clone(),
+                    region: self.region.clone(),
+                },
+                max_receive_count: self.delivery_limit,
+                visibility_timeout: Duration::from_secs(self.sqs_visibility_timeout_secs),
+            };
+            let queue = SqsQueue::connect(options)
+                .await
+                .context("connecting to SQS")?;
+            return Ok(Arc::new(queue));
+        }
+        bail!("--queue {url:?}: expected amqp://, amqps://, sqs:// or memory")
+    }
+}
+
+/// An opened store, with the S3 client when it is S3 (fetching s3:// refs reuses it).
+pub struct OpenedStore {
+    pub store: Arc<dyn ObjectStore>,
+    pub s3: Option<S3Store>,
+}
+
+impl StoreArgs {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
+    }
+
+    pub fn endpoint(&self, region: Option<String>) -> Endpoint {
+        Endpoint {
+            url: self.s3_endpoint.clone(),
+            region,
+        }
+    }
+
+    /// Opens the store; on S3 also makes sure the bucket's lifecycle rule is in place.
+    pub async fn open(&self, region: Option<String>) -> anyhow::Result<OpenedStore> {
+        let url = self.store.as_str();
+        if let Some(path) = url.strip_prefix("file://") {
+            let store = FsStore::new(PathBuf::from(path), Some(self.retention()))
+                .with_context(|| format!("opening the result folder {path}"))?;
+            return Ok(OpenedStore {
+                store: Arc::new(store),
+                s3: None,
+            });
+        }
+        if url.starts_with("s3://") {
+            let mut options = S3Options::from_url(url)
+                .map_err(anyhow::Error::msg)
+                .context("--store")?;
+            options.endpoint = self.endpoint(region);
+            options.path_style = self.s3_endpoint.is_some();
+            options.retention = Some(self.retention());
+            options.encryption = match self.sse {
+                Sse::Aes256 => Encryption::Aes256,
+                Sse::AwsKms => Encryption::Kms(self.sse_kms_key_id.clone()),
+            };
+            let store = S3Store::connect(options).await;
+            if let Err(e) = store.ensure_lifecycle().await {
+                // The sweeper and expiry-aware reads still keep the retention.
+                tracing::warn!(error = %e, "could not set the 1-day lifecycle rule on the bucket");
+            }
+            return Ok(OpenedStore {
+                store: Arc::new(store.clone()),
+                s3: Some(store),
+            });
+        }
+        bail!("--store {url:?}: expected s3://bucket/prefix or file:///path")
+    }
+}

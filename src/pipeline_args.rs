@@ -1,0 +1,122 @@
+//! Flags shared by the commands that run the pipeline (`run`, `worker`) and by those that
+//! create tasks (`run`, `submit`).
+
+use std::time::Duration;
+
+use clap::Args;
+use tagfleet_core::schema::{Analysis, SCHEMA_VERSION, TaskItem, TaskMessage, TaskOptions};
+use tagfleet_models::{DecodeLimits, ModelSpec};
+use tagfleet_worker::BatchPolicy;
+
+use crate::engine;
+
+/// What each task asks for.
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// Analyses to run, comma separated: tags, embedding.
+    #[arg(
+        long,
+        env = "TAGFLEET_ANALYSES",
+        value_delimiter = ',',
+        default_value = "tags"
+    )]
+    pub analyses: Vec<Analysis>,
+
+    /// Tags reported per image at most.
+    #[arg(long, env = "TAGFLEET_TOP_K", default_value_t = TaskOptions::default().top_k)]
+    pub top_k: usize,
+
+    /// Tags with a lower confidence (0 to 1) are left out.
+    #[arg(long, env = "TAGFLEET_THRESHOLD", default_value_t = TaskOptions::default().threshold)]
+    pub threshold: f32,
+
+    /// Images per task message (and per result object).
+    #[arg(long, env = "TAGFLEET_CHUNK_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub chunk_size: u32,
+}
+
+impl TaskArgs {
+    pub fn options(&self) -> anyhow::Result<TaskOptions> {
+        let options = TaskOptions {
+            top_k: self.top_k,
+            threshold: self.threshold,
+            retain: true,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// The task messages of a job: `refs` in chunks of `chunk_size`, numbered from 1.
+    pub fn messages(
+        &self,
+        job_id: &str,
+        tenant: &str,
+        model: &str,
+        refs: &[String],
+    ) -> anyhow::Result<Vec<TaskMessage>> {
+        let options = self.options()?;
+        Ok(refs
+            .chunks(self.chunk_size as usize)
+            .enumerate()
+            .map(|(n, chunk)| TaskMessage {
+                v: SCHEMA_VERSION,
+                job_id: job_id.to_owned(),
+                task_id: format!("t{:06}", n + 1),
+                tenant: tenant.to_owned(),
+                analyses: self.analyses.clone(),
+                model: model.to_owned(),
+                options: options.clone(),
+                items: chunk
+                    .iter()
+                    .map(|r| TaskItem {
+                        reference: r.clone(),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+/// How the pipeline batches and decodes.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Largest batch the model runs. Default: the model's batch.max_batch.
+    #[arg(long, env = "TAGFLEET_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+
+    /// Longest an image waits for its batch to fill, in ms. Default: the model's.
+    #[arg(long, env = "TAGFLEET_MAX_DELAY_MS")]
+    pub max_delay_ms: Option<u64>,
+
+    /// Decode and preprocess threads. Default: the number of cores.
+    #[arg(long, env = "TAGFLEET_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
+
+    /// Images larger than this many bytes are refused (error kind too_large).
+    #[arg(long, env = "TAGFLEET_MAX_IMAGE_BYTES", default_value_t = DecodeLimits::default().max_bytes)]
+    pub max_image_bytes: u64,
+
+    /// Images with more pixels than this are refused from their header, before decoding.
+    #[arg(long, env = "TAGFLEET_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
+    pub max_image_pixels: u64,
+}
+
+impl PipelineArgs {
+    pub fn batch(&self, spec: &ModelSpec) -> BatchPolicy {
+        BatchPolicy {
+            max_batch: self.max_batch.unwrap_or(spec.batch.max_batch),
+            max_delay: Duration::from_millis(self.max_delay_ms.unwrap_or(spec.batch.max_delay_ms)),
+        }
+    }
+
+    pub fn decode_threads(&self) -> usize {
+        self.decode_threads.unwrap_or_else(engine::cores)
+    }
+
+    pub fn limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_bytes: self.max_image_bytes,
+            max_pixels: self.max_image_pixels,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `tagfleet worker`: the pipeline as a long-running service, fed by RabbitMQ or SQS,
+//! writing to S3 (or a folder). SIGTERM or SIGINT stops consuming; what is in flight is
+//! finished and acked within the drain timeout, or left unacked for redelivery.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tagfleet_core::keys::is_valid_id;
+use tagfleet_core::{Pseudonymiser, TenantKey};
+use tagfleet_worker::{FileRoots, Pipeline, PipelineConfig, Sources, Tenants};
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::{QueueArgs, StoreArgs};
+use crate::engine::EngineArgs;
+use crate::http::{self, Readiness};
+use crate::pipeline_args::PipelineArgs;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Folder of tenant keys: one `<tenant>.key` file (hex secret) per tenant served.
+    #[arg(long, env = "TAGFLEET_KEYS_DIR")]
+    pub keys_dir: PathBuf,
+
+    /// Folders file:// refs may be read from (comma separated). None: file:// refs fail.
+    #[arg(long = "file-root", env = "TAGFLEET_FILE_ROOTS", value_delimiter = ',')]
+    pub file_roots: Vec<PathBuf>,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "TAGFLEET_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+
+    /// Seconds to finish in-flight work after SIGTERM before exiting anyway (keep the pod's
+    /// terminationGracePeriodSeconds longer).
+    #[arg(long, env = "TAGFLEET_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
+    pub drain_timeout_secs: u64,
+
+    /// Task messages in work at once (the broker's prefetch).
+    #[arg(long, env = "TAGFLEET_MAX_TASKS_IN_FLIGHT", default_value_t = 4)]
+    pub max_tasks_in_flight: usize,
+
+    /// Images fetched at once.
+    #[arg(long, env = "TAGFLEET_FETCH_CONCURRENCY", default_value_t = 16)]
+    pub fetch_concurrency: usize,
+
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
+    let tenants = load_tenants(&args.keys_dir)?;
+    let model = args.engine.load_model()?;
+    let backends = args.engine.backends(&model)?;
+    let opened = args.store.open(args.queue.region.clone()).await?;
+    let prefetch = u16::try_from(args.max_tasks_in_flight.max(1)).unwrap_or(u16::MAX);
+    let queue = args.queue.open(prefetch).await?;
+    let roots = FileRoots::new(args.file_roots.clone()).context("resolving --file-root folders")?;
+    let sources = Sources {
+        roots,
+        s3: opened.s3.as_ref().map(|s| s.client().clone()),
+    };
+
+    let readiness = Readiness::default();
+    http::serve(args.listen, readiness.clone()).await?;
+
+    let batch = args.pipeline.batch(&model.spec);
+    let pipeline = Pipeline {
+        queue,
+        store: opened.store,
+        tenants,
+        spec: model.spec,
+        labels: model.labels,
+        backends,
+        config: PipelineConfig {
+            batch,
+            prepare_threads: args.pipeline.decode_threads(),
+            fetch_concurrency: args.fetch_concurrency.max(1),
+            max_tasks_in_flight: args.max_tasks_in_flight.max(1),
+            limits: args.pipeline.limits(),
+            sources,
+            exit_when_drained: false,
+        },
+    };
+    let shutdown = CancellationToken::new();
+    let mut run = tokio::spawn(pipeline.run(shutdown.clone(), None));
+    readiness.set(true);
+    tracing::info!("worker ready");
+
+    tokio::select! {
+        summary = &mut run => {
+            let summary = summary.context("the pipeline stopped unexpectedly")?;
+            tracing::error!(?summary, "the pipeline stopped by itself");
+            return Ok(1);
+        }
+        signal = stop_signal() => tracing::info!(signal, "stopping: finishing the work in flight"),
+    }
+    readiness.set(false);
+    shutdown.cancel();
+    let drain = Duration::from_secs(args.drain_timeout_secs);
+    match tokio::time::timeout(drain, &mut run).await {
+        Ok(Ok(summary)) => {
+            tracing::info!(
+                images = summary.images(),
+                tasks = summary.tasks_written,
+                "drained; exiting"
+            );
+        }
+        Ok(Err(e)) => bail!("the pipeline failed while draining: {e}"),
+        Err(_) => {
+            // Unacked messages go back to the queue when the connection closes.
+            tracing::warn!(
+                drain_timeout_secs = args.drain_timeout_secs,
+                "drain timeout: leaving unfinished tasks to redelivery"
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn stop_signal() -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+/// Every `<tenant>.key` in `dir`.
+fn load_tenants(dir: &Path) -> anyhow::Result<Tenants> {
+    let mut tenants = Tenants::default();
+    let mut count = 0;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading --keys-dir {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "key") {
+            continue;
+        }
+        let tenant = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !is_valid_id(&tenant) {
+            bail!("--keys-dir: {tenant:?} is not a valid tenant name (letters, digits, - _ .)");
+        }
+        let key =
+            TenantKey::load(&path).with_context(|| format!("tenant key {}", path.display()))?;
+        tenants.insert(tenant, Pseudonymiser::new(key));
+        count += 1;
+    }
+    if count == 0 {
+        bail!("--keys-dir {}: no <tenant>.key files", dir.display());
+    }
+    tracing::info!(tenants = count, "tenant keys loaded");
+    Ok(tenants)
+}

@@ -1,0 +1,257 @@
+//! Helpers for tests against the real services that `scripts/services.sh start` runs on
+//! 127.0.0.1 (RabbitMQ, SeaweedFS for S3, moto for SQS), found through its env variables.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tagfleet_core::ObjectStore;
+use tagfleet_core::aws::Endpoint;
+use tagfleet_core::store::{S3Options, S3Store};
+
+use super::repo;
+
+/// A service variable, or a failure that says how to start the services.
+pub fn service_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the test services with `eval \"$(scripts/services.sh start)\"` (make test does)")
+    })
+}
+
+/// A name no other test uses: queues and buckets are per test.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The fleet of one test: its queue, its bucket, its tenant key folder.
+pub struct Fleet {
+    pub queue: String,
+    pub queue_name: String,
+    pub bucket: String,
+    pub keys_dir: PathBuf,
+    pub file_root: PathBuf,
+    pub extra_queue_args: Vec<String>,
+}
+
+impl Fleet {
+    /// `queue` is `amqp` or `sqs`.
+    pub fn new(kind: &str, keys_dir: &Path, file_root: &Path) -> Self {
+        let queue_name = unique("tasks");
+        let (queue, extra_queue_args) = match kind {
+            "amqp" => (service_env("TAGFLEET_TEST_AMQP_URL"), vec![]),
+            "sqs" => (
+                format!("sqs://{queue_name}"),
+                vec![
+                    "--sqs-endpoint".into(),
+                    service_env("TAGFLEET_TEST_SQS_ENDPOINT"),
+                    "--sqs-visibility-timeout-secs".into(),
+                    "5".into(),
+                ],
+            ),
+            other => panic!("unknown queue kind {other}"),
+        };
+        Self {
+            queue,
+            queue_name,
+            bucket: unique("results"),
+            keys_dir: keys_dir.to_path_buf(),
+            file_root: file_root.to_path_buf(),
+            extra_queue_args,
+        }
+    }
+
+    fn queue_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--queue".into(),
+            self.queue.clone(),
+            "--queue-name".into(),
+            self.queue_name.clone(),
+            "--delivery-limit".into(),
+            "3".into(),
+        ];
+        args.extend(self.extra_queue_args.iter().cloned());
+        args
+    }
+
+    /// `tagfleet submit` of `source` for `tenant`; returns the job id.
+    pub fn submit(&self, source: &Path, tenant: &str, extra: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_tagfleet"))
+            .arg("submit")
+            .arg(source)
+            .args(["--tenant", tenant])
+            .args(self.queue_args())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Starts `tagfleet worker`; its logs go to `log`.
+    pub fn worker(&self, log: &Path, extra: &[&str]) -> Worker {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tagfleet"))
+            .arg("worker")
+            .args(self.queue_args())
+            .args(["--store", &format!("s3://{}/fleet", self.bucket)])
+            .args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")])
+            .arg("--keys-dir")
+            .arg(&self.keys_dir)
+            .arg("--file-root")
+            .arg(&self.file_root)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--intra-threads", "1", "--decode-threads", "1"])
+            .args(extra)
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Worker {
+            child,
+            port,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub async fn store(&self) -> S3Store {
+        let mut options = S3Options::from_url(&format!("s3://{}/fleet", self.bucket)).unwrap();
+        options.endpoint = Endpoint {
+            url: Some(service_env("TAGFLEET_TEST_S3_ENDPOINT")),
+            region: None,
+        };
+        options.path_style = true;
+        let store = S3Store::connect(options).await;
+        store.ensure_bucket().await.unwrap();
+        store
+    }
+
+    /// Waits until `tasks` result objects of `job` exist; returns their lines.
+    pub async fn wait_for_results(
+        &self,
+        store: &S3Store,
+        tenant: &str,
+        job: &str,
+        tasks: usize,
+    ) -> Vec<serde_json::Value> {
+        let prefix = format!("results/{tenant}/{job}/");
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let objects = store.list(&prefix).await.unwrap();
+            if objects.len() >= tasks {
+                let mut lines = Vec::new();
+                for o in objects {
+                    let body = store.get(&o.key).await.unwrap();
+                    lines.extend(
+                        String::from_utf8(body)
+                            .unwrap()
+                            .lines()
+                            .map(|l| serde_json::from_str(l).unwrap()),
+                    );
+                }
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {tasks} result objects after 180 s",
+                objects.len()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// A running worker process.
+pub struct Worker {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("worker exited early ({status}):\n{}", self.logs());
+            }
+            if http_get(self.port, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready after 60 s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker still running after {limit:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}

@@ -1,0 +1,265 @@
+//! The fleet against real services: `tagfleet submit` publishes to RabbitMQ or SQS,
+//! `tagfleet worker` processes and writes to S3 (SeaweedFS). The embedded mode is the
+//! reference every backend must agree with.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::types::ServerSideEncryption;
+use common::fleet::{Fleet, http_get};
+use common::*;
+use tagfleet_core::ObjectStore;
+
+const TENANT: &str = "acme";
+
+/// A folder of real photos plus one broken file, and a keys folder with the tenant's key.
+fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let photos = dir.join("photos");
+    copy_photos(
+        &photos,
+        &[
+            ("chelsea.png", "chelsea.png"),
+            ("coffee.png", "coffee.png"),
+            ("rocket.jpg", "rocket.jpg"),
+            ("astronaut.png", "astronaut.png"),
+        ],
+    );
+    std::fs::write(
+        photos.join("broken.jpg"),
+        b"\xff\xd8\xff\xe0 not really a jpeg",
+    )
+    .unwrap();
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(
+        keys.join(format!("{TENANT}.key")),
+        format!("{}\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    (photos, keys)
+}
+
+/// pseudonym -> (status, labels) of the embedded mode on `photos` with the tenant's key.
+fn embedded(photos: &Path, keys: &Path, out: &Path) -> BTreeMap<String, (String, Vec<String>)> {
+    let run = tagfleet(
+        &[
+            "run",
+            photos.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &keys.join(format!("{TENANT}.key")),
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(3),
+        "one broken file: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    summarise(&json_lines(&run))
+}
+
+fn summarise(lines: &[serde_json::Value]) -> BTreeMap<String, (String, Vec<String>)> {
+    lines
+        .iter()
+        .map(|l| {
+            let labels = l["tags"].as_array().map(|t| {
+                t.iter()
+                    .map(|t| t["label"].as_str().unwrap().to_owned())
+                    .collect()
+            });
+            (
+                l["image"].as_str().unwrap().to_owned(),
+                (
+                    l["status"].as_str().unwrap().to_owned(),
+                    labels.unwrap_or_default(),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn same_tags_as_embedded(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let reference = embedded(&photos, &keys, &dir.path().join("embedded"));
+
+    let fleet = Fleet::new(kind, &keys, &photos);
+    let store = fleet.store().await;
+    let job = fleet.submit(&photos, TENANT, &["--chunk-size", "2"]);
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    worker.wait_ready().await;
+    let lines = fleet.wait_for_results(&store, TENANT, &job, 3).await;
+
+    assert_eq!(
+        summarise(&lines),
+        reference,
+        "{kind} + S3 must give the embedded mode's results"
+    );
+    let broken: Vec<_> = lines.iter().filter(|l| l["status"] == "error").collect();
+    assert_eq!(
+        broken.len(),
+        1,
+        "the broken file is an error record, not a redelivery"
+    );
+
+    // Every result object was written with server-side encryption.
+    let objects = store
+        .list(&format!("results/{TENANT}/{job}/"))
+        .await
+        .unwrap();
+    assert_eq!(objects.len(), 3);
+    for o in &objects {
+        let head = store
+            .client()
+            .head_object()
+            .bucket(store.bucket())
+            .key(store.object_key(&o.key))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&ServerSideEncryption::Aes256),
+            "{}",
+            o.key
+        );
+    }
+    // The worker put the one-day lifecycle rule on the bucket at start-up.
+    let rules = store
+        .client()
+        .get_bucket_lifecycle_configuration()
+        .bucket(store.bucket())
+        .send()
+        .await
+        .unwrap();
+    let results_rule = rules
+        .rules()
+        .iter()
+        .find(|r| r.filter().and_then(|f| f.prefix()) == Some("fleet/results/"));
+    assert_eq!(
+        results_rule
+            .and_then(|r| r.expiration())
+            .and_then(|e| e.days()),
+        Some(1),
+        "{rules:?}"
+    );
+
+    assert_eq!(http_get(worker.port, "/healthz").map(|r| r.0), Some(200));
+    let metrics = http_get(worker.port, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("tagfleet_worker_images_total{outcome=\"ok\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tagfleet_worker_images_total{outcome=\"decode\"} 1"),
+        "{metrics}"
+    );
+
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "SIGTERM exits 0: {status}\n{}",
+        worker.logs()
+    );
+    let logs = worker.logs();
+    for name in ["chelsea", "coffee", "broken.jpg", photos.to_str().unwrap()] {
+        assert!(!logs.contains(name), "{name:?} in worker logs:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_and_s3_give_the_embedded_results() {
+    same_tags_as_embedded("amqp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_and_s3_give_the_embedded_results() {
+    same_tags_as_embedded("sqs").await;
+}
+
+/// A worker killed with SIGKILL mid-job: a second worker finishes it, and every image has
+/// exactly one result line.
+async fn survives(kind: &str, signal: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    std::fs::remove_file(photos.join("broken.jpg")).unwrap();
+    // 40 images: the four photos under ten names each.
+    for i in 0..10 {
+        for name in ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"] {
+            std::fs::hard_link(photos.join(name), photos.join(format!("{i}-{name}"))).unwrap();
+        }
+    }
+    let fleet = Fleet::new(kind, &keys, &photos);
+    let store = fleet.store().await;
+    let job = fleet.submit(&photos, TENANT, &["--chunk-size", "4"]);
+    let slow = [
+        "--max-batch",
+        "1",
+        "--max-tasks-in-flight",
+        "2",
+        "--drain-timeout-secs",
+        "20",
+    ];
+    let mut first = fleet.worker(&dir.path().join("first.log"), &slow);
+    first.wait_ready().await;
+    let prefix = format!("results/{TENANT}/{job}/");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while store.list(&prefix).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no result from the first worker:\n{}",
+            first.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.signal(signal);
+    let status = first.wait_exit(Duration::from_secs(60)).await;
+    if signal == "TERM" {
+        assert!(
+            status.success(),
+            "a drained worker exits 0: {status}\n{}",
+            first.logs()
+        );
+    }
+    let done_by_first = store.list(&prefix).await.unwrap().len();
+    assert!(
+        done_by_first < 11,
+        "the first worker was stopped mid-job ({done_by_first} of 11 tasks)"
+    );
+
+    let mut second = fleet.worker(&dir.path().join("second.log"), &[]);
+    second.wait_ready().await;
+    let lines = fleet.wait_for_results(&store, TENANT, &job, 11).await;
+    let mut images: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
+    assert_eq!(
+        images.len(),
+        44,
+        "one line per image, none lost, none doubled"
+    );
+    images.sort_unstable();
+    images.dedup();
+    assert_eq!(images.len(), 44, "every image exactly once");
+    assert!(lines.iter().all(|l| l["status"] == "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rabbitmq_worker_loses_nothing() {
+    survives("amqp", "KILL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sqs_worker_loses_nothing() {
+    survives("sqs", "KILL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_or_returns_what_is_in_flight() {
+    survives("amqp", "TERM").await;
+}
