@@ -13,7 +13,8 @@ MODEL  := $(MODEL_DIR)/model.onnx
 PHOTOS := samples/photos
 CARGO_FLAGS ?=
 
-.PHONY: demo test venv model photos build bench tools lint clean
+
+.PHONY: demo test nextest venv model photos build bench tools lint clean
 
 demo: model photos build
 	./target/release/tagfleet run $(PHOTOS) --out tagfleet-results
@@ -22,7 +23,12 @@ demo: model photos build
 # scripts/services.sh installs and starts on 127.0.0.1 for the duration of the run.
 test: model photos tools
 	$(PY) -m unittest discover -s scripts -p 'test_*.py'
-	scripts/with-services.sh cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS)
+	scripts/with-services.sh $(MAKE) --no-print-directory nextest
+
+# The broker-restart test restarts the shared RabbitMQ, so it runs alone, after the rest.
+nextest:
+	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) -E 'not test(broker_restart)'
+	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) -E 'test(broker_restart)'
 
 venv: $(VENV)/.ready
 

@@ -94,7 +94,9 @@ async fn same_tags_as_embedded(kind: &str) {
     let job = fleet.submit(&photos, TENANT, &["--chunk-size", "2"]);
     let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
     worker.wait_ready().await;
-    let lines = fleet.wait_for_results(&store, TENANT, &job, 3).await;
+    let lines = fleet
+        .wait_for_results(&store, TENANT, &job, 3, &worker)
+        .await;
 
     assert_eq!(
         summarise(&lines),
@@ -236,7 +238,9 @@ async fn survives(kind: &str, signal: &str) {
 
     let mut second = fleet.worker(&dir.path().join("second.log"), &[]);
     second.wait_ready().await;
-    let lines = fleet.wait_for_results(&store, TENANT, &job, 11).await;
+    let lines = fleet
+        .wait_for_results(&store, TENANT, &job, 11, &second)
+        .await;
     let mut images: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
     assert_eq!(
         images.len(),
@@ -262,4 +266,163 @@ async fn a_killed_sqs_worker_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_or_returns_what_is_in_flight() {
     survives("amqp", "TERM").await;
+}
+
+/// A message that can never succeed, and one that is not a task at all.
+fn poison_messages(queue_model: &str) -> Vec<Vec<u8>> {
+    let wrong_model = serde_json::json!({
+        "v": 1, "job_id": "poison", "task_id": "t000001", "tenant": TENANT,
+        "analyses": ["tags"], "model": queue_model, "items": [{"ref": "file:///nowhere/x.jpg"}]
+    });
+    vec![
+        wrong_model.to_string().into_bytes(),
+        b"{\"not\": \"a task\"}".to_vec(),
+    ]
+}
+
+async fn wait_for_dead_letters(count: impl AsyncFn() -> u64, worker: &common::fleet::Worker) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = count().await;
+        if n >= 2 {
+            assert_eq!(n, 2);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} of 2 messages dead-lettered:\n{}",
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_dead_letters_poison_messages_after_the_delivery_limit() {
+    use tagfleet_core::Queue;
+    use tagfleet_core::queue::{RabbitOptions, RabbitQueue};
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let queue = RabbitQueue::connect(RabbitOptions {
+        url: fleet.queue.clone(),
+        queue: fleet.queue_name.clone(),
+        delivery_limit: 3,
+        prefetch: 1,
+    })
+    .await
+    .unwrap();
+    for body in poison_messages("another-model@9") {
+        queue.publish(body).await.unwrap();
+    }
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    worker.wait_ready().await;
+    let dlq = queue.options().dead_letter_queue();
+    wait_for_dead_letters(
+        async || u64::from(queue.message_count(&dlq).await.unwrap()),
+        &worker,
+    )
+    .await;
+    assert_eq!(queue.message_count(&fleet.queue_name).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_dead_letters_poison_messages_after_the_receive_limit() {
+    use tagfleet_core::Queue;
+    use tagfleet_core::aws::Endpoint;
+    use tagfleet_core::queue::{SqsOptions, SqsQueue};
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("sqs", &keys, &photos);
+    let queue = SqsQueue::connect(SqsOptions {
+        queue: fleet.queue_name.clone(),
+        endpoint: Endpoint {
+            url: Some(common::fleet::service_env("TAGFLEET_TEST_SQS_ENDPOINT")),
+            region: None,
+        },
+        max_receive_count: 3,
+        visibility_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    queue
+        .publish_batch(poison_messages("another-model@9"))
+        .await
+        .unwrap();
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    worker.wait_ready().await;
+    let dlq = queue.dead_letter_url().to_owned();
+    wait_for_dead_letters(
+        async || queue.approximate_count(&dlq).await.unwrap(),
+        &worker,
+    )
+    .await;
+}
+
+/// Restarts the shared broker: `make test` runs it alone, after the other tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_job_the_worker_reconnects_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    std::fs::remove_file(photos.join("broken.jpg")).unwrap();
+    for i in 0..10 {
+        for name in ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"] {
+            std::fs::hard_link(photos.join(name), photos.join(format!("{i}-{name}"))).unwrap();
+        }
+    }
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    let job = fleet.submit(&photos, TENANT, &["--chunk-size", "4"]);
+    let mut worker = fleet.worker(
+        &dir.path().join("worker.log"),
+        &["--max-batch", "1", "--max-tasks-in-flight", "1"],
+    );
+    worker.wait_ready().await;
+    let prefix = format!("results/{TENANT}/{job}/");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while store.list(&prefix).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first result:\n{}",
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let script = common::fleet::service_env("TAGFLEET_TEST_SERVICES_SCRIPT");
+    let restart = std::process::Command::new(&script)
+        .args(["restart-rabbitmq"])
+        .output()
+        .unwrap();
+    assert!(
+        restart.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    assert!(
+        store.list(&prefix).await.unwrap().len() < 11,
+        "the job was still running when the broker went away"
+    );
+
+    let lines = fleet
+        .wait_for_results(&store, TENANT, &job, 11, &worker)
+        .await;
+    let mut images: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
+    images.sort_unstable();
+    images.dedup();
+    assert_eq!(
+        (lines.len(), images.len()),
+        (44, 44),
+        "every image exactly once"
+    );
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker is still running:\n{}",
+        worker.logs()
+    );
+    assert!(
+        worker.logs().contains("reconnected to RabbitMQ"),
+        "{}",
+        worker.logs()
+    );
 }

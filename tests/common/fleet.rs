@@ -142,13 +142,15 @@ impl Fleet {
         store
     }
 
-    /// Waits until `tasks` result objects of `job` exist; returns their lines.
+    /// Waits until `tasks` result objects of `job` exist; returns their lines. `worker`'s
+    /// logs go into the failure message.
     pub async fn wait_for_results(
         &self,
         store: &S3Store,
         tenant: &str,
         job: &str,
         tasks: usize,
+        worker: &Worker,
     ) -> Vec<serde_json::Value> {
         let prefix = format!("results/{tenant}/{job}/");
         let deadline = Instant::now() + Duration::from_secs(180);
@@ -169,8 +171,9 @@ impl Fleet {
             }
             assert!(
                 Instant::now() < deadline,
-                "only {} of {tasks} result objects after 180 s",
-                objects.len()
+                "only {} of {tasks} result objects after 180 s; worker logs:\n{}",
+                objects.len(),
+                worker.logs()
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -54,7 +54,8 @@ struct Link {
 pub struct RabbitQueue {
     options: RabbitOptions,
     link: tokio::sync::Mutex<Option<Link>>,
-    consumer: tokio::sync::Mutex<Option<(u64, Consumer)>>,
+    /// The consumer, its channel and the link generation it belongs to.
+    consumer: tokio::sync::Mutex<Option<(u64, Channel, Consumer)>>,
     /// Ackers of unsettled deliveries, by handle.
     pending: Mutex<HashMap<String, Acker>>,
     generations: AtomicU64,
@@ -273,14 +274,21 @@ impl Queue for RabbitQueue {
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         let mut consumer = self.consumer.lock().await;
-        let current = self.link.lock().await.as_ref().map(|l| l.generation);
-        if consumer.as_ref().map(|(g, _)| Some(*g)) != Some(current) || current.is_none() {
+        // A dead connection does not always end the consumer stream: check the channel.
+        if let Some((generation, channel, _)) = consumer.as_ref() {
+            if !channel.status().connected() {
+                let generation = *generation;
+                *consumer = None;
+                self.forget_link(generation).await;
+            }
+        }
+        if consumer.is_none() {
             let (generation, _, consume) = self.channels().await?;
             consume
                 .basic_qos(self.options.prefetch.max(1), BasicQosOptions::default())
                 .await
                 .map_err(|e| lost("setting prefetch", e))?;
-            let c = consume
+            let stream = consume
                 .basic_consume(
                     self.options.queue.as_str().into(),
                     "".into(),
@@ -289,9 +297,9 @@ impl Queue for RabbitQueue {
                 )
                 .await
                 .map_err(|e| lost("starting to consume", e))?;
-            *consumer = Some((generation, c));
+            *consumer = Some((generation, consume, stream));
         }
-        let (generation, stream) = consumer.as_mut().expect("set above");
+        let (generation, _, stream) = consumer.as_mut().expect("set above");
         let generation = *generation;
         let mut out = Vec::new();
         match tokio::time::timeout(wait, stream.next()).await {
