@@ -275,12 +275,13 @@ impl Queue for RabbitQueue {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         let mut consumer = self.consumer.lock().await;
         // A dead connection does not always end the consumer stream: check the channel.
-        if let Some((generation, channel, _)) = consumer.as_ref() {
-            if !channel.status().connected() {
-                let generation = *generation;
-                *consumer = None;
-                self.forget_link(generation).await;
-            }
+        let dead = consumer
+            .as_ref()
+            .filter(|(_, channel, _)| !channel.status().connected())
+            .map(|(g, _, _)| *g);
+        if let Some(generation) = dead {
+            *consumer = None;
+            self.forget_link(generation).await;
         }
         if consumer.is_none() {
             let (generation, _, consume) = self.channels().await?;
