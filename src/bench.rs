@@ -12,6 +12,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tagfleet_models::{Backend, DecodeLimits, Decoded, Preprocessor, decode};
 
+use crate::backends::{Sse, StoreArgs};
+use crate::bench_fleet;
 use crate::engine::{self, EngineArgs};
 use crate::inputs;
 
@@ -36,6 +38,31 @@ pub struct BenchArgs {
     /// Where the corpus folder is made. Default: the system's temporary folder.
     #[arg(long, env = "TAGFLEET_BENCH_DIR")]
     pub work_dir: Option<PathBuf>,
+
+    /// Also run the corpus through the fleet: a queue URL per leg (amqp://... or
+    /// sqs://{name}; `{name}` becomes a fresh queue name), each with `--store`.
+    #[arg(
+        long = "fleet-queue",
+        env = "TAGFLEET_BENCH_FLEET_QUEUES",
+        value_delimiter = ','
+    )]
+    pub fleet_queues: Vec<String>,
+
+    /// Result store of the fleet legs (s3://bucket/prefix).
+    #[arg(
+        long,
+        env = "TAGFLEET_BENCH_STORE",
+        default_value = "s3://tagfleet-bench/bench"
+    )]
+    pub store: String,
+
+    /// S3 endpoint of the fleet legs' store, for S3-compatible servers.
+    #[arg(long, env = "TAGFLEET_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// SQS endpoint of the fleet legs, for SQS-compatible servers.
+    #[arg(long, env = "TAGFLEET_SQS_ENDPOINT")]
+    pub sqs_endpoint: Option<String>,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -104,6 +131,34 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         "ratio               {:8.2} end-to-end / bound (target >= 0.8)",
         e2e_rate / bound
     );
+    for queue in &args.fleet_queues {
+        let store = StoreArgs {
+            store: args.store.clone(),
+            s3_endpoint: args.s3_endpoint.clone(),
+            sse: Sse::Aes256,
+            sse_kms_key_id: None,
+            retention_hours: 24,
+        };
+        let mut extra = Vec::new();
+        if let (true, Some(endpoint)) = (queue.starts_with("sqs://"), &args.sqs_endpoint) {
+            extra = vec!["--sqs-endpoint".to_owned(), endpoint.clone()];
+        }
+        let rate = bench_fleet::measure(
+            queue,
+            &store,
+            &extra,
+            &corpus,
+            work.path(),
+            args.images,
+            max_batch,
+        )
+        .await?;
+        let scheme = queue.split("://").next().unwrap_or(queue);
+        println!(
+            "fleet ({scheme:>4} + store) {rate:8.1} images/s, {:.2} x end-to-end embedded",
+            rate / e2e_rate
+        );
+    }
     Ok(0)
 }
 

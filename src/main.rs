@@ -7,6 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 mod backends;
 mod bench;
+mod bench_fleet;
 mod engine;
 mod http;
 mod inputs;

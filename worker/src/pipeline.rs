@@ -146,20 +146,27 @@ async fn consume(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let permit = tokio::select! {
+        let first = tokio::select! {
             permit = in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = shutdown.cancelled() => break,
         };
+        // Ask for as many messages as there are free slots: fewer round trips to the broker.
+        let mut permits = vec![first];
+        while let Ok(p) = in_flight.clone().try_acquire_owned() {
+            permits.push(p);
+        }
         let received = tokio::select! {
-            r = queue.receive(1, RECEIVE_WAIT) => r,
+            r = queue.receive(permits.len(), RECEIVE_WAIT) => r,
             () = shutdown.cancelled() => break,
         };
-        let delivery = match received {
-            Ok(mut deliveries) => match deliveries.pop() {
-                Some(d) => d,
-                None if exit_when_drained && queue.is_drained() => break,
-                None => continue,
-            },
+        let deliveries = match received {
+            Ok(deliveries) if deliveries.is_empty() => {
+                if exit_when_drained && queue.is_drained() {
+                    break;
+                }
+                continue;
+            }
+            Ok(deliveries) => deliveries,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "receiving from the queue failed");
                 tokio::time::sleep(backoff).await;
@@ -168,12 +175,15 @@ async fn consume(
             }
         };
         backoff = Duration::from_millis(100);
-        let Some(task) = accept(&queue, &tenants, &model_id, delivery, permit).await else {
-            continue;
-        };
-        for work in task.items() {
-            if out.send(work).await.is_err() {
-                return;
+        // Unused permits go back when `permits` drops at the end of this turn.
+        for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
+            let Some(task) = accept(&queue, &tenants, &model_id, delivery, permit).await else {
+                continue;
+            };
+            for work in task.items() {
+                if out.send(work).await.is_err() {
+                    return;
+                }
             }
         }
     }
