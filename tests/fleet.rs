@@ -426,3 +426,55 @@ async fn broker_restart_mid_job_the_worker_reconnects_and_finishes() {
         worker.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_from_an_s3_prefix_is_fetched_from_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let reference = embedded(&photos, &keys, &dir.path().join("embedded"));
+
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    for entry in std::fs::read_dir(&photos).unwrap() {
+        let path = entry.unwrap().path();
+        let key = format!("media/2026/{}", path.file_name().unwrap().to_string_lossy());
+        let body = aws_sdk_s3::primitives::ByteStream::from(std::fs::read(&path).unwrap());
+        store
+            .client()
+            .put_object()
+            .bucket(store.bucket())
+            .key(key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let notes = aws_sdk_s3::primitives::ByteStream::from_static(b"not an image");
+    store
+        .client()
+        .put_object()
+        .bucket(store.bucket())
+        .key("media/2026/notes.txt")
+        .body(notes)
+        .send()
+        .await
+        .unwrap();
+
+    let source = format!("s3://{}/media/2026/", store.bucket());
+    let endpoint = common::fleet::service_env("TAGFLEET_TEST_S3_ENDPOINT");
+    let job = fleet.submit(Path::new(&source), TENANT, &["--s3-endpoint", &endpoint]);
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    worker.wait_ready().await;
+    let lines = fleet
+        .wait_for_results(&store, TENANT, &job, 1, &worker)
+        .await;
+
+    // Other refs, so other pseudonyms: compare what was seen, not who.
+    let outcomes = |m: BTreeMap<String, (String, Vec<String>)>| {
+        let mut v: Vec<(String, Vec<String>)> = m.into_values().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(lines.len(), 5, "the five images, not the text file");
+    assert_eq!(outcomes(summarise(&lines)), outcomes(reference));
+}

@@ -1,6 +1,6 @@
 //! AWS SQS (or a compatible server) as the task queue. Long polling, up to 10 messages a
-//! receive, a visibility heartbeat while a message is in work, delete after the write, and
-//! a redrive policy into `<queue>-dlq` after `max_receive_count` receives.
+//! receive, a visibility heartbeat while a message is in work, DeleteMessageBatch after the
+//! write, and a redrive policy into `<queue>-dlq` after `max_receive_count` receives.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{Delivery, Queue, QueueError};
@@ -40,6 +42,8 @@ pub struct SqsQueue {
     dlq_url: String,
     /// Heartbeats of messages in work, by receipt handle.
     heartbeats: Mutex<HashMap<String, JoinHandle<()>>>,
+    deletes: mpsc::Sender<DeleteRequest>,
+    deleter: JoinHandle<()>,
 }
 
 fn lost(what: &str, e: impl std::error::Error) -> QueueError {
@@ -91,12 +95,16 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| lost("setting the redrive policy", e))?;
+        let (deletes, requests) = mpsc::channel(64);
+        let deleter = tokio::spawn(run_deleter(client.clone(), url.clone(), requests));
         Ok(Self {
             client,
             options,
             url,
             dlq_url,
             heartbeats: Mutex::new(HashMap::new()),
+            deletes,
+            deleter,
         })
     }
 
@@ -173,20 +181,78 @@ impl SqsQueue {
         }
     }
 
+    /// Deletes a message through the batching deleter; returns once SQS confirmed it.
     async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
-        self.client
-            .delete_message()
-            .queue_url(&self.url)
-            .receipt_handle(receipt)
-            .send()
+        let (done, result) = oneshot::channel();
+        self.deletes
+            .send((receipt.to_owned(), done))
             .await
-            .map(drop)
-            .map_err(|e| lost("deleting a message", e))
+            .map_err(|_| QueueError::Closed)?;
+        result.await.map_err(|_| QueueError::Closed)?
+    }
+}
+
+/// A message to delete and who waits for the outcome.
+type DeleteRequest = (String, oneshot::Sender<Result<(), QueueError>>);
+
+/// How long a delete waits for others to share its DeleteMessageBatch call.
+const DELETE_LINGER: Duration = Duration::from_millis(20);
+
+/// Deletes in DeleteMessageBatch calls of up to 10: acks that arrive together share one.
+async fn run_deleter(client: Client, url: String, mut requests: mpsc::Receiver<DeleteRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + DELETE_LINGER;
+        while batch.len() < 10 {
+            match tokio::time::timeout_at(deadline, requests.recv()).await {
+                Ok(Some(request)) => batch.push(request),
+                _ => break,
+            }
+        }
+        let entries = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (receipt, _))| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .expect("id and receipt are set")
+            })
+            .collect();
+        let sent = client
+            .delete_message_batch()
+            .queue_url(&url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let failed: HashMap<String, String> =
+                    out.failed.into_iter().map(|f| (f.id, f.code)).collect();
+                for (i, (_, done)) in batch.into_iter().enumerate() {
+                    let result = match failed.get(&i.to_string()) {
+                        Some(code) => Err(QueueError::Connection(format!(
+                            "SQS refused a delete: {code}"
+                        ))),
+                        None => Ok(()),
+                    };
+                    let _ = done.send(result);
+                }
+            }
+            Err(e) => {
+                let error = lost("deleting messages", e);
+                for (_, done) in batch {
+                    let _ = done.send(Err(error.clone()));
+                }
+            }
+        }
     }
 }
 
 impl Drop for SqsQueue {
     fn drop(&mut self) {
+        self.deleter.abort();
         for (_, beat) in self
             .heartbeats
             .lock()
