@@ -186,18 +186,38 @@ async fn sqs_and_s3_give_the_embedded_results() {
     same_tags_as_embedded("sqs").await;
 }
 
-/// A worker killed with SIGKILL mid-job: a second worker finishes it, and every image has
-/// exactly one result line.
-async fn survives(kind: &str, signal: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let (photos, keys) = setup(dir.path());
+/// Drops the broken file and adds ten more names for each photo: 44 images, 11 tasks of 4.
+fn forty_four_photos(photos: &Path) {
     std::fs::remove_file(photos.join("broken.jpg")).unwrap();
-    // 40 images: the four photos under ten names each.
     for i in 0..10 {
         for name in ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"] {
             std::fs::hard_link(photos.join(name), photos.join(format!("{i}-{name}"))).unwrap();
         }
     }
+}
+
+async fn wait_for_first_result(
+    store: &tagfleet_core::store::S3Store,
+    prefix: &str,
+    worker: &common::fleet::Worker,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while store.list(prefix).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no first result:\n{}",
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A worker killed with SIGKILL mid-job: a second worker finishes it, and every image has
+/// exactly one result line.
+async fn survives(kind: &str, signal: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    forty_four_photos(&photos);
     let fleet = Fleet::new(kind, &keys, &photos);
     let store = fleet.store().await;
     let job = fleet.submit(&photos, TENANT, &["--chunk-size", "4"]);
@@ -212,15 +232,7 @@ async fn survives(kind: &str, signal: &str) {
     let mut first = fleet.worker(&dir.path().join("first.log"), &slow);
     first.wait_ready().await;
     let prefix = format!("results/{TENANT}/{job}/");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while store.list(&prefix).await.unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no result from the first worker:\n{}",
-            first.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_first_result(&store, &prefix, &first).await;
     first.signal(signal);
     let status = first.wait_exit(Duration::from_secs(60)).await;
     if signal == "TERM" {
@@ -364,12 +376,7 @@ async fn sqs_dead_letters_poison_messages_after_the_receive_limit() {
 async fn broker_restart_mid_job_the_worker_reconnects_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let (photos, keys) = setup(dir.path());
-    std::fs::remove_file(photos.join("broken.jpg")).unwrap();
-    for i in 0..10 {
-        for name in ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"] {
-            std::fs::hard_link(photos.join(name), photos.join(format!("{i}-{name}"))).unwrap();
-        }
-    }
+    forty_four_photos(&photos);
     let fleet = Fleet::new("amqp", &keys, &photos);
     let store = fleet.store().await;
     let job = fleet.submit(&photos, TENANT, &["--chunk-size", "4"]);
@@ -379,15 +386,7 @@ async fn broker_restart_mid_job_the_worker_reconnects_and_finishes() {
     );
     worker.wait_ready().await;
     let prefix = format!("results/{TENANT}/{job}/");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while store.list(&prefix).await.unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no first result:\n{}",
-            worker.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_first_result(&store, &prefix, &worker).await;
 
     let script = common::fleet::service_env("TAGFLEET_TEST_SERVICES_SCRIPT");
     let restart = std::process::Command::new(&script)
