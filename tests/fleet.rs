@@ -84,6 +84,18 @@ fn summarise(lines: &[serde_json::Value]) -> BTreeMap<String, (String, Vec<Strin
         .collect()
 }
 
+/// The value of the sample of `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            (series_name == name && labels.iter().all(|l| rest.contains(l)))
+                .then(|| value.parse().ok())?
+        })
+}
+
 async fn same_tags_as_embedded(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (photos, keys) = setup(dir.path());
@@ -154,12 +166,76 @@ async fn same_tags_as_embedded(kind: &str) {
 
     assert_eq!(http_get(worker.port, "/healthz").map(|r| r.0), Some(200));
     let metrics = http_get(worker.port, "/metrics").unwrap().1;
-    assert!(
-        metrics.contains("tagfleet_worker_images_total{outcome=\"ok\"} 4"),
+    let model = "model=\"efficientnet-lite0@1\"";
+    assert_eq!(
+        metric(
+            &metrics,
+            "tagfleet_worker_images_total",
+            &[model, "outcome=\"ok\""]
+        ),
+        Some(4.0),
         "{metrics}"
     );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tagfleet_worker_images_total",
+            &[model, "outcome=\"decode\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tagfleet_worker_messages_total",
+            &["result=\"acked\""]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&metrics, "tagfleet_worker_images_in_flight", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tagfleet_worker_executor_info",
+            &["device=\"cpu\"", "kind=\"cpu\""]
+        ),
+        Some(1.0)
+    );
     assert!(
-        metrics.contains("tagfleet_worker_images_total{outcome=\"decode\"} 1"),
+        metric(
+            &metrics,
+            "tagfleet_worker_executor_busy_seconds_total",
+            &["device=\"cpu\""]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(metric(&metrics, "tagfleet_worker_batch_size_images_count", &[]).unwrap() >= 1.0);
+    for stage in [
+        "fetch",
+        "decode",
+        "preprocess",
+        "queue",
+        "inference",
+        "postprocess",
+        "write",
+    ] {
+        let label = format!("stage=\"{stage}\"");
+        let count = metric(
+            &metrics,
+            "tagfleet_worker_stage_duration_seconds_count",
+            &[&label],
+        );
+        assert!(
+            count.unwrap_or(0.0) > 0.0,
+            "stage {stage} not measured:\n{metrics}"
+        );
+    }
+    assert!(
+        metric(&metrics, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0,
         "{metrics}"
     );
 

@@ -24,6 +24,14 @@ pub fn spawn(
     labels: Arc<Vec<String>>,
 ) -> std::thread::JoinHandle<()> {
     let name = format!("executor-{}", backend.device());
+    let device = backend.device();
+    let kind = match device {
+        tagfleet_models::Device::Cpu => "cpu",
+        tagfleet_models::Device::Cuda(_) => "cuda",
+    };
+    crate::metrics::EXECUTORS
+        .with_label_values(&[&device.to_string(), kind])
+        .set(1);
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -56,7 +64,9 @@ pub fn execute(backend: &mut dyn Backend, batch: Batch, labels: &[String]) -> Ve
             .unwrap_or_else(|_| Err(BackendError::new("the inference backend panicked")));
     let inference_ms = start.elapsed().as_secs_f64() * 1e3;
     crate::metrics::BATCH_SIZE.observe(n as f64);
-    crate::metrics::INFERENCE_SECONDS.observe(inference_ms / 1e3);
+    crate::metrics::EXECUTOR_BUSY
+        .with_label_values(&[&backend.device().to_string()])
+        .inc_by(inference_ms / 1e3);
     if let Err(e) = &result {
         tracing::error!(device = %backend.device(), images = n, error = %e, "batch failed");
     }

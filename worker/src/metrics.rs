@@ -1,33 +1,78 @@
 //! Every metric the worker exports, in one place. Names follow
-//! `tagfleet_<subsystem>_<name>_<unit>[_total]`; label sets are fixed.
+//! `tagfleet_<subsystem>_<name>_<unit>[_total]`; label sets are fixed; durations are in
+//! seconds. Process metrics (CPU, RSS, open fds) come from the `process` collector that the
+//! default registry carries on Linux.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounterVec, Opts, exponential_buckets, register_histogram,
-    register_int_counter_vec,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    exponential_buckets, register_histogram, register_histogram_vec, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec,
 };
 
-/// Images finished, by outcome: `ok` or an error kind.
+/// The stages an image's time is split into (the `stage` label).
+pub const STAGES: [&str; 7] = [
+    "fetch",
+    "decode",
+    "preprocess",
+    "queue",
+    "inference",
+    "postprocess",
+    "write",
+];
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register_int_counter_vec!(Opts::new(name, help), labels).expect("metric registers once")
+}
+
+/// Images finished, by outcome (`ok` or an error kind) and model.
 pub static IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    counter(
+        "tagfleet_worker_images_total",
+        "Images finished, by outcome and model",
+        &["outcome", "model"],
+    )
+});
+
+/// Task messages settled: `acked` after their write, `requeued`, or `dead_lettered`.
+pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tagfleet_worker_messages_total",
+        "Task messages settled, by result",
+        &["result"],
+    )
+});
+
+/// Seconds each device's executor spent running batches; its rate is the busy ratio.
+pub static EXECUTOR_BUSY: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
+    prometheus::register_counter_vec!(
         Opts::new(
-            "tagfleet_worker_images_total",
-            "Images finished, by outcome"
+            "tagfleet_worker_executor_busy_seconds_total",
+            "Seconds an executor spent running batches"
         ),
-        &["outcome"]
+        &["device"]
     )
     .expect("metric registers once")
 });
 
-/// Task messages finished, by result: `written` (acked) or `failed` (returned).
-pub static TASKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+/// 1 for each executor, labelled with the kind of device it really runs on.
+pub static EXECUTORS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
         Opts::new(
-            "tagfleet_worker_tasks_total",
-            "Task messages finished, by result"
+            "tagfleet_worker_executor_info",
+            "Executors by device and device kind"
         ),
-        &["result"]
+        &["device", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Images taken from the queue and not yet written.
+pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tagfleet_worker_images_in_flight",
+        "Images taken from the queue and not yet written"
     )
     .expect("metric registers once")
 });
@@ -44,17 +89,27 @@ pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Wall time of one batch on its device.
-pub static INFERENCE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+/// Seconds an image spent in each stage (`write` is per task object).
+pub static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
         HistogramOpts::new(
-            "tagfleet_worker_inference_duration_seconds",
-            "Wall time of one batch on its device"
+            "tagfleet_worker_stage_duration_seconds",
+            "Seconds spent per stage"
         )
-        .buckets(exponential_buckets(0.002, 2.0, 14).expect("valid buckets"))
+        .buckets(exponential_buckets(0.0005, 2.5, 14).expect("valid buckets")),
+        &["stage"]
     )
     .expect("metric registers once")
 });
+
+/// Records an image's per-stage milliseconds, as written in its result line.
+pub fn observe_stages(timings_ms: &std::collections::BTreeMap<String, f64>) {
+    for (stage, ms) in timings_ms {
+        if let Some(stage) = STAGES.iter().find(|s| **s == stage) {
+            STAGE_SECONDS.with_label_values(&[stage]).observe(ms / 1e3);
+        }
+    }
+}
 
 /// The text exposition of every registered metric.
 pub fn render() -> String {

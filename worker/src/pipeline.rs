@@ -180,6 +180,7 @@ async fn consume(
             let Some(task) = accept(&queue, &tenants, &model_id, delivery, permit).await else {
                 continue;
             };
+            crate::metrics::IN_FLIGHT.add(task.msg.items.len() as i64);
             for work in task.items() {
                 if out.send(work).await.is_err() {
                     return;
@@ -198,6 +199,8 @@ async fn accept(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Option<Arc<TaskState>> {
     let refuse = |delivery: Delivery, requeue: bool| async move {
+        let result = if requeue { "requeued" } else { "dead_lettered" };
+        crate::metrics::MESSAGES.with_label_values(&[result]).inc();
         if let Err(e) = queue.nack(&delivery, requeue).await {
             tracing::error!(error = %e, "nack failed");
         }

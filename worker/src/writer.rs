@@ -83,7 +83,10 @@ pub async fn run(
             completed = input.recv() => {
                 let Ok(Completed { work, line }) = completed else { break };
                 let error = line.error.as_ref().map(|e| e.kind);
-                crate::metrics::IMAGES.with_label_values(&[error.map_or("ok", |k| k.name())]).inc();
+                let outcome = error.map_or("ok", |k| k.name());
+                crate::metrics::IMAGES.with_label_values(&[outcome, &work.task.model_id]).inc();
+                crate::metrics::IN_FLIGHT.dec();
+                crate::metrics::observe_stages(&line.timings_ms);
                 emit(Event::Image { error });
                 if work.task.complete(work.index, line) {
                     writes.spawn(write_and_ack(work.task, store.clone(), queue.clone()));
@@ -109,7 +112,6 @@ fn record(
 ) {
     match done {
         Ok((job_id, task_id, Ok((key, lines)))) => {
-            crate::metrics::TASKS.with_label_values(&["written"]).inc();
             summary.add(&lines);
             emit(Event::TaskWritten {
                 job_id,
@@ -119,7 +121,6 @@ fn record(
             });
         }
         Ok((job_id, task_id, Err(()))) => {
-            crate::metrics::TASKS.with_label_values(&["failed"]).inc();
             summary.tasks_failed += 1;
             emit(Event::TaskFailed { job_id, task_id });
         }
@@ -146,8 +147,13 @@ async fn write_and_ack(
     let ids = (msg.job_id.clone(), msg.task_id.clone());
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=WRITE_ATTEMPTS {
+        let started = std::time::Instant::now();
         match store.put(&key, body.clone()).await {
             Ok(()) => {
+                crate::metrics::STAGE_SECONDS
+                    .with_label_values(&["write"])
+                    .observe(started.elapsed().as_secs_f64());
+                crate::metrics::MESSAGES.with_label_values(&["acked"]).inc();
                 if let Err(e) = queue.ack(&task.delivery).await {
                     // The result is durable; a redelivery rewrites the same key.
                     tracing::warn!(job = %msg.job_id, task = %msg.task_id, error = %e, "ack failed after write");
@@ -163,6 +169,9 @@ async fn write_and_ack(
             }
         }
     }
+    crate::metrics::MESSAGES
+        .with_label_values(&["requeued"])
+        .inc();
     if let Err(e) = queue.nack(&task.delivery, true).await {
         tracing::error!(job = %msg.job_id, task = %msg.task_id, error = %e, "returning message failed");
     }
