@@ -11,12 +11,13 @@ mod bench_fleet;
 mod engine;
 mod http;
 mod inputs;
+mod join;
 mod pipeline_args;
 mod run;
 mod submit;
 mod worker;
 
-/// Batch image analysis: tags and embeddings for many images, on CPUs and GPUs.
+/// Batch image analysis: tags and embeddings for many images, on one machine or a fleet.
 ///
 /// Images are named in results by a keyed pseudonym, never by their path or URL; results
 /// expire after the retention (24 h by default).
@@ -48,6 +49,11 @@ enum Command {
     /// Publish a job's tasks (from a folder, a manifest or an S3 prefix) to the queue and
     /// print the job id.
     Submit(Box<submit::SubmitArgs>),
+    /// Print the pseudonyms of refs under a tenant key (what results call those images).
+    Pseudonym(join::PseudonymArgs),
+    /// Join result lines back to your own refs with your tenant key, on your machine:
+    /// prints each result line with a "ref" field added.
+    Join(join::JoinArgs),
     /// Measure the engine bound, the decode bound and end-to-end throughput on the same
     /// photos in one run, and print how close end-to-end comes to the bound.
     Bench(Box<bench::BenchArgs>),
@@ -82,6 +88,8 @@ fn main() -> ExitCode {
             Command::Run(args) => run::main(*args).await,
             Command::Bench(args) => bench::main(*args).await,
             Command::Worker(args) => worker::main(*args).await,
+            Command::Pseudonym(args) => join::pseudonym(args),
+            Command::Join(args) => join::join(args),
             Command::Submit(args) => submit::main(*args).await,
         }
     });

@@ -319,3 +319,90 @@ fn clear_errors_for_an_empty_folder_and_a_missing_runtime() {
         "nothing half-written"
     );
 }
+
+#[test]
+fn join_maps_results_back_to_refs_with_the_key_and_not_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_photos(
+        &photos,
+        &[("chelsea.png", "cat.png"), ("coffee.png", "cup.png")],
+    );
+    let out = dir.path().join("out");
+    let key = dir.path().join("key");
+    let run = tagfleet(
+        &[
+            "run",
+            photos.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "none",
+        ],
+        &key,
+    );
+    assert!(run.status.success());
+
+    let join = |key: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tagfleet"))
+            .args([
+                "join",
+                "--source",
+                photos.to_str().unwrap(),
+                "--results",
+                out.to_str().unwrap(),
+                "--key-file",
+            ])
+            .arg(key)
+            .output()
+            .unwrap()
+    };
+    let joined = join(&key);
+    assert!(
+        joined.status.success(),
+        "{}",
+        String::from_utf8_lossy(&joined.stderr)
+    );
+    let lines = json_lines(&joined);
+    let root = photos.canonicalize().unwrap();
+    let by_ref: std::collections::HashMap<String, String> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["ref"].as_str().unwrap().to_owned(),
+                l["tags"][0]["label"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_ref[&format!("file://{}/cup.png", root.display())],
+        "espresso"
+    );
+    assert!(by_ref.contains_key(&format!("file://{}/cat.png", root.display())));
+
+    let pseudonym = std::process::Command::new(env!("CARGO_BIN_EXE_tagfleet"))
+        .args([
+            "pseudonym",
+            "--key-file",
+            key.to_str().unwrap(),
+            photos.join("cup.png").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(pseudonym.stdout).unwrap();
+    let cup = lines
+        .iter()
+        .find(|l| l["tags"][0]["label"] == "espresso")
+        .unwrap();
+    assert!(
+        printed.starts_with(cup["image"].as_str().unwrap()),
+        "{printed}"
+    );
+
+    // Another key names nothing: the results alone cannot be linked to the files.
+    let other = dir.path().join("other-key");
+    std::fs::write(&other, format!("{}\n", "cd".repeat(32))).unwrap();
+    let unjoined = join(&other);
+    assert!(json_lines(&unjoined).iter().all(|l| l.get("ref").is_none()));
+    assert!(String::from_utf8_lossy(&unjoined.stderr).contains("0 result lines joined"));
+}
