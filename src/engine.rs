@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tagfleet_models::{Backend, ModelSpec, OrtBackend};
+use tagfleet_models::devices::{self, Selection};
+use tagfleet_models::{Backend, Device, ModelSpec, OrtBackend};
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
@@ -23,7 +24,16 @@ pub struct EngineArgs {
     #[arg(long, env = "TAGFLEET_ORT_DYLIB")]
     pub ort_dylib: Option<PathBuf>,
 
-    /// Threads ONNX Runtime uses inside one batch. Default: the number of cores.
+    /// Devices that run the model: all (every GPU, else the CPU), cpu, or GPU ordinals
+    /// such as 0,1 (each must exist).
+    #[arg(long, env = "TAGFLEET_DEVICES", default_value = "all")]
+    pub devices: Selection,
+
+    /// GPU memory one session may use, in MiB. Default: ONNX Runtime's (no limit).
+    #[arg(long, env = "TAGFLEET_GPU_MEM_LIMIT_MIB")]
+    pub gpu_mem_limit_mib: Option<usize>,
+
+    /// Threads ONNX Runtime uses inside one batch on the CPU. Default: the number of cores.
     #[arg(long, env = "TAGFLEET_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
 }
@@ -73,17 +83,45 @@ impl EngineArgs {
         self.intra_threads.unwrap_or_else(cores)
     }
 
-    /// The executors' backends. The CPU is the one device of this build.
+    /// One backend per device of `--devices`: one executor thread each.
     pub fn backends(&self, model: &Model) -> anyhow::Result<Vec<Box<dyn Backend>>> {
-        let backend = OrtBackend::cpu(&model.spec, self.threads(), self.ort_dylib.as_deref())
-            .with_context(|| format!("starting ONNX Runtime for {}", model.spec.id()))?;
-        tracing::info!(
-            device = "cpu",
-            executors = 1,
-            intra_threads = self.threads(),
-            "executing on the CPU"
-        );
-        Ok(vec![Box::new(backend)])
+        let found = devices::discover();
+        let plan = devices::plan(&self.devices, &found)?;
+        let id = model.spec.id();
+        let mut backends: Vec<Box<dyn Backend>> = Vec::new();
+        for device in &plan {
+            let backend = match device {
+                Device::Cpu => {
+                    OrtBackend::cpu(&model.spec, self.threads(), self.ort_dylib.as_deref())
+                }
+                Device::Cuda(n) => {
+                    let limit = self.gpu_mem_limit_mib.map(|mib| mib * 1024 * 1024);
+                    OrtBackend::cuda(&model.spec, *n, limit, self.ort_dylib.as_deref())
+                }
+            };
+            backends.push(Box::new(backend.with_context(|| {
+                format!("starting ONNX Runtime for {id} on {device}")
+            })?));
+        }
+        match (&self.devices, &found.why_none) {
+            (Selection::Cpu, _) => tracing::info!(
+                intra_threads = self.threads(),
+                "executing on the CPU, as --devices cpu asks"
+            ),
+            (_, Some(why)) => {
+                tracing::info!(intra_threads = self.threads(), reason = %why, "no GPU: executing on the CPU")
+            }
+            (_, None) => {
+                let gpus: Vec<String> = found
+                    .gpus
+                    .iter()
+                    .filter(|g| plan.contains(&Device::Cuda(g.ordinal)))
+                    .map(|g| format!("cuda:{} ({})", g.ordinal, g.name))
+                    .collect();
+                tracing::info!(executors = gpus.len(), gpus = %gpus.join(", "), "executing on GPUs, one executor each");
+            }
+        }
+        Ok(backends)
     }
 }
 

@@ -406,3 +406,45 @@ fn join_maps_results_back_to_refs_with_the_key_and_not_without() {
     assert!(json_lines(&unjoined).iter().all(|l| l.get("ref").is_none()));
     assert!(String::from_utf8_lossy(&unjoined.stderr).contains("0 result lines joined"));
 }
+
+#[test]
+fn asking_for_a_gpu_that_is_not_there_stops_start_up_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
+    let out = dir.path().join("out");
+    let photos = dir.path().join("photos");
+    let args = [
+        "run",
+        photos.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let gpu = tagfleet(
+        &[&args[..], &["--devices", "0"]].concat(),
+        &dir.path().join("key"),
+    );
+    let stderr = String::from_utf8_lossy(&gpu.stderr);
+    if stderr.contains("executing on GPUs") {
+        return; // a machine with a GPU: nothing to refuse
+    }
+    assert_eq!(gpu.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--devices 0")
+            && stderr.contains("no GPU")
+            && stderr.contains("--devices cpu"),
+        "{stderr}"
+    );
+    assert!(!out.join("results").exists(), "nothing was processed");
+
+    let cpu = tagfleet(
+        &[&args[..], &["--devices", "cpu"]].concat(),
+        &dir.path().join("key"),
+    );
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+    let all = tagfleet(&args, &dir.path().join("key"));
+    assert!(String::from_utf8_lossy(&all.stderr).contains("no GPU: executing on the CPU"));
+}

@@ -54,7 +54,13 @@ impl BackendError {
 
 /// Runs a model on batches. One backend is owned by one executor thread.
 pub trait Backend: Send {
+    /// The device the backend really runs on.
     fn device(&self) -> Device;
+
+    /// The device it was created for; differs from [`Backend::device`] after a fallback.
+    fn requested_device(&self) -> Device {
+        self.device()
+    }
 
     /// Runs `n` images laid out contiguously in `input` (NCHW floats).
     fn run(

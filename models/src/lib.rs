@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod decode;
+pub mod devices;
 pub mod ort_backend;
 pub mod postprocess;
 pub mod preprocess;

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
+use ort::ep;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::TensorRef;
 
 use crate::backend::{Backend, BackendError, BatchOutput, Device};
@@ -12,6 +13,9 @@ use crate::spec::ModelSpec;
 
 pub struct OrtBackend {
     session: Session,
+    /// The device this executor was created for.
+    requested: Device,
+    /// The device it really runs on (the CPU after a failed CUDA registration).
     device: Device,
     input: String,
     logits: String,
@@ -26,6 +30,24 @@ fn backend_error(
     move |e| BackendError::new(format!("{what}: {e:?}"))
 }
 
+/// Session options shared by every device: full graph optimisation, `threads` intra-op
+/// threads that do not spin (spinning would burn the cores the decoders need).
+fn builder(threads: usize, dylib: Option<&Path>) -> Result<SessionBuilder, BackendError> {
+    let env = runtime::environment(dylib).map_err(|e| BackendError::new(e.to_string()))?;
+    Session::builder(env)
+        .map_err(|e| BackendError::new(format!("creating session options: {e:?}")))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(backend_error("setting the optimisation level"))?
+        .with_intra_threads(threads.max(1))
+        .map_err(backend_error("setting intra-op threads"))?
+        .with_config_entry("session.intra_op.allow_spinning", "0")
+        .map_err(backend_error("disabling intra-op spinning"))
+}
+
+fn load_error(spec: &ModelSpec) -> impl Fn(ort::Error) -> BackendError + '_ {
+    move |e| BackendError::new(format!("loading {}: {e:?}", spec.onnx_path().display()))
+}
+
 impl OrtBackend {
     /// A CPU session of `spec`'s model using `threads` intra-op threads.
     pub fn cpu(
@@ -33,25 +55,45 @@ impl OrtBackend {
         threads: usize,
         dylib: Option<&Path>,
     ) -> Result<Self, BackendError> {
-        let env = runtime::environment(dylib).map_err(|e| BackendError::new(e.to_string()))?;
-        let session = Session::builder(env)
-            .map_err(|e| BackendError::new(format!("creating session options: {e:?}")))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(backend_error("setting the optimisation level"))?
-            .with_intra_threads(threads.max(1))
-            .map_err(backend_error("setting intra-op threads"))?
-            // Spinning intra-op threads would burn the cores the decoders need.
-            .with_config_entry("session.intra_op.allow_spinning", "0")
-            .map_err(backend_error("disabling intra-op spinning"))?
+        let session = builder(threads, dylib)?
             .commit_from_file(spec.onnx_path())
-            .map_err(|e| {
-                BackendError::new(format!("loading {}: {e:?}", spec.onnx_path().display()))
-            })?;
-        Self::from_session(session, Device::Cpu, spec)
+            .map_err(load_error(spec))?;
+        Self::from_session(session, Device::Cpu, Device::Cpu, spec)
+    }
+
+    /// A session on GPU `ordinal` through ONNX Runtime's CUDA execution provider, using at
+    /// most `memory_limit` bytes of its memory. When the provider cannot be registered (a
+    /// CPU-only ONNX Runtime, a missing CUDA library) the session runs on the CPU instead:
+    /// the full error is logged and [`Backend::device`] reports the CPU.
+    pub fn cuda(
+        spec: &ModelSpec,
+        ordinal: u32,
+        memory_limit: Option<usize>,
+        dylib: Option<&Path>,
+    ) -> Result<Self, BackendError> {
+        let mut cuda = ep::CUDA::default().with_device_id(ordinal as i32);
+        if let Some(limit) = memory_limit {
+            cuda = cuda.with_memory_limit(limit);
+        }
+        // One intra-op thread: the GPU does the work, the cores are the decoders'.
+        let (mut builder, device) = match builder(1, dylib)?
+            .with_execution_providers([cuda.build().error_on_failure()])
+        {
+            Ok(builder) => (builder, Device::Cuda(ordinal)),
+            Err(e) => {
+                tracing::error!(gpu = ordinal, error = ?e, "CUDA execution provider unavailable: this executor runs on the CPU");
+                (e.recover(), Device::Cpu)
+            }
+        };
+        let session = builder
+            .commit_from_file(spec.onnx_path())
+            .map_err(load_error(spec))?;
+        Self::from_session(session, Device::Cuda(ordinal), device, spec)
     }
 
     fn from_session(
         session: Session,
+        requested: Device,
         device: Device,
         spec: &ModelSpec,
     ) -> Result<Self, BackendError> {
@@ -76,6 +118,7 @@ impl OrtBackend {
         }
         Ok(Self {
             session,
+            requested,
             device,
             input: spec.input.name.clone(),
             logits: spec.outputs.logits.clone(),
@@ -88,6 +131,10 @@ impl OrtBackend {
 impl Backend for OrtBackend {
     fn device(&self) -> Device {
         self.device
+    }
+
+    fn requested_device(&self) -> Device {
+        self.requested
     }
 
     fn run(

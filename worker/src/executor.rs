@@ -24,11 +24,11 @@ pub fn spawn(
     labels: Arc<Vec<String>>,
 ) -> std::thread::JoinHandle<()> {
     let name = format!("executor-{}", backend.device());
-    let device = backend.device();
-    let kind = match device {
+    let kind = match backend.device() {
         tagfleet_models::Device::Cpu => "cpu",
         tagfleet_models::Device::Cuda(_) => "cuda",
     };
+    let device = backend.requested_device();
     crate::metrics::EXECUTORS
         .with_label_values(&[&device.to_string(), kind])
         .set(1);
@@ -65,7 +65,7 @@ pub fn execute(backend: &mut dyn Backend, batch: Batch, labels: &[String]) -> Ve
     let inference_ms = start.elapsed().as_secs_f64() * 1e3;
     crate::metrics::BATCH_SIZE.observe(n as f64);
     crate::metrics::EXECUTOR_BUSY
-        .with_label_values(&[&backend.device().to_string()])
+        .with_label_values(&[&backend.requested_device().to_string()])
         .inc_by(inference_ms / 1e3);
     if let Err(e) = &result {
         tracing::error!(device = %backend.device(), images = n, error = %e, "batch failed");
