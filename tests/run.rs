@@ -448,3 +448,66 @@ fn asking_for_a_gpu_that_is_not_there_stops_start_up_clearly() {
     let all = tagfleet(&args, &dir.path().join("key"));
     assert!(String::from_utf8_lossy(&all.stderr).contains("no GPU: executing on the CPU"));
 }
+
+#[test]
+fn exif_metadata_never_reaches_results_keys_or_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let rocket = std::fs::read(photo("rocket.jpg")).unwrap();
+    let markers = [
+        "ExifDescriptionMarker7781",
+        "ExifArtistMarker7782",
+        "ExifGpsDatumMarker7783",
+    ];
+    let jpeg = jpeg_with_exif(
+        &rocket,
+        &[(0x010E, markers[0]), (0x013B, markers[1])],
+        &[(0x0012, markers[2])],
+    );
+    assert!(
+        markers
+            .iter()
+            .all(|m| jpeg.windows(m.len()).any(|w| w == m.as_bytes()))
+    );
+    std::fs::write(photos.join("launch.jpg"), &jpeg).unwrap();
+    let out = dir.path().join("out");
+
+    let run = tagfleet(
+        &[
+            "run",
+            photos.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+            "--log",
+            "debug",
+        ],
+        &dir.path().join("key"),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = json_lines(&run);
+    assert_eq!(
+        lines[0]["status"], "ok",
+        "metadata does not get in the way of the pixels"
+    );
+    let logs = String::from_utf8_lossy(&run.stderr);
+    for marker in markers {
+        assert!(!logs.contains(marker), "{marker} in logs");
+        assert!(
+            !String::from_utf8_lossy(&run.stdout).contains(marker),
+            "{marker} on stdout"
+        );
+        for (key, body) in files_under(&out) {
+            assert!(
+                !key.contains(marker) && !String::from_utf8_lossy(&body).contains(marker),
+                "{marker} in {key}"
+            );
+        }
+    }
+}

@@ -42,6 +42,50 @@ pub fn png_claiming_size(name: &str, width: u32, height: u32) -> Vec<u8> {
     png
 }
 
+/// `jpeg` with an EXIF block (inserted after SOI) holding ASCII fields of IFD0 and of a
+/// GPS IFD, as cameras write them (ImageDescription 0x010E, Artist 0x013B, GPS tags).
+pub fn jpeg_with_exif(jpeg: &[u8], ifd0: &[(u16, &str)], gps: &[(u16, &str)]) -> Vec<u8> {
+    const ASCII: u16 = 2;
+    const LONG: u16 = 4;
+    let ifd_len = |n: usize| 2 + 12 * n + 4;
+    let ifd0_at = 8;
+    let gps_at = ifd0_at + ifd_len(ifd0.len() + 1);
+    let mut data_at = gps_at + ifd_len(gps.len());
+    let mut data = Vec::new();
+    let mut entries = |fields: &[(u16, &str)], out: &mut Vec<u8>| {
+        for (tag, text) in fields {
+            let bytes = [text.as_bytes(), b"\0"].concat();
+            out.extend_from_slice(&tag.to_le_bytes());
+            out.extend_from_slice(&ASCII.to_le_bytes());
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(data_at as u32).to_le_bytes());
+            data_at += bytes.len();
+            data.extend_from_slice(&bytes);
+        }
+    };
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&(ifd0_at as u32).to_le_bytes());
+    tiff.extend_from_slice(&((ifd0.len() + 1) as u16).to_le_bytes());
+    entries(ifd0, &mut tiff);
+    tiff.extend_from_slice(&0x8825u16.to_le_bytes()); // GPSInfo: offset of the GPS IFD
+    tiff.extend_from_slice(&LONG.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&(gps_at as u32).to_le_bytes());
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    tiff.extend_from_slice(&(gps.len() as u16).to_le_bytes());
+    entries(gps, &mut tiff);
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    tiff.extend_from_slice(&data);
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in bytes {
