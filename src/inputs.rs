@@ -29,7 +29,8 @@ pub struct Inputs {
     pub roots: Vec<PathBuf>,
 }
 
-/// A directory is walked recursively (hidden entries skipped); a file is a manifest:
+/// A directory is walked recursively (hidden entries skipped); a file named like an image
+/// is that one image; any other file is a manifest:
 /// one path a line, or JSON Lines with a `ref` field; relative paths are relative to
 /// the manifest.
 pub fn collect(path: &Path) -> anyhow::Result<Inputs> {
@@ -55,6 +56,20 @@ fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
         walk(&root, &root, &mut inputs)?;
         inputs.items.sort_by(|a, b| a.display.cmp(&b.display));
         Ok(inputs)
+    } else if is_image_name(path) {
+        // One photo: its folder bounds what may be read.
+        let reference = file_ref(path)?;
+        let root = PathBuf::from(reference.trim_start_matches("file://"));
+        let root = root.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let display = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Ok(Inputs {
+            items: vec![Input { reference, display }],
+            skipped: 0,
+            roots: vec![root],
+        })
     } else {
         manifest(path, allow_s3)
     }

@@ -29,8 +29,8 @@ const LOCAL_TENANT: &str = "local";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A folder of photos (walked recursively) or a manifest: one path a line, or JSON
-    /// Lines with a "ref" field.
+    /// A folder of photos (walked recursively), one photo, or a manifest: one path a
+    /// line, or JSON Lines with a "ref" field.
     pub input: PathBuf,
 
     /// Folder the result objects are written to (results/<tenant>/<job>/<task>.jsonl).

@@ -16,18 +16,11 @@ fn tags_real_photos() {
         &[("chelsea.png", "chelsea.png"), ("coffee.png", "coffee.png")],
     );
     let out = dir.path().join("out");
-    let run = tagfleet(
-        &[
-            "run",
-            photos.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            "json",
-            "--top-k",
-            "3",
-        ],
+    let run = run_on(
+        &photos,
+        &out,
         &dir.path().join("key"),
+        &["--format", "json", "--top-k", "3"],
     );
     assert!(
         run.status.success(),
@@ -89,16 +82,11 @@ fn bad_inputs_become_error_records_and_good_images_are_still_tagged() {
     )
     .unwrap();
 
-    let run = tagfleet(
-        &[
-            "run",
-            photos.to_str().unwrap(),
-            "--out",
-            dir.path().join("out").to_str().unwrap(),
-            "--format",
-            "json",
-        ],
+    let run = run_on(
+        &photos,
+        &dir.path().join("out"),
         &dir.path().join("key"),
+        &["--format", "json"],
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(3), "some images failed: {stderr}");
@@ -142,18 +130,11 @@ fn no_input_name_or_path_in_results_keys_or_logs() {
     std::fs::write(photos.join(format!("{marker}-broken.jpg")), b"not a jpeg").unwrap();
     let out = dir.path().join("out");
 
-    let run = tagfleet(
-        &[
-            "run",
-            photos.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            "none",
-            "--log",
-            "debug",
-        ],
+    let run = run_on(
+        &photos,
+        &out,
         &dir.path().join("key"),
+        &["--format", "none", "--log", "debug"],
     );
     assert_eq!(run.status.code(), Some(3));
     let logs = String::from_utf8_lossy(&run.stderr);
@@ -188,23 +169,21 @@ fn embeddings_are_unit_length() {
         ],
         &dir.path().join("key"),
     );
-    // A single file is read as a manifest, and fails: it is no text. Use a manifest.
-    assert!(!run.status.success());
+    // One photo given directly is that photo.
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(json_lines(&run)[0]["file"], "a.png");
     let manifest = dir.path().join("list.txt");
     std::fs::write(&manifest, "a.png\n").unwrap();
     let out = dir.path().join("out");
-    let run = tagfleet(
-        &[
-            "run",
-            manifest.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            "json",
-            "--analyses",
-            "tags,embedding",
-        ],
+    let run = run_on(
+        &manifest,
+        &out,
         &dir.path().join("key"),
+        &["--format", "json", "--analyses", "tags,embedding"],
     );
     assert!(
         run.status.success(),
@@ -230,16 +209,11 @@ fn pseudonyms_are_stable_per_key_and_differ_across_keys() {
     copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
     let photos = dir.path().join("photos");
     let image_of = |key: &str| {
-        let run = tagfleet(
-            &[
-                "run",
-                photos.to_str().unwrap(),
-                "--out",
-                dir.path().join("out").to_str().unwrap(),
-                "--format",
-                "json",
-            ],
+        let run = run_on(
+            &photos,
+            &dir.path().join("out"),
             &dir.path().join(key),
+            &["--format", "json"],
         );
         assert!(run.status.success());
         json_lines(&run)[0]["image"].as_str().unwrap().to_owned()
@@ -266,14 +240,11 @@ fn expired_results_are_swept_at_start() {
         .set_modified(two_days_ago)
         .unwrap();
 
-    let run = tagfleet(
-        &[
-            "run",
-            dir.path().join("photos").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
+    let run = run_on(
+        &dir.path().join("photos"),
+        &out,
         &dir.path().join("key"),
+        &[],
     );
     assert!(
         run.status.success(),
@@ -297,16 +268,11 @@ fn clear_errors_for_an_empty_folder_and_a_missing_runtime() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("no images found"));
 
     copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
-    let run = tagfleet(
-        &[
-            "run",
-            dir.path().join("photos").to_str().unwrap(),
-            "--out",
-            dir.path().join("out").to_str().unwrap(),
-            "--ort-dylib",
-            "/nonexistent/libonnxruntime.so.1",
-        ],
+    let run = run_on(
+        &dir.path().join("photos"),
+        &dir.path().join("out"),
         &dir.path().join("key"),
+        &["--ort-dylib", "/nonexistent/libonnxruntime.so.1"],
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{stderr}");
@@ -330,17 +296,7 @@ fn join_maps_results_back_to_refs_with_the_key_and_not_without() {
     );
     let out = dir.path().join("out");
     let key = dir.path().join("key");
-    let run = tagfleet(
-        &[
-            "run",
-            photos.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            "none",
-        ],
-        &key,
-    );
+    let run = run_on(&photos, &out, &key, &["--format", "none"]);
     assert!(run.status.success());
 
     let join = |key: &std::path::Path| {
@@ -473,18 +429,11 @@ fn exif_metadata_never_reaches_results_keys_or_logs() {
     std::fs::write(photos.join("launch.jpg"), &jpeg).unwrap();
     let out = dir.path().join("out");
 
-    let run = tagfleet(
-        &[
-            "run",
-            photos.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            "json",
-            "--log",
-            "debug",
-        ],
+    let run = run_on(
+        &photos,
+        &out,
         &dir.path().join("key"),
+        &["--format", "json", "--log", "debug"],
     );
     assert!(
         run.status.success(),

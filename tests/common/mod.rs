@@ -113,6 +113,18 @@ pub fn tagfleet(args: &[&str], key_file: &Path) -> Output {
         .expect("running tagfleet")
 }
 
+/// `tagfleet run INPUT --out OUT` with a private key and `extra` flags.
+pub fn run_on(input: &Path, out: &Path, key_file: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    tagfleet(&args, key_file)
+}
+
 /// Parsed stdout of `--format json`.
 pub fn json_lines(output: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&output.stdout)
