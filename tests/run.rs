@@ -158,16 +158,11 @@ fn no_input_name_or_path_in_results_keys_or_logs() {
 fn embeddings_are_unit_length() {
     let dir = tempfile::tempdir().unwrap();
     copy_photos(dir.path(), &[("astronaut.png", "a.png")]);
-    let run = tagfleet(
-        &[
-            "run",
-            dir.path().join("a.png").to_str().unwrap(),
-            "--format",
-            "json",
-            "--analyses",
-            "tags,embedding",
-        ],
+    let run = run_on(
+        &dir.path().join("a.png"),
+        &dir.path().join("single-out"),
         &dir.path().join("key"),
+        &["--format", "json", "--analyses", "tags,embedding"],
     );
     // One photo given directly is that photo.
     assert!(
