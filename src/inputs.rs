@@ -58,9 +58,11 @@ fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
         Ok(inputs)
     } else if is_image_name(path) {
         // One photo: its folder bounds what may be read.
-        let reference = file_ref(path)?;
-        let root = PathBuf::from(reference.trim_start_matches("file://"));
-        let root = root.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let canonical = path
+            .canonicalize()
+            .with_context(|| format!("resolving {}", path.display()))?;
+        let reference = format!("file://{}", canonical.display());
+        let root = canonical.parent().unwrap_or(Path::new("/")).to_path_buf();
         let display = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),

@@ -168,7 +168,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let start = Instant::now();
     let run = tokio::spawn(pipeline.run(shutdown, Some(events_tx)));
-    let progress = Progress::new(inputs.items.len() as u64);
+    let mut progress = Progress::new(inputs.items.len() as u64);
     let mut written = Vec::new();
     while let Some(event) = events_rx.recv().await {
         match event {
@@ -215,8 +215,8 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
 struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
-    done: std::sync::atomic::AtomicU64,
-    last_line: std::sync::Mutex<Instant>,
+    done: u64,
+    last_line: Instant,
 }
 
 impl Progress {
@@ -232,22 +232,20 @@ impl Progress {
         Self {
             bar,
             total,
-            done: 0.into(),
-            last_line: std::sync::Mutex::new(Instant::now()),
+            done: 0,
+            last_line: Instant::now(),
         }
     }
 
-    fn inc(&self) {
-        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    fn inc(&mut self) {
+        self.done += 1;
         match &self.bar {
             Some(bar) => bar.inc(1),
-            None => {
-                let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
-                if last.elapsed() >= Duration::from_secs(5) {
-                    eprintln!("progress: {done}/{} images", self.total);
-                    *last = Instant::now();
-                }
+            None if self.last_line.elapsed() >= Duration::from_secs(5) => {
+                eprintln!("progress: {}/{} images", self.done, self.total);
+                self.last_line = Instant::now();
             }
+            None => {}
         }
     }
 

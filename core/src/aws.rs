@@ -22,9 +22,12 @@ impl Endpoint {
     }
 }
 
-/// `http://` to a host that is not loopback.
+/// A clear-text URL (`http://`, `amqp://`) to a host that is not loopback.
 pub fn is_plaintext_remote(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("amqp://"))
+    else {
         return false;
     };
     let host = rest.split(['/', '?']).next().unwrap_or("");
@@ -69,5 +72,14 @@ mod tests {
         assert!(!is_plaintext_remote("http://127.0.0.1:8333"));
         assert!(!is_plaintext_remote("http://localhost:4566/x"));
         assert!(!is_plaintext_remote("http://[::1]:5000"));
+        assert!(is_plaintext_remote(
+            "amqp://user:pass@rabbitmq.example.com:5672/%2f"
+        ));
+        assert!(!is_plaintext_remote(
+            "amqps://user:pass@rabbitmq.example.com:5671/%2f"
+        ));
+        assert!(!is_plaintext_remote(
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        ));
     }
 }

@@ -24,13 +24,9 @@ pub fn spawn(
     labels: Arc<Vec<String>>,
 ) -> std::thread::JoinHandle<()> {
     let name = format!("executor-{}", backend.device());
-    let kind = match backend.device() {
-        tagfleet_models::Device::Cpu => "cpu",
-        tagfleet_models::Device::Cuda(_) => "cuda",
-    };
     let device = backend.requested_device();
     crate::metrics::EXECUTORS
-        .with_label_values(&[&device.to_string(), kind])
+        .with_label_values(&[&device.to_string(), backend.device().kind()])
         .set(1);
     std::thread::Builder::new()
         .name(name)

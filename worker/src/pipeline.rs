@@ -252,7 +252,7 @@ async fn fetch_stage(
     concurrency: usize,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
-    let roots = Arc::new(sources);
+    let sources = Arc::new(sources);
     let mut fetches = JoinSet::new();
     while let Ok(mut work) = input.recv().await {
         let slot = slots
@@ -260,10 +260,10 @@ async fn fetch_stage(
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let (output, failed, roots) = (output.clone(), failed.clone(), roots.clone());
+        let (output, failed, sources) = (output.clone(), failed.clone(), sources.clone());
         fetches.spawn(async move {
             work.timings = Timings::start();
-            let result = fetch(work.reference(), &roots, max_bytes).await;
+            let result = fetch(work.reference(), &sources, max_bytes).await;
             work.timings.lap("fetch");
             drop(slot);
             let _ = match result {

@@ -103,26 +103,18 @@ pub async fn run(
     summary
 }
 
-type WriteOutcome = (String, String, Result<(String, Vec<ResultLine>), ()>);
-
 fn record(
-    done: Result<WriteOutcome, tokio::task::JoinError>,
+    done: Result<Event, tokio::task::JoinError>,
     summary: &mut Summary,
     emit: &impl Fn(Event),
 ) {
     match done {
-        Ok((job_id, task_id, Ok((key, lines)))) => {
-            summary.add(&lines);
-            emit(Event::TaskWritten {
-                job_id,
-                task_id,
-                key,
-                lines,
-            });
-        }
-        Ok((job_id, task_id, Err(()))) => {
-            summary.tasks_failed += 1;
-            emit(Event::TaskFailed { job_id, task_id });
+        Ok(event) => {
+            match &event {
+                Event::TaskWritten { lines, .. } => summary.add(lines),
+                _ => summary.tasks_failed += 1,
+            }
+            emit(event);
         }
         Err(e) => {
             summary.tasks_failed += 1;
@@ -131,11 +123,12 @@ fn record(
     }
 }
 
+/// Writes the task's lines, then acks; returns what happened as the event to report.
 async fn write_and_ack(
     task: Arc<TaskState>,
     store: Arc<dyn ObjectStore>,
     queue: Arc<dyn Queue>,
-) -> WriteOutcome {
+) -> Event {
     let msg = &task.msg;
     let lines = task.take_lines();
     let key = result_key(&msg.tenant, &msg.job_id, &msg.task_id);
@@ -144,7 +137,6 @@ async fn write_and_ack(
         serde_json::to_writer(&mut body, line).expect("result lines serialise");
         body.push(b'\n');
     }
-    let ids = (msg.job_id.clone(), msg.task_id.clone());
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=WRITE_ATTEMPTS {
         let started = std::time::Instant::now();
@@ -158,7 +150,12 @@ async fn write_and_ack(
                     // The result is durable; a redelivery rewrites the same key.
                     tracing::warn!(job = %msg.job_id, task = %msg.task_id, error = %e, "ack failed after write");
                 }
-                return (ids.0, ids.1, Ok((key, lines)));
+                return Event::TaskWritten {
+                    job_id: msg.job_id.clone(),
+                    task_id: msg.task_id.clone(),
+                    key,
+                    lines,
+                };
             }
             Err(e) => {
                 tracing::warn!(job = %msg.job_id, task = %msg.task_id, attempt, error = %e, "writing result failed");
@@ -175,5 +172,8 @@ async fn write_and_ack(
     if let Err(e) = queue.nack(&task.delivery, true).await {
         tracing::error!(job = %msg.job_id, task = %msg.task_id, error = %e, "returning message failed");
     }
-    (ids.0, ids.1, Err(()))
+    Event::TaskFailed {
+        job_id: msg.job_id.clone(),
+        task_id: msg.task_id.clone(),
+    }
 }

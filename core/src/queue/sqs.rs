@@ -108,14 +108,6 @@ impl SqsQueue {
         })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     pub fn dead_letter_url(&self) -> &str {
         &self.dlq_url
     }

@@ -27,10 +27,6 @@ impl FsStore {
         Ok(Self { root, retention })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let valid = !key.is_empty()
             && !key.starts_with('/')

@@ -10,7 +10,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
-    LifecycleRuleFilter, ObjectIdentifier, ServerSideEncryption,
+    LifecycleRuleFilter, ServerSideEncryption,
 };
 
 use super::{ObjectMeta, ObjectStore, StoreError};
@@ -225,40 +225,6 @@ impl S3Store {
                     .expect("id, status and filter are set")
             })
             .collect()
-    }
-
-    /// Deletes every object under `prefix` in batches of 1,000.
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
-        let keys: Vec<String> = self
-            .list(prefix)
-            .await?
-            .into_iter()
-            .map(|m| self.object_key(&m.key))
-            .collect();
-        for chunk in keys.chunks(1000) {
-            let objects: Vec<ObjectIdentifier> = chunk
-                .iter()
-                .map(|k| {
-                    ObjectIdentifier::builder()
-                        .key(k)
-                        .build()
-                        .expect("key is set")
-                })
-                .collect();
-            let delete = aws_sdk_s3::types::Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| io("deleting under", prefix, e))?;
-            self.client
-                .delete_objects()
-                .bucket(&self.options.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| io("deleting under", prefix, e))?;
-        }
-        Ok(keys.len())
     }
 }
 
