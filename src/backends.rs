@@ -45,6 +45,12 @@ pub struct QueueArgs {
     pub region: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum QueueRole {
+    Tasks,
+    Progress,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Result store: s3://bucket/prefix or file:///path.
@@ -77,7 +83,18 @@ pub enum Sse {
 }
 
 impl QueueArgs {
+    /// The task queue.
     pub async fn open(&self, prefetch: u16) -> anyhow::Result<Arc<dyn Queue>> {
+        self.open_role(prefetch, QueueRole::Tasks).await
+    }
+
+    /// The queue on which workers report finished tasks to the scheduler: the task queue's
+    /// name with `.progress` (RabbitMQ) or `-progress` (SQS) appended.
+    pub async fn open_progress(&self, prefetch: u16) -> anyhow::Result<Arc<dyn Queue>> {
+        self.open_role(prefetch, QueueRole::Progress).await
+    }
+
+    async fn open_role(&self, prefetch: u16, role: QueueRole) -> anyhow::Result<Arc<dyn Queue>> {
         let url = self.queue.as_str();
         if url == "memory" {
             return Ok(Arc::new(MemoryQueue::new(self.delivery_limit)));
@@ -85,7 +102,10 @@ impl QueueArgs {
         if url.starts_with("amqp://") || url.starts_with("amqps://") {
             let options = RabbitOptions {
                 url: url.to_owned(),
-                queue: self.queue_name.clone(),
+                queue: match role {
+                    QueueRole::Tasks => self.queue_name.clone(),
+                    QueueRole::Progress => format!("{}.progress", self.queue_name),
+                },
                 delivery_limit: self.delivery_limit,
                 prefetch,
             };
@@ -99,7 +119,10 @@ impl QueueArgs {
                 bail!("--queue {url:?}: expected sqs://QUEUE-NAME");
             }
             let options = SqsOptions {
-                queue: name.to_owned(),
+                queue: match role {
+                    QueueRole::Tasks => name.to_owned(),
+                    QueueRole::Progress => format!("{name}-progress"),
+                },
                 endpoint: Endpoint {
                     url: self.sqs_endpoint.clone(),
                     region: self.region.clone(),

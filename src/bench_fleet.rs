@@ -26,7 +26,12 @@ pub async fn measure(
     let exe = std::env::current_exe().context("finding the tagfleet binary")?;
     let keys = work.join("keys");
     std::fs::create_dir_all(&keys)?;
-    TenantKey::load_or_create(&keys.join(format!("{TENANT}.key")))?;
+    let key = TenantKey::load_or_create(&keys.join(format!("{TENANT}.key")))?;
+    let secrets = keys.join("secrets.toml");
+    std::fs::write(
+        &secrets,
+        format!("[tenants.{TENANT}]\nkey = \"{}\"\n", key.secret_hex()),
+    )?;
     let queue_name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let queue_url = queue.replace("{name}", &queue_name);
     let common: Vec<String> = [
@@ -85,8 +90,8 @@ pub async fn measure(
                 .map(|e| vec!["--s3-endpoint".to_owned(), e.clone()])
                 .unwrap_or_default(),
         )
-        .arg("--keys-dir")
-        .arg(&keys)
+        .arg("--secrets")
+        .arg(&secrets)
         .arg("--file-root")
         .arg(corpus)
         .args(["--max-batch", &max_batch.to_string()])

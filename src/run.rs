@@ -145,6 +145,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
             .context("resolving the input folders")?
             .into(),
         exit_when_drained: true,
+        progress: None,
     };
     let pipeline = Pipeline {
         queue,

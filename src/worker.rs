@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tagfleet_core::keys::is_valid_id;
-use tagfleet_core::{Pseudonymiser, TenantKey};
+use tagfleet_core::{Pseudonymiser, Secrets};
 use tagfleet_worker::{FileRoots, Pipeline, PipelineConfig, Sources, Tenants};
 use tokio_util::sync::CancellationToken;
 
@@ -26,9 +25,10 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 
-    /// Folder of tenant keys: one `<tenant>.key` file (hex secret) per tenant served.
-    #[arg(long, env = "TAGFLEET_KEYS_DIR")]
-    pub keys_dir: PathBuf,
+    /// The tenants secrets file (TOML, `[tenants.<name>]` with `key`): whose tasks this
+    /// worker serves, and the key that names each tenant's images.
+    #[arg(long, env = "TAGFLEET_SECRETS")]
+    pub secrets: PathBuf,
 
     /// Folders file:// refs may be read from (comma separated). None: file:// refs fail.
     #[arg(long = "file-root", env = "TAGFLEET_FILE_ROOTS", value_delimiter = ',')]
@@ -59,12 +59,13 @@ pub struct WorkerArgs {
 }
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
-    let tenants = load_tenants(&args.keys_dir)?;
+    let tenants = load_tenants(&args.secrets)?;
     let model = args.engine.load_model()?;
     let backends = args.engine.backends(&model)?;
     let opened = args.store.open(args.queue.region.clone()).await?;
     let prefetch = u16::try_from(args.max_tasks_in_flight.max(1)).unwrap_or(u16::MAX);
     let queue = args.queue.open(prefetch).await?;
+    let progress = args.queue.open_progress(1).await?;
     let roots = FileRoots::new(args.file_roots.clone()).context("resolving --file-root folders")?;
     let sources = Sources {
         roots,
@@ -90,6 +91,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
             limits: args.pipeline.limits(),
             sources,
             exit_when_drained: false,
+            progress: Some(progress),
         },
     };
     let shutdown = CancellationToken::new();
@@ -138,32 +140,13 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-/// Every `<tenant>.key` in `dir`.
-fn load_tenants(dir: &Path) -> anyhow::Result<Tenants> {
+/// The pseudonym key of every tenant in the secrets file.
+fn load_tenants(path: &Path) -> anyhow::Result<Tenants> {
+    let secrets = Secrets::load(path).context("--secrets")?;
     let mut tenants = Tenants::default();
-    let mut count = 0;
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("reading --keys-dir {}", dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_none_or(|e| e != "key") {
-            continue;
-        }
-        let tenant = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !is_valid_id(&tenant) {
-            bail!("--keys-dir: {tenant:?} is not a valid tenant name (letters, digits, - _ .)");
-        }
-        let key =
-            TenantKey::load(&path).with_context(|| format!("tenant key {}", path.display()))?;
-        tenants.insert(tenant, Pseudonymiser::new(key));
-        count += 1;
+    for (name, tenant) in secrets.iter() {
+        tenants.insert(name, Pseudonymiser::new(tenant.key.clone()));
     }
-    if count == 0 {
-        bail!("--keys-dir {}: no <tenant>.key files", dir.display());
-    }
-    tracing::info!(tenants = count, "tenant keys loaded");
+    tracing::info!(tenants = secrets.len(), "tenant keys loaded");
     Ok(tenants)
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_s3::types::ServerSideEncryption;
-use common::fleet::{Fleet, http_get};
+use common::fleet::{Fleet, http_get, write_secrets};
 use common::*;
 use tagfleet_core::ObjectStore;
 
@@ -39,6 +39,7 @@ fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         format!("{}\n", "ab".repeat(32)),
     )
     .unwrap();
+    write_secrets(&keys, &[(TENANT, &"ab".repeat(32), None)]);
     (photos, keys)
 }
 

@@ -2,14 +2,18 @@
 //! and [`ObjectStore`] abstractions with their backends, pseudonyms and retention.
 
 pub mod aws;
+pub mod job;
 pub mod keys;
+pub mod netguard;
 pub mod pseudonym;
 pub mod queue;
 pub mod retention;
 pub mod schema;
+pub mod secrets;
 pub mod store;
 
 pub use pseudonym::{Pseudonymiser, TenantKey};
-pub use queue::{Delivery, Queue, QueueError};
+pub use secrets::Secrets;
+pub use queue::{Delivery, Depth, Queue, QueueError};
 pub use schema::{Analysis, ErrorKind, ImageError, ResultLine, TaskItem, TaskMessage, TaskOptions};
 pub use store::{ObjectStore, StoreError};

@@ -66,6 +66,11 @@ impl TenantKey {
         Ok(key)
     }
 
+    /// The secret as hex, for writing a secrets file.
+    pub fn secret_hex(&self) -> String {
+        hex::encode(&self.secret)
+    }
+
     /// Short public identifier of this key, written in every result line.
     pub fn id(&self) -> &str {
         &self.id

@@ -23,6 +23,13 @@ pub struct Delivery {
     pub attempt: u32,
 }
 
+/// How many messages wait, for metrics and autoscaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    pub ready: u64,
+    pub dead_lettered: u64,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("queue connection lost: {0}")]
@@ -62,6 +69,12 @@ pub trait Queue: Send + Sync {
     /// The message was not done. With `requeue` it is delivered again (up to the
     /// queue's delivery limit, then dead-lettered); without, it is dead-lettered now.
     async fn nack(&self, delivery: &Delivery, requeue: bool) -> Result<(), QueueError>;
+
+    /// Messages waiting in the queue and in its dead-letter queue, where the backend can
+    /// tell (approximately, on SQS). For metrics.
+    async fn depth(&self) -> Result<Option<Depth>, QueueError> {
+        Ok(None)
+    }
 
     /// True when nothing is waiting and nothing is unacknowledged. Only queues that know
     /// this exactly (the in-memory one) say so; brokers always answer false, so a worker

@@ -50,6 +50,36 @@ impl TaskMessage {
     }
 }
 
+/// What a worker reports when a task's result object is durable, on the progress queue.
+/// Redelivered tasks report again; the scheduler counts each task id once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressMessage {
+    pub v: u32,
+    pub tenant: String,
+    pub job_id: String,
+    pub task_id: String,
+    /// Images of the task with a result.
+    pub ok: u32,
+    /// Images of the task that ended in an error line.
+    pub failed: u32,
+}
+
+impl ProgressMessage {
+    pub fn from_json(body: &[u8]) -> Result<Self, SchemaError> {
+        let msg: ProgressMessage =
+            serde_json::from_slice(body).map_err(|e| SchemaError::Malformed(e.to_string()))?;
+        if msg.v != SCHEMA_VERSION {
+            return Err(SchemaError::Version(msg.v));
+        }
+        Ok(msg)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a progress message always serialises")
+    }
+}
+
 /// Why a message body was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SchemaError {

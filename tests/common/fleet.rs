@@ -35,6 +35,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes `dir/secrets.toml` for tenants given as (name, hex key, bearer token).
+pub fn write_secrets(dir: &Path, tenants: &[(&str, &str, Option<&str>)]) {
+    use sha2::Digest;
+    let mut text = String::new();
+    for (name, key, token) in tenants {
+        text.push_str(&format!("[tenants.{name}]\nkey = \"{key}\"\n"));
+        if let Some(token) = token {
+            let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+            text.push_str(&format!("token_sha256 = \"{hash}\"\n"));
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("secrets.toml"), text).unwrap();
+}
+
 /// The fleet of one test: its queue, its bucket, its tenant key folder.
 pub struct Fleet {
     pub queue: String,
@@ -72,7 +87,12 @@ impl Fleet {
         }
     }
 
-    fn queue_args(&self) -> Vec<String> {
+    /// The tenants secrets file in the keys folder (see [`write_secrets`]).
+    pub fn secrets(&self) -> PathBuf {
+        self.keys_dir.join("secrets.toml")
+    }
+
+    pub fn queue_args(&self) -> Vec<String> {
         let mut args = vec![
             "--queue".into(),
             self.queue.clone(),
@@ -111,8 +131,8 @@ impl Fleet {
             .args(self.queue_args())
             .args(["--store", &format!("s3://{}/fleet", self.bucket)])
             .args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")])
-            .arg("--keys-dir")
-            .arg(&self.keys_dir)
+            .arg("--secrets")
+            .arg(self.secrets())
             .arg("--file-root")
             .arg(&self.file_root)
             .args(["--listen", &format!("127.0.0.1:{port}")])

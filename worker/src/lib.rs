@@ -3,6 +3,7 @@
 pub mod batcher;
 pub mod executor;
 pub mod fetch;
+pub mod gate;
 pub mod metrics;
 pub mod pipeline;
 pub mod prepare;

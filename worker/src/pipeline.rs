@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{self, BatchPolicy};
 use crate::executor;
 use crate::fetch::{Sources, fetch};
+use crate::gate::JobGate;
 use crate::prepare::{self, Fetched};
 use crate::task::{Completed, TaskState, Tenants, Timings, Work};
 use crate::writer::{self, Event, Summary};
@@ -24,7 +25,7 @@ use crate::writer::{self, Event, Summary};
 /// How long one receive call waits for a message before checking for shutdown.
 const RECEIVE_WAIT: Duration = Duration::from_millis(200);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PipelineConfig {
     pub batch: BatchPolicy,
     /// Decode+preprocess threads; the cores, by default.
@@ -39,6 +40,8 @@ pub struct PipelineConfig {
     /// Stop once the queue says it is drained (the embedded mode), instead of waiting
     /// for more work until shutdown.
     pub exit_when_drained: bool,
+    /// Where finished tasks are reported for the scheduler's counts (fleet mode).
+    pub progress: Option<Arc<dyn Queue>>,
 }
 
 /// Everything a worker needs to run.
@@ -84,8 +87,10 @@ impl Pipeline {
         let (batch_tx, batch_rx) = bounded(1);
         let (done_tx, done_rx) = bounded::<Completed>(max_batch * 4);
 
+        let gate = Arc::new(JobGate::new(store.clone()));
         let consumer = tokio::spawn(consume(
             queue.clone(),
+            gate,
             tenants,
             spec.id(),
             Arc::new(Semaphore::new(config.max_tasks_in_flight.max(1))),
@@ -117,7 +122,7 @@ impl Pipeline {
             })
             .collect();
         drop((batch_rx, done_tx));
-        let summary = writer::run(done_rx, store, queue, events).await;
+        let summary = writer::run(done_rx, store, queue, config.progress.clone(), events).await;
 
         for task in [consumer, fetcher, batcher] {
             if let Err(e) = task.await {
@@ -135,8 +140,10 @@ impl Pipeline {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn consume(
     queue: Arc<dyn Queue>,
+    gate: Arc<JobGate>,
     tenants: Tenants,
     model_id: String,
     in_flight: Arc<Semaphore>,
@@ -177,7 +184,8 @@ async fn consume(
         backoff = Duration::from_millis(100);
         // Unused permits go back when `permits` drops at the end of this turn.
         for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
-            let Some(task) = accept(&queue, &tenants, &model_id, delivery, permit).await else {
+            let Some(task) = accept(&queue, &gate, &tenants, &model_id, delivery, permit).await
+            else {
                 continue;
             };
             crate::metrics::IN_FLIGHT.add(task.msg.items.len() as i64);
@@ -193,6 +201,7 @@ async fn consume(
 /// Parses and checks a delivery; refused messages are nacked here.
 async fn accept(
     queue: &Arc<dyn Queue>,
+    gate: &JobGate,
     tenants: &Tenants,
     model_id: &str,
     delivery: Delivery,
@@ -224,6 +233,14 @@ async fn accept(
         refuse(delivery, false).await;
         return None;
     };
+    if !gate.admits(&msg.tenant, &msg.job_id).await {
+        tracing::debug!(job = %msg.job_id, task = %msg.task_id, "skipping a task of a cancelled job");
+        crate::metrics::MESSAGES.with_label_values(&["skipped"]).inc();
+        if let Err(e) = queue.ack(&delivery).await {
+            tracing::warn!(error = %e, "ack of a skipped task failed");
+        }
+        return None;
+    }
     Some(TaskState::new(
         msg,
         delivery,

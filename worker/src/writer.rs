@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_channel::Receiver;
 use tagfleet_core::keys::result_key;
-use tagfleet_core::schema::{ResultLine, Status};
+use tagfleet_core::schema::{ProgressMessage, ResultLine, SCHEMA_VERSION, Status};
 use tagfleet_core::{ErrorKind, ObjectStore, Queue};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
@@ -69,6 +69,7 @@ pub async fn run(
     input: Receiver<Completed>,
     store: Arc<dyn ObjectStore>,
     queue: Arc<dyn Queue>,
+    progress: Option<Arc<dyn Queue>>,
     events: Option<UnboundedSender<Event>>,
 ) -> Summary {
     let mut writes = JoinSet::new();
@@ -89,7 +90,7 @@ pub async fn run(
                 crate::metrics::observe_stages(&line.timings_ms);
                 emit(Event::Image { error });
                 if work.task.complete(work.index, line) {
-                    writes.spawn(write_and_ack(work.task, store.clone(), queue.clone()));
+                    writes.spawn(write_and_ack(work.task, store.clone(), queue.clone(), progress.clone()));
                 }
             }
             Some(done) = writes.join_next(), if !writes.is_empty() => {
@@ -123,11 +124,14 @@ fn record(
     }
 }
 
-/// Writes the task's lines, then acks; returns what happened as the event to report.
+/// Writes the task's lines, reports the task on the progress queue, then acks; returns
+/// what happened as the event to report. A crash between any two steps means redelivery:
+/// the write lands on the same key and the scheduler counts the task once.
 async fn write_and_ack(
     task: Arc<TaskState>,
     store: Arc<dyn ObjectStore>,
     queue: Arc<dyn Queue>,
+    progress: Option<Arc<dyn Queue>>,
 ) -> Event {
     let msg = &task.msg;
     let lines = task.take_lines();
@@ -145,6 +149,12 @@ async fn write_and_ack(
                 crate::metrics::STAGE_SECONDS
                     .with_label_values(&["write"])
                     .observe(started.elapsed().as_secs_f64());
+                if let Some(progress) = &progress
+                    && let Err(e) = progress.publish(progress_of(msg, &lines)).await
+                {
+                    tracing::warn!(job = %msg.job_id, task = %msg.task_id, error = %e, "reporting progress failed");
+                    break;
+                }
                 crate::metrics::MESSAGES.with_label_values(&["acked"]).inc();
                 if let Err(e) = queue.ack(&task.delivery).await {
                     // The result is durable; a redelivery rewrites the same key.
@@ -176,4 +186,17 @@ async fn write_and_ack(
         job_id: msg.job_id.clone(),
         task_id: msg.task_id.clone(),
     }
+}
+
+fn progress_of(msg: &tagfleet_core::TaskMessage, lines: &[ResultLine]) -> Vec<u8> {
+    let failed = lines.iter().filter(|l| l.status == Status::Error).count() as u32;
+    ProgressMessage {
+        v: SCHEMA_VERSION,
+        tenant: msg.tenant.clone(),
+        job_id: msg.job_id.clone(),
+        task_id: msg.task_id.clone(),
+        ok: lines.len() as u32 - failed,
+        failed,
+    }
+    .to_json()
 }

@@ -101,6 +101,7 @@ impl Harness {
                 limits: DecodeLimits::default(),
                 sources: FileRoots::new([photos()]).unwrap().into(),
                 exit_when_drained: true,
+                progress: None,
             },
         };
         tokio::time::timeout(

@@ -18,7 +18,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
-use super::{Delivery, Queue, QueueError};
+use super::{Delivery, Depth, Queue, QueueError};
 
 /// Deliveries before a message is dead-lettered, unless configured otherwise.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
@@ -347,6 +347,17 @@ impl Queue for RabbitQueue {
             .await
             .map(drop)
             .map_err(|e| lost("acking", e))
+    }
+
+    async fn depth(&self) -> Result<Option<Depth>, QueueError> {
+        let ready = self.message_count(&self.options.queue).await?;
+        let dead = self
+            .message_count(&self.options.dead_letter_queue())
+            .await?;
+        Ok(Some(Depth {
+            ready: ready.into(),
+            dead_lettered: dead.into(),
+        }))
     }
 
     async fn nack(&self, delivery: &Delivery, requeue: bool) -> Result<(), QueueError> {

@@ -16,7 +16,7 @@ use aws_sdk_sqs::types::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Delivery, Queue, QueueError};
+use super::{Delivery, Depth, Queue, QueueError};
 use crate::aws::{Endpoint, sdk_config};
 
 #[derive(Debug, Clone)]
@@ -332,6 +332,13 @@ impl Queue for SqsQueue {
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
         self.stop_heartbeat(&delivery.handle)?;
         self.delete(&delivery.handle).await
+    }
+
+    async fn depth(&self) -> Result<Option<Depth>, QueueError> {
+        Ok(Some(Depth {
+            ready: self.approximate_count(&self.url).await?,
+            dead_lettered: self.approximate_count(&self.dlq_url).await?,
+        }))
     }
 
     async fn nack(&self, delivery: &Delivery, requeue: bool) -> Result<(), QueueError> {

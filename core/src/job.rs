@@ -1,0 +1,71 @@
+//! What workers need to know about a job record the scheduler keeps: its state. A job that
+//! was cancelled (or failed to start) has its queued tasks skipped instead of processed.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Tasks published, nothing finished yet.
+    Queued,
+    /// Some tasks finished.
+    Running,
+    /// Every task finished (single images may still have failed: see the counts).
+    Succeeded,
+    /// Every image failed, or the job could not be published.
+    Failed,
+    /// Cancelled by its tenant; its results are deleted.
+    Cancelled,
+    /// Past its retention; its results are gone.
+    Expired,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Expired,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
+        }
+    }
+
+    /// Whether the job will not change any more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Running)
+    }
+
+    /// Whether workers should still process the job's tasks. A job that ended normally
+    /// still takes redelivered and retried tasks; a cancelled, failed-to-start or
+    /// expired one takes nothing.
+    pub fn accepts_tasks(self) -> bool {
+        matches!(
+            self,
+            JobState::Queued | JobState::Running | JobState::Succeeded
+        )
+    }
+}
+
+/// The part of a job record a worker reads; the rest belongs to the scheduler.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobHead {
+    pub state: JobState,
+}
+
+impl JobHead {
+    pub fn from_json(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+}
