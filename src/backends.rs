@@ -16,9 +16,9 @@ use tagfleet_core::{ObjectStore, Queue};
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
     /// Task queue: amqp://user:pass@host:5672/vhost (amqps:// for TLS), sqs://QUEUE-NAME,
-    /// or memory (this process only).
+    /// or memory (this process only). Required, except for `submit --scheduler`.
     #[arg(long, env = "TAGFLEET_QUEUE")]
-    pub queue: String,
+    pub queue: Option<String>,
 
     /// RabbitMQ queue name (the dead-letter queue is <name>.dlq).
     #[arg(long, env = "TAGFLEET_QUEUE_NAME", default_value = "tagfleet-tasks")]
@@ -95,7 +95,9 @@ impl QueueArgs {
     }
 
     async fn open_role(&self, prefetch: u16, role: QueueRole) -> anyhow::Result<Arc<dyn Queue>> {
-        let url = self.queue.as_str();
+        let url = self.queue.as_deref().context(
+            "--queue (TAGFLEET_QUEUE) is required: amqp://…, amqps://…, sqs://NAME or memory",
+        )?;
         if url == "memory" {
             return Ok(Arc::new(MemoryQueue::new(self.delivery_limit)));
         }

@@ -38,6 +38,62 @@ pub struct JoinArgs {
     pub results: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    /// The tenant's name: letters, digits, - _ .
+    pub name: String,
+
+    /// The secrets file to add it to (created when missing, mode 0600).
+    #[arg(long, env = "TAGFLEET_SECRETS")]
+    pub secrets: PathBuf,
+
+    /// Also write the tenant's key here (hex, mode 0600), for `join` and `pseudonym` on
+    /// the tenant's side.
+    #[arg(long)]
+    pub key_out: Option<PathBuf>,
+}
+
+/// Appends a new tenant to the secrets file and prints its bearer token.
+pub fn tenant(args: TenantArgs) -> anyhow::Result<i32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !tagfleet_core::keys::is_valid_id(&args.name) {
+        anyhow::bail!(
+            "{:?}: a tenant name is letters, digits, - _ . only",
+            args.name
+        );
+    }
+    if args.secrets.exists() {
+        let existing = tagfleet_core::Secrets::load(&args.secrets)?;
+        if existing.get(&args.name).is_some() {
+            anyhow::bail!(
+                "{} already has a tenant {:?}",
+                args.secrets.display(),
+                args.name
+            );
+        }
+    }
+    let new = tagfleet_core::secrets::new_tenant(&args.name);
+    if let Some(path) = &args.key_out {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating --key-out {}", path.display()))?;
+        writeln!(file, "{}", new.key.secret_hex())?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&args.secrets)
+        .with_context(|| format!("opening {}", args.secrets.display()))?;
+    write!(file, "\n{}", new.stanza)?;
+    file.sync_all()?;
+    println!("{}", new.token);
+    Ok(0)
+}
+
 fn pseudonymiser(key_file: &Path) -> anyhow::Result<Pseudonymiser> {
     let key =
         TenantKey::load(key_file).with_context(|| format!("tenant key {}", key_file.display()))?;

@@ -8,12 +8,15 @@ use tracing_subscriber::EnvFilter;
 mod backends;
 mod bench;
 mod bench_fleet;
+mod client;
 mod engine;
 mod http;
 mod inputs;
 mod join;
 mod pipeline_args;
 mod run;
+mod scheduler;
+mod status;
 mod submit;
 mod worker;
 
@@ -46,9 +49,17 @@ enum Command {
     /// Run a worker of the fleet: take tasks from RabbitMQ or SQS, write results to S3.
     /// Stops cleanly on SIGTERM, finishing what is in flight.
     Worker(Box<worker::WorkerArgs>),
+    /// Run the scheduler: the job API (/v1/jobs, /v1/schedules), progress counting, job
+    /// records and schedules. See /openapi.json on its port for the API.
+    Scheduler(Box<scheduler::SchedulerArgs>),
     /// Publish a job's tasks (from a folder, a manifest or an S3 prefix) to the queue and
     /// print the job id.
     Submit(Box<submit::SubmitArgs>),
+    /// Show jobs and their progress, from the scheduler.
+    Status(status::StatusArgs),
+    /// Add a tenant to a secrets file: prints its new bearer token (keep it; only its hash
+    /// is stored) and appends the tenant with a fresh pseudonym key.
+    Tenant(join::TenantArgs),
     /// Print the pseudonyms of refs under a tenant key (what results call those images).
     Pseudonym(join::PseudonymArgs),
     /// Join result lines back to your own refs with your tenant key, on your machine:
@@ -71,6 +82,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: log collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -88,7 +101,10 @@ fn main() -> ExitCode {
             Command::Run(args) => run::main(*args).await,
             Command::Bench(args) => bench::main(*args).await,
             Command::Worker(args) => worker::main(*args).await,
+            Command::Scheduler(args) => scheduler::main(*args).await,
             Command::Pseudonym(args) => join::pseudonym(args),
+            Command::Status(args) => status::main(args).await,
+            Command::Tenant(args) => join::tenant(args),
             Command::Join(args) => join::join(args),
             Command::Submit(args) => submit::main(*args).await,
         }

@@ -146,6 +146,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
             .into(),
         exit_when_drained: true,
         progress: None,
+        job_check_interval: tagfleet_worker::gate::DEFAULT_INTERVAL,
     };
     let pipeline = Pipeline {
         queue,

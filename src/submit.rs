@@ -1,5 +1,7 @@
-//! `tagfleet submit`: publishes a job's task messages, from a local folder, a manifest or
-//! an S3 prefix, in chunks, and prints the job id.
+//! `tagfleet submit`: creates a job from a local folder, a manifest or an S3 prefix and
+//! prints its id. With `--scheduler` the job goes through the scheduler API (which counts
+//! its progress; `--wait` follows it); without, the tasks are published straight to the
+//! queue.
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -7,6 +9,7 @@ use tagfleet_core::aws::{Endpoint, sdk_config};
 use tagfleet_core::keys::is_valid_id;
 
 use crate::backends::QueueArgs;
+use crate::client::{self, ApiArgs};
 use crate::inputs;
 use crate::pipeline_args::TaskArgs;
 
@@ -21,9 +24,10 @@ pub struct SubmitArgs {
     /// file paths and s3:// refs), or s3://bucket/prefix/ (every image object under it).
     pub source: String,
 
-    /// Tenant the job belongs to (its key names the images in results).
+    /// Tenant the job belongs to (its key names the images in results). Direct publishing
+    /// only: with --scheduler the token names the tenant.
     #[arg(long, env = "TAGFLEET_TENANT")]
-    pub tenant: String,
+    pub tenant: Option<String>,
 
     /// Model the workers must run, as name@version.
     #[arg(
@@ -33,7 +37,7 @@ pub struct SubmitArgs {
     )]
     pub model: String,
 
-    /// Job id; default: a new random id.
+    /// Job id (direct publishing only; the scheduler picks its own); default: a new random id.
     #[arg(long, env = "TAGFLEET_JOB_ID")]
     pub job_id: Option<String>,
 
@@ -46,11 +50,27 @@ pub struct SubmitArgs {
 
     #[command(flatten)]
     pub queue: QueueArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    /// With --scheduler: follow the job with a progress bar until it ends. Exit code 0
+    /// when every image succeeded, 3 when some failed, 1 when the job failed or was
+    /// cancelled.
+    #[arg(long, requires = "url")]
+    pub wait: bool,
 }
 
 pub async fn main(args: SubmitArgs) -> anyhow::Result<i32> {
-    if !is_valid_id(&args.tenant) {
-        bail!("--tenant {:?}: letters, digits, - _ . only", args.tenant);
+    if args.api.url.is_some() {
+        return through_scheduler(args).await;
+    }
+    let tenant = args
+        .tenant
+        .clone()
+        .context("--tenant (TAGFLEET_TENANT) is required when publishing to the queue")?;
+    if !is_valid_id(&tenant) {
+        bail!("--tenant {tenant:?}: letters, digits, - _ . only");
     }
     let job_id = args
         .job_id
@@ -63,9 +83,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<i32> {
     if refs.is_empty() {
         bail!("no images found in {}", args.source);
     }
-    let messages = args
-        .task
-        .messages(&job_id, &args.tenant, &args.model, &refs)?;
+    let messages = args.task.messages(&job_id, &tenant, &args.model, &refs)?;
     let queue = args.queue.open(1).await?;
     let tasks = messages.len();
     queue
@@ -109,4 +127,85 @@ async fn collect_refs(args: &SubmitArgs) -> anyhow::Result<Vec<String>> {
     }
     let inputs = inputs::collect_refs(std::path::Path::new(&args.source))?;
     Ok(inputs.items.into_iter().map(|i| i.reference).collect())
+}
+
+/// The job spec the scheduler gets for `source`: an S3 prefix as it is, a local manifest
+/// sent inline. A local folder cannot travel: the workers could not read it.
+fn spec_of(args: &SubmitArgs) -> anyhow::Result<serde_json::Value> {
+    let source = if args.source.starts_with("s3://") {
+        serde_json::json!({ "kind": "s3_prefix", "uri": args.source })
+    } else {
+        let path = std::path::Path::new(&args.source);
+        if path.is_dir() {
+            bail!(
+                "{} is a folder: the fleet's workers cannot read it. Use `tagfleet run {}`, \
+                 upload it to S3, or send a manifest of s3:// refs",
+                args.source,
+                args.source
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the manifest {}", args.source))?;
+        serde_json::json!({ "kind": "manifest", "inline": text })
+    };
+    let options = args.task.options()?;
+    Ok(serde_json::json!({
+        "source": source,
+        "analyses": args.task.analyses,
+        "model": args.model,
+        "options": options,
+    }))
+}
+
+async fn through_scheduler(args: SubmitArgs) -> anyhow::Result<i32> {
+    let api = args.api.connect()?;
+    let job = api.create_job(&spec_of(&args)?).await?;
+    let id = job
+        .get("id")
+        .and_then(|v| v.as_str())
+        .context("the scheduler's answer has no job id")?
+        .to_owned();
+    tracing::info!(job = %id, images = client::count(&job, "total"), "job created");
+    println!("{id}");
+    if !args.wait {
+        return Ok(0);
+    }
+    let bar = indicatif::ProgressBar::new(client::count(&job, "total"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:>9} [{bar:40}] {pos}/{len} images, {per_sec}, ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let mut failures = 0;
+    let job = loop {
+        match api.job(&id).await {
+            Ok(job) => {
+                failures = 0;
+                bar.set_position(client::count(&job, "done") + client::count(&job, "failed"));
+                bar.set_message(client::state(&job).to_owned());
+                if client::is_final(client::state(&job)) {
+                    break job;
+                }
+            }
+            Err(e) if failures < 10 => {
+                failures += 1;
+                tracing::warn!(error = %e, "asking for the job's progress failed; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    bar.finish();
+    let (done, failed) = (client::count(&job, "done"), client::count(&job, "failed"));
+    eprintln!(
+        "job {id} {}: {done} images done, {failed} failed",
+        client::state(&job)
+    );
+    Ok(match client::state(&job) {
+        "succeeded" if failed == 0 => 0,
+        "succeeded" => 3,
+        _ => 1,
+    })
 }

@@ -51,6 +51,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "TAGFLEET_FETCH_CONCURRENCY", default_value_t = 16)]
     pub fetch_concurrency: usize,
 
+    /// How long a job's state (cancelled or not) is trusted before its record is read
+    /// again, in ms: how soon a cancel stops queued tasks, against one store read per job
+    /// per interval.
+    #[arg(long, env = "TAGFLEET_JOB_CHECK_INTERVAL_MS", default_value_t = 3000)]
+    pub job_check_interval_ms: u64,
+
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 
@@ -92,6 +98,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
             sources,
             exit_when_drained: false,
             progress: Some(progress),
+            job_check_interval: Duration::from_millis(args.job_check_interval_ms),
         },
     };
     let shutdown = CancellationToken::new();
@@ -131,7 +138,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
 }
 
 /// Waits for SIGTERM or SIGINT; returns its name.
-async fn stop_signal() -> &'static str {
+pub async fn stop_signal() -> &'static str {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");
     tokio::select! {

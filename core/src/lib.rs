@@ -13,7 +13,7 @@ pub mod secrets;
 pub mod store;
 
 pub use pseudonym::{Pseudonymiser, TenantKey};
-pub use secrets::Secrets;
 pub use queue::{Delivery, Depth, Queue, QueueError};
 pub use schema::{Analysis, ErrorKind, ImageError, ResultLine, TaskItem, TaskMessage, TaskOptions};
+pub use secrets::Secrets;
 pub use store::{ObjectStore, StoreError};

@@ -215,7 +215,9 @@ mod tests {
             Err(UrlError::Invalid(_))
         ));
         assert_eq!(
-            policy.check_form("https://images.example.com/a.jpg").unwrap(),
+            policy
+                .check_form("https://images.example.com/a.jpg")
+                .unwrap(),
             ("images.example.com".into(), 443)
         );
     }

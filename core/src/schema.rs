@@ -92,7 +92,7 @@ pub enum SchemaError {
 }
 
 /// An analysis a task may ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Analysis {
     /// Top-k labels of the classifier with their confidence.
@@ -126,7 +126,7 @@ impl std::str::FromStr for Analysis {
 }
 
 /// Per-task knobs. Defaults match what a user gets without asking.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskOptions {
     /// How many tags to report at most.

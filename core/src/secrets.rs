@@ -148,8 +148,15 @@ impl Secrets {
     }
 }
 
+/// A new tenant: its stanza for the secrets file, its bearer token and its key.
+pub struct NewTenant {
+    pub stanza: String,
+    pub token: String,
+    pub key: TenantKey,
+}
+
 /// A new tenant stanza for the secrets file and the bearer token that goes with it.
-pub fn new_tenant(name: &str) -> (String, String) {
+pub fn new_tenant(name: &str) -> NewTenant {
     let token = hex::encode(
         uuid::Uuid::new_v4()
             .as_bytes()
@@ -164,7 +171,7 @@ pub fn new_tenant(name: &str) -> (String, String) {
         hex::encode(Sha256::digest(token.as_bytes())),
         key.secret_hex()
     );
-    (stanza, token)
+    NewTenant { stanza, token, key }
 }
 
 #[cfg(test)]
@@ -173,8 +180,16 @@ mod tests {
 
     #[test]
     fn a_new_tenant_stanza_parses_and_its_token_authenticates() {
-        let (stanza_a, token_a) = new_tenant("acme");
-        let (stanza_b, token_b) = new_tenant("globex");
+        let NewTenant {
+            stanza: stanza_a,
+            token: token_a,
+            ..
+        } = new_tenant("acme");
+        let NewTenant {
+            stanza: stanza_b,
+            token: token_b,
+            ..
+        } = new_tenant("globex");
         let secrets = Secrets::parse(&format!("{stanza_a}\n{stanza_b}")).unwrap();
         assert_eq!(secrets.len(), 2);
         assert_eq!(secrets.authenticate(&token_a), Some("acme"));
@@ -190,7 +205,11 @@ mod tests {
     #[test]
     fn errors_name_the_tenant_and_field() {
         let short = "[tenants.acme]\nkey = \"0011\"\n";
-        assert!(Secrets::parse(short).unwrap_err().contains("tenants.acme.key"));
+        assert!(
+            Secrets::parse(short)
+                .unwrap_err()
+                .contains("tenants.acme.key")
+        );
         let bad_token = format!(
             "[tenants.acme]\nkey = \"{}\"\ntoken_sha256 = \"zz\"\n",
             "ab".repeat(16)
@@ -200,7 +219,10 @@ mod tests {
                 .unwrap_err()
                 .contains("tenants.acme.token_sha256")
         );
-        let unknown = format!("[tenants.acme]\nkey = \"{}\"\ntoken = \"x\"\n", "ab".repeat(16));
+        let unknown = format!(
+            "[tenants.acme]\nkey = \"{}\"\ntoken = \"x\"\n",
+            "ab".repeat(16)
+        );
         assert!(Secrets::parse(&unknown).unwrap_err().contains("token"));
         assert!(Secrets::parse("").unwrap_err().contains("no [tenants"));
         let bad_name = format!("[tenants.\"a/b\"]\nkey = \"{}\"\n", "ab".repeat(16));

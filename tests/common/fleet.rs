@@ -150,6 +150,37 @@ impl Fleet {
         }
     }
 
+    /// Starts `tagfleet scheduler` on this fleet's queue and bucket; its logs go to `log`.
+    pub fn scheduler(&self, log: &Path, extra: &[&str]) -> Worker {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tagfleet"))
+            .arg("scheduler")
+            .args(self.queue_args())
+            .args(["--store", &format!("s3://{}/fleet", self.bucket)])
+            .args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")])
+            .arg("--secrets")
+            .arg(self.secrets())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("TAGFLEET_LOG", "info,tagfleet_scheduler=debug")
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        Worker {
+            child,
+            port,
+            log: log.to_path_buf(),
+        }
+    }
+
     pub async fn store(&self) -> S3Store {
         let mut options = S3Options::from_url(&format!("s3://{}/fleet", self.bucket)).unwrap();
         options.endpoint = Endpoint {
@@ -200,7 +231,7 @@ impl Fleet {
     }
 }
 
-/// A running worker process.
+/// A running service process (worker or scheduler).
 pub struct Worker {
     pub child: Child,
     pub port: u16,
@@ -277,4 +308,58 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((code, body))
+}
+
+/// A plain HTTP/1.0 request on loopback with an optional bearer token and JSON body:
+/// (status, body). `None` when nothing answered.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    head.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    stream.write_all(head.as_bytes()).ok()?;
+    // A refused body may be cut off by the server: the status still comes back.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// A JSON API call that must answer: (status, parsed body or Null).
+pub fn api(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+    let (code, text) = http(port, method, path, token, bytes.as_deref())
+        .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }

@@ -11,8 +11,8 @@ use tagfleet_core::keys::job_key;
 use tagfleet_core::{ObjectStore, StoreError};
 use tokio::sync::Mutex;
 
-/// How long a job's state is trusted before it is read again.
-const TTL: Duration = Duration::from_secs(3);
+/// How long a job's state is trusted before it is read again, by default.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3);
 
 pub struct JobGate {
     store: Arc<dyn ObjectStore>,
@@ -21,11 +21,7 @@ pub struct JobGate {
 }
 
 impl JobGate {
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self::with_ttl(store, TTL)
-    }
-
-    pub fn with_ttl(store: Arc<dyn ObjectStore>, ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, ttl: Duration) -> Self {
         Self {
             store,
             ttl,
@@ -69,11 +65,15 @@ mod tests {
     #[tokio::test]
     async fn cancelled_jobs_are_refused_and_unknown_ones_admitted() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(dir.path().to_path_buf(), None).unwrap());
-        let gate = JobGate::with_ttl(store.clone(), Duration::ZERO);
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(FsStore::new(dir.path().to_path_buf(), None).unwrap());
+        let gate = JobGate::new(store.clone(), Duration::ZERO);
         assert!(gate.admits("acme", "j1").await, "no record: run");
         store
-            .put(&job_key("acme", "j1"), br#"{"state":"running","id":"j1"}"#.to_vec())
+            .put(
+                &job_key("acme", "j1"),
+                br#"{"state":"running","id":"j1"}"#.to_vec(),
+            )
             .await
             .unwrap();
         assert!(gate.admits("acme", "j1").await);

@@ -42,6 +42,8 @@ pub struct PipelineConfig {
     pub exit_when_drained: bool,
     /// Where finished tasks are reported for the scheduler's counts (fleet mode).
     pub progress: Option<Arc<dyn Queue>>,
+    /// How long a job's state is trusted before its record is read again.
+    pub job_check_interval: Duration,
 }
 
 /// Everything a worker needs to run.
@@ -87,7 +89,7 @@ impl Pipeline {
         let (batch_tx, batch_rx) = bounded(1);
         let (done_tx, done_rx) = bounded::<Completed>(max_batch * 4);
 
-        let gate = Arc::new(JobGate::new(store.clone()));
+        let gate = Arc::new(JobGate::new(store.clone(), config.job_check_interval));
         let consumer = tokio::spawn(consume(
             queue.clone(),
             gate,
@@ -235,7 +237,9 @@ async fn accept(
     };
     if !gate.admits(&msg.tenant, &msg.job_id).await {
         tracing::debug!(job = %msg.job_id, task = %msg.task_id, "skipping a task of a cancelled job");
-        crate::metrics::MESSAGES.with_label_values(&["skipped"]).inc();
+        crate::metrics::MESSAGES
+            .with_label_values(&["skipped"])
+            .inc();
         if let Err(e) = queue.ack(&delivery).await {
             tracing::warn!(error = %e, "ack of a skipped task failed");
         }

@@ -102,6 +102,7 @@ impl Harness {
                 sources: FileRoots::new([photos()]).unwrap().into(),
                 exit_when_drained: true,
                 progress: None,
+                job_check_interval: tagfleet_worker::gate::DEFAULT_INTERVAL,
             },
         };
         tokio::time::timeout(

@@ -1,0 +1,126 @@
+//! Every metric the scheduler exports, in one place. Names follow
+//! `tagfleet_<subsystem>_<name>_<unit>[_total]`; label sets are fixed; durations are in
+//! seconds. Process metrics come from the default registry's `process` collector.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, exponential_buckets,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
+};
+use tagfleet_core::job::JobState;
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register_int_counter_vec!(Opts::new(name, help), labels).expect("metric registers once")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register_int_gauge_vec!(Opts::new(name, help), labels).expect("metric registers once")
+}
+
+/// Jobs the scheduler knows, by state.
+pub static JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tagfleet_scheduler_jobs",
+        "Jobs known, by state",
+        &["state"],
+    )
+});
+
+/// Images: `submitted` in jobs, `done` with a result, `failed` with an error line.
+pub static IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tagfleet_scheduler_images_total",
+        "Images submitted, done and failed",
+        &["event"],
+    )
+});
+
+/// Task messages published to the task queue.
+pub static TASKS_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tagfleet_scheduler_tasks_published_total",
+        "Task messages published"
+    )
+    .expect("metric registers once")
+});
+
+/// Messages waiting: `tasks` in the task queue, `dead_letter` in its dead-letter queue.
+pub static QUEUE_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tagfleet_scheduler_queue_messages",
+        "Messages waiting in the task queue and its dead-letter queue",
+        &["queue"],
+    )
+});
+
+/// Fraction of each unfinished job's images that are done or failed.
+pub static JOB_PROGRESS: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    prometheus::register_gauge_vec!(
+        Opts::new(
+            "tagfleet_scheduler_job_progress_ratio",
+            "Fraction of an unfinished job's images finished"
+        ),
+        &["tenant", "job_id"]
+    )
+    .expect("metric registers once")
+});
+
+/// Progress reports: `counted`, `duplicate` (a redelivered task), `unknown_job`.
+pub static PROGRESS_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tagfleet_scheduler_progress_messages_total",
+        "Progress reports from workers, by result",
+        &["result"],
+    )
+});
+
+/// Jobs created by schedules.
+pub static SCHEDULE_FIRINGS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tagfleet_scheduler_schedule_firings_total",
+        "Schedule firings"
+    )
+    .expect("metric registers once")
+});
+
+/// API requests by route template and status code.
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tagfleet_scheduler_http_requests_total",
+        "API requests, by route and status",
+        &["route", "status"],
+    )
+});
+
+/// API request duration by route template.
+pub static HTTP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "tagfleet_scheduler_http_request_duration_seconds",
+        "API request duration",
+        &["route"],
+        exponential_buckets(0.001, 4.0, 9).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+/// Touches every metric so each appears in /metrics from the start.
+pub fn register() {
+    for state in JobState::ALL {
+        JOBS.with_label_values(&[state.name()]);
+    }
+    for event in ["submitted", "done", "failed"] {
+        IMAGES.with_label_values(&[event]);
+    }
+    for queue in ["tasks", "dead_letter"] {
+        QUEUE_MESSAGES.with_label_values(&[queue]);
+    }
+    for result in ["counted", "duplicate", "unknown_job"] {
+        PROGRESS_MESSAGES.with_label_values(&[result]);
+    }
+    LazyLock::force(&TASKS_PUBLISHED);
+    LazyLock::force(&SCHEDULE_FIRINGS);
+    LazyLock::force(&JOB_PROGRESS);
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_SECONDS);
+}

@@ -1,0 +1,141 @@
+//! `tagfleet scheduler`: the job API in front of the fleet. Publishes task messages to the
+//! queue, counts the workers' progress reports, keeps job records and schedules in the
+//! store. One replica per queue: it owns the schedules.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tagfleet_core::Secrets;
+use tagfleet_core::netguard::UrlPolicy;
+use tagfleet_scheduler::{
+    BookConfig, Intervals, JobBook, Schedules, Service, SourceReader, router, run_background,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::{QueueArgs, StoreArgs};
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The tenants secrets file (TOML): per tenant the SHA-256 of its bearer token
+    /// (`token_sha256`) and its pseudonym key (`key`). `tagfleet tenant NAME` makes one.
+    #[arg(long, env = "TAGFLEET_SECRETS")]
+    pub secrets: PathBuf,
+
+    /// Address of the API (and of /healthz, /readyz, /metrics, /openapi.json).
+    #[arg(long, env = "TAGFLEET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Models the fleet's workers serve, as name@version (comma separated); the first is
+    /// what a job gets when it names none.
+    #[arg(
+        long = "model-id",
+        env = "TAGFLEET_MODEL_IDS",
+        value_delimiter = ',',
+        default_value = "efficientnet-lite0@1"
+    )]
+    pub models: Vec<String>,
+
+    /// Images per task message.
+    #[arg(long, env = "TAGFLEET_CHUNK_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub chunk_size: u32,
+
+    /// Private address ranges image URLs may point to after all (CIDR, comma separated),
+    /// e.g. an in-cluster image server. Loopback, link-local, private and metadata
+    /// addresses are refused otherwise.
+    #[arg(long, env = "TAGFLEET_ALLOW_URL_RANGES", value_delimiter = ',')]
+    pub allow_url_range: Vec<String>,
+
+    /// Images one job may hold at most.
+    #[arg(long, env = "TAGFLEET_MAX_JOB_IMAGES", default_value_t = 1_000_000)]
+    pub max_job_images: usize,
+
+    /// Largest request body in bytes (inline manifests are the big ones).
+    #[arg(long, env = "TAGFLEET_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
+    pub max_request_bytes: usize,
+
+    /// Seconds between erasing expired jobs and sweeping the store.
+    #[arg(long, env = "TAGFLEET_SWEEP_INTERVAL_SECS", default_value_t = 300)]
+    pub sweep_interval_secs: u64,
+}
+
+pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
+    let secrets = Secrets::load(&args.secrets).context("--secrets")?;
+    let urls = UrlPolicy::new(&args.allow_url_range)
+        .map_err(anyhow::Error::msg)
+        .context("--allow-url-range")?;
+    if args.models.is_empty() || args.models.iter().any(|m| !m.contains('@')) {
+        anyhow::bail!("--model-id: expected name@version, got {:?}", args.models);
+    }
+    let opened = args.store.open(args.queue.region.clone()).await?;
+    let queue = args.queue.open(1).await?;
+    let progress = args.queue.open_progress(256).await?;
+    let sources = SourceReader {
+        s3: opened.s3.as_ref().map(|s| s.client().clone()),
+        urls,
+        max_refs: args.max_job_images,
+    };
+    let book = JobBook::new(
+        opened.store.clone(),
+        queue,
+        secrets,
+        sources,
+        BookConfig {
+            models: args.models.clone(),
+            chunk_size: args.chunk_size as usize,
+            retention: args.store.retention(),
+        },
+    );
+    let service = Arc::new(Service {
+        book,
+        schedules: Schedules::new(opened.store.clone()),
+        ready: AtomicBool::new(false),
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    let app = router(service.clone(), args.max_request_bytes);
+    let server_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_stop.cancelled().await })
+            .await
+    });
+    tracing::info!(listen = %args.listen, "scheduler listening");
+    let background = tokio::spawn(run_background(
+        service,
+        progress,
+        opened.store,
+        args.store.retention(),
+        Intervals {
+            sweep: Duration::from_secs(args.sweep_interval_secs.max(1)),
+            ..Intervals::default()
+        },
+        shutdown.clone(),
+    ));
+
+    let signal = crate::worker::stop_signal().await;
+    tracing::info!(signal, "stopping the scheduler");
+    shutdown.cancel();
+    background
+        .await
+        .context("the background work panicked")?
+        .context("the scheduler's background work failed")?;
+    server
+        .await
+        .context("the API server panicked")?
+        .context("serving the API")?;
+    Ok(0)
+}

@@ -1,0 +1,812 @@
+//! The scheduler against real services: jobs go in through its HTTP API, tasks through
+//! RabbitMQ or SQS, workers write to S3 (SeaweedFS) and report progress back. Every job's
+//! tags must equal the embedded mode's on the same photos.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::fleet::{Fleet, Worker, api, http, service_env, write_secrets};
+use common::*;
+use serde_json::{Value, json};
+use tagfleet_core::ObjectStore;
+use tagfleet_core::store::S3Store;
+
+const ACME: &str = "acme";
+const ACME_TOKEN: &str = "acme-token-6f1d";
+const GLOBEX: &str = "globex";
+const GLOBEX_TOKEN: &str = "globex-token-90ab";
+const ACME_KEY: &str = "abababababababababababababababababababababababababababababababab";
+
+/// Four real photos and one broken file; both tenants in the secrets file.
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let photos = dir.join("photos");
+    copy_photos(
+        &photos,
+        &[
+            ("chelsea.png", "chelsea.png"),
+            ("coffee.png", "coffee.png"),
+            ("rocket.jpg", "rocket.jpg"),
+            ("astronaut.png", "astronaut.png"),
+        ],
+    );
+    std::fs::write(photos.join("broken.jpg"), b"\xff\xd8\xff\xe0 not a jpeg").unwrap();
+    let keys = dir.join("keys");
+    write_secrets(
+        &keys,
+        &[
+            (ACME, ACME_KEY, Some(ACME_TOKEN)),
+            (GLOBEX, &"cd".repeat(32), Some(GLOBEX_TOKEN)),
+        ],
+    );
+    std::fs::write(keys.join("acme.key"), format!("{ACME_KEY}\n")).unwrap();
+    (photos, keys)
+}
+
+/// Uploads every file of `photos` under `prefix` (copies times), returns the S3 prefix URI.
+async fn upload(store: &S3Store, photos: &Path, prefix: &str, copies: usize) -> String {
+    for entry in std::fs::read_dir(photos).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for copy in 0..copies {
+            let key = if copies == 1 {
+                format!("{prefix}{name}")
+            } else {
+                format!("{prefix}{copy:03}-{name}")
+            };
+            put(store, &key, std::fs::read(&path).unwrap()).await;
+        }
+    }
+    format!("s3://{}/{prefix}", store.bucket())
+}
+
+/// Writes an object as a user would (no SSE asked). SeaweedFS sometimes answers a fresh
+/// bucket's first writes with a retryable 500 under load: a few bounded retries.
+async fn put(store: &S3Store, key: &str, body: Vec<u8>) {
+    for attempt in 1..=5 {
+        let sent = store
+            .client()
+            .put_object()
+            .bucket(store.bucket())
+            .key(key)
+            .body(body.clone().into())
+            .send()
+            .await;
+        match sent {
+            Ok(_) => return,
+            Err(e) if attempt < 5 => {
+                eprintln!("put {key} failed ({e:?}); retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("put {key}: {e:?}"),
+        }
+    }
+}
+
+/// Sorted (status, labels) of result lines: refs differ between modes, outcomes must not.
+fn outcomes(lines: &[Value]) -> Vec<(String, Vec<String>)> {
+    let mut v: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            let tags = if l["tags"].is_array() {
+                labels(l)
+            } else {
+                vec![]
+            };
+            (l["status"].as_str().unwrap().to_owned(), tags)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The embedded mode's outcomes on the photos, with acme's key.
+fn embedded(photos: &Path, keys: &Path, out: &Path) -> Vec<(String, Vec<String>)> {
+    let run = tagfleet(
+        &[
+            "run",
+            photos.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &keys.join("acme.key"),
+    );
+    assert_eq!(run.status.code(), Some(3), "one broken file");
+    outcomes(&json_lines(&run))
+}
+
+/// Waits for /readyz, failing with the process's logs.
+async fn ready(process: &mut Worker, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            panic!("{what} exited early ({status}):\n{}", process.logs());
+        }
+        if http(process.port, "GET", "/readyz", None, None).is_some_and(|(c, _)| c == 200) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready:\n{}",
+            process.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls a job until it is in a final state; returns its view.
+async fn wait_final(scheduler: &Worker, token: &str, id: &str, logs: &[&Worker]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (code, job) = api(
+            scheduler.port,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(code, 200, "{job}");
+        if !["queued", "running"].contains(&job["state"].as_str().unwrap()) {
+            return job;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|w| w.logs()).collect();
+            panic!(
+                "job {id} still {job} after 180 s:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn results(scheduler: &Worker, token: &str, id: &str) -> (u16, Vec<Value>) {
+    let (code, body) = http(
+        scheduler.port,
+        "GET",
+        &format!("/v1/jobs/{id}/results"),
+        Some(token),
+        None,
+    )
+    .unwrap();
+    let lines = if code == 200 {
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (code, lines)
+}
+
+fn counts(job: &Value) -> (u64, u64, u64) {
+    let c = &job["counts"];
+    (
+        c["total"].as_u64().unwrap(),
+        c["done"].as_u64().unwrap(),
+        c["failed"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let reference = embedded(&photos, &keys, &dir.path().join("embedded"));
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    let prefix = upload(&store, &photos, "media/2026/", 1).await;
+    put(&store, "media/2026/notes.txt", b"not an image".to_vec()).await;
+
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &["--chunk-size", "2"]);
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    ready(&mut scheduler, "scheduler").await;
+    worker.wait_ready().await;
+
+    // From an S3 prefix, through the API.
+    let (code, job) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(json!({"source": {"kind": "s3_prefix", "uri": prefix}})),
+    );
+    assert_eq!(code, 201, "{job}");
+    assert_eq!(job["counts"]["total"], 5, "five images, not the text file");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_final(&scheduler, ACME_TOKEN, &id, &[&scheduler, &worker]).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(counts(&job), (5, 4, 1));
+    let (code, lines) = results(&scheduler, ACME_TOKEN, &id);
+    assert_eq!(code, 200);
+    assert_eq!(outcomes(&lines), reference);
+
+    // From a manifest of s3:// refs, through `tagfleet submit --scheduler --wait`.
+    let manifest = dir.path().join("manifest.jsonl");
+    let mut text = String::new();
+    for name in [
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "astronaut.png",
+        "broken.jpg",
+    ] {
+        text.push_str(&json!({"ref": format!("{prefix}{name}"), "sku": name}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(&manifest, text).unwrap();
+    let url = format!("http://127.0.0.1:{}", scheduler.port);
+    let submit = std::process::Command::new(env!("CARGO_BIN_EXE_tagfleet"))
+        .args([
+            "submit",
+            manifest.to_str().unwrap(),
+            "--scheduler",
+            &url,
+            "--wait",
+        ])
+        .env("TAGFLEET_TOKEN", ACME_TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&submit.stderr);
+    assert_eq!(submit.status.code(), Some(3), "one image failed: {stderr}");
+    let manifest_job = String::from_utf8(submit.stdout).unwrap().trim().to_owned();
+    assert!(
+        stderr.contains("succeeded: 4 images done, 1 failed"),
+        "{stderr}"
+    );
+    let (_, lines) = results(&scheduler, ACME_TOKEN, &manifest_job);
+    assert_eq!(outcomes(&lines), reference);
+
+    // `tagfleet status` lists both jobs with their counts.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tagfleet"))
+        .args(["status", "--scheduler", &url, "--token", ACME_TOKEN])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(status.stdout).unwrap();
+    for job in [&id, &manifest_job] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(job.as_str()))
+            .unwrap_or_else(|| panic!("{table}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cells[1..5], ["succeeded", "5", "4", "1"], "{row}");
+    }
+
+    // The scheduler reports what it did.
+    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    for needle in [
+        "tagfleet_scheduler_jobs{state=\"succeeded\"} 2",
+        "tagfleet_scheduler_images_total{event=\"done\"} 8",
+        "tagfleet_scheduler_images_total{event=\"failed\"} 2",
+        "tagfleet_scheduler_tasks_published_total 6",
+    ] {
+        assert!(text.contains(needle), "{needle} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("sqs", &keys, &photos);
+    let store = fleet.store().await;
+    let prefix = upload(&store, &photos, "catalog/", 1).await;
+    let log = dir.path().join("scheduler.log");
+
+    let mut scheduler = fleet.scheduler(&log, &[]);
+    ready(&mut scheduler, "scheduler").await;
+    let (code, schedule) = api(
+        scheduler.port,
+        "POST",
+        "/v1/schedules",
+        Some(ACME_TOKEN),
+        Some(
+            json!({"cron": "*/2 * * * * *", "time_zone": "Europe/Berlin",
+                    "job": {"source": {"kind": "s3_prefix", "uri": prefix}}}),
+        ),
+    );
+    assert_eq!(code, 201, "{schedule}");
+    let sid = schedule["id"].as_str().unwrap().to_owned();
+    // Wait for a firing, then stop the schedule so the job count stays put.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job_id = loop {
+        let (_, s) = api(
+            scheduler.port,
+            "GET",
+            &format!("/v1/schedules/{sid}"),
+            Some(ACME_TOKEN),
+            None,
+        );
+        if let Some(job) = s["last_job"].as_str() {
+            break job.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no firing: {s}\n{}",
+            scheduler.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (code, _) = api(
+        scheduler.port,
+        "DELETE",
+        &format!("/v1/schedules/{sid}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(code, 204);
+    let (_, page) = api(scheduler.port, "GET", "/v1/jobs", Some(ACME_TOKEN), None);
+    let fired: Vec<&Value> = page["jobs"].as_array().unwrap().iter().collect();
+    assert!(!fired.is_empty());
+    assert!(
+        fired.iter().all(|j| j["schedule_id"] == sid.as_str()),
+        "{page}"
+    );
+    let (_, job) = api(
+        scheduler.port,
+        "GET",
+        &format!("/v1/jobs/{job_id}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(job["state"], "queued", "no worker yet: {job}");
+
+    // The scheduler dies mid-job; the worker works on and reports into the progress queue.
+    scheduler.signal("KILL");
+    scheduler.wait_exit(Duration::from_secs(10)).await;
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    worker.wait_ready().await;
+    fleet
+        .wait_for_results(&store, ACME, &job_id, 1, &worker)
+        .await;
+
+    // A new scheduler knows the job from its record and counts the rest, once each.
+    let mut scheduler = fleet.scheduler(&log, &[]);
+    ready(&mut scheduler, "restarted scheduler").await;
+    let job = wait_final(&scheduler, ACME_TOKEN, &job_id, &[&scheduler, &worker]).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(counts(&job), (5, 4, 1));
+    assert_eq!(job["schedule_id"], sid.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_task_does_not_inflate_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    let prefix = upload(&store, &photos, "media/", 1).await;
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &["--chunk-size", "2"]);
+    ready(&mut scheduler, "scheduler").await;
+    let (code, job) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(json!({"source": {"kind": "s3_prefix", "uri": prefix}})),
+    );
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    // Brokers deliver at least once: the first task arrives a second time.
+    let mut keys_sorted: Vec<String> = std::fs::read_dir(&photos)
+        .unwrap()
+        .map(|e| format!("{prefix}{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    keys_sorted.sort();
+    let duplicate = json!({
+        "v": 1, "job_id": id, "task_id": "t000001", "tenant": ACME,
+        "analyses": ["tags"], "model": "efficientnet-lite0@1",
+        "items": [{"ref": keys_sorted[0]}, {"ref": keys_sorted[1]}],
+    });
+    let queue = tagfleet_core::queue::RabbitQueue::connect(tagfleet_core::queue::RabbitOptions {
+        url: service_env("TAGFLEET_TEST_AMQP_URL"),
+        queue: fleet.queue_name.clone(),
+        delivery_limit: 3,
+        prefetch: 1,
+    })
+    .await
+    .unwrap();
+    use tagfleet_core::Queue;
+    queue
+        .publish(serde_json::to_vec(&duplicate).unwrap())
+        .await
+        .unwrap();
+
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    worker.wait_ready().await;
+    let job = wait_final(&scheduler, ACME_TOKEN, &id, &[&scheduler, &worker]).await;
+    assert_eq!(counts(&job), (5, 4, 1), "{job}");
+    // Both deliveries were reported; the second one was recognised.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+        if text.contains("tagfleet_scheduler_progress_messages_total{result=\"duplicate\"} 1") {
+            assert!(
+                text.contains("tagfleet_scheduler_progress_messages_total{result=\"counted\"} 3"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no duplicate report seen:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, job) = api(
+        scheduler.port,
+        "GET",
+        &format!("/v1/jobs/{id}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(counts(&job), (5, 4, 1), "{job}");
+    let (_, lines) = results(&scheduler, ACME_TOKEN, &id);
+    assert_eq!(
+        lines.len(),
+        5,
+        "the redelivery rewrote its own result object"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_erases_every_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    let prefix = upload(&store, &photos, "bulk/", 16).await;
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &["--chunk-size", "2"]);
+    let mut worker = fleet.worker(
+        &dir.path().join("worker.log"),
+        &["--job-check-interval-ms", "200"],
+    );
+    ready(&mut scheduler, "scheduler").await;
+    worker.wait_ready().await;
+    let (code, job) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(json!({"source": {"kind": "s3_prefix", "uri": prefix}})),
+    );
+    assert_eq!(code, 201, "{job}");
+    assert_eq!(job["counts"]["total"], 80);
+    let id = job["id"].as_str().unwrap().to_owned();
+    let results_prefix = format!("results/{ACME}/{id}/");
+    // Cancel once some results exist and the job is still running.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while store.list(&results_prefix).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "{}", worker.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, job) = api(
+        scheduler.port,
+        "DELETE",
+        &format!("/v1/jobs/{id}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(code, 200, "{job}");
+    assert_eq!(job["state"], "cancelled");
+    let done_at_cancel = counts(&job).1 + counts(&job).2;
+    assert!(done_at_cancel < 80, "cancelled while running: {job}");
+
+    // The worker skips the queued tasks; what was in flight is erased as it reports.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, text) = http(worker.port, "GET", "/metrics", None, None).unwrap();
+        let settled: f64 = ["acked", "skipped"]
+            .iter()
+            .filter_map(|r| {
+                text.lines()
+                    .find(|l| {
+                        l.starts_with(&format!("tagfleet_worker_messages_total{{result=\"{r}\"}}"))
+                    })
+                    .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            })
+            .sum();
+        if settled >= 40.0 {
+            assert!(
+                text.contains("tagfleet_worker_messages_total{result=\"skipped\"}"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "tasks not settled:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        store.list(&results_prefix).await.unwrap(),
+        vec![],
+        "no result of the job remains"
+    );
+    let (code, _) = results(&scheduler, ACME_TOKEN, &id);
+    assert_eq!(code, 410);
+    let (_, job) = api(
+        scheduler.port,
+        "GET",
+        &format!("/v1/jobs/{id}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(job["state"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_see_read_or_delete_another_tenants_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    let prefix = upload(&store, &photos, "media/", 1).await;
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &[]);
+    ready(&mut scheduler, "scheduler").await;
+    let (code, job) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(json!({"source": {"kind": "s3_prefix", "uri": prefix}})),
+    );
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap();
+    for (method, path) in [
+        ("GET", format!("/v1/jobs/{id}")),
+        ("GET", format!("/v1/jobs/{id}/results")),
+        ("POST", format!("/v1/jobs/{id}/retry")),
+        ("DELETE", format!("/v1/jobs/{id}")),
+    ] {
+        let (code, body) = api(scheduler.port, method, &path, Some(GLOBEX_TOKEN), None);
+        assert_eq!(code, 404, "{method} {path}: {body}");
+        assert_eq!(body["error"], "no such job");
+    }
+    let (_, page) = api(scheduler.port, "GET", "/v1/jobs", Some(GLOBEX_TOKEN), None);
+    assert_eq!(page["jobs"], json!([]));
+    // The job is untouched and still acme's.
+    let (code, job) = api(
+        scheduler.port,
+        "GET",
+        &format!("/v1/jobs/{id}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!((code, job["state"].as_str()), (200, Some("queued")));
+    let (_, page) = api(scheduler.port, "GET", "/v1/jobs", Some(ACME_TOKEN), None);
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    // No token, or a wrong one, is a 401 that says so.
+    for token in [None, Some("acme-token-6f1e"), Some("")] {
+        let (code, body) = api(
+            scheduler.port,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            token,
+            None,
+        );
+        assert_eq!(code, 401, "{token:?}");
+        assert_eq!(body["error"], "missing or unknown bearer token");
+    }
+    // The access log names tenant, route and status, never the job's source.
+    let logs = scheduler.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("tenant=globex")
+            && l.contains("route=/v1/jobs/{id}")
+            && l.contains("status=404")),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(prefix.as_str()),
+        "the source URI stays out of logs:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_sources_inside_the_network_are_refused_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    fleet.store().await;
+    // A listener on loopback that must never see a connection.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &[]);
+    ready(&mut scheduler, "scheduler").await;
+    for (url, class) in [
+        (format!("https://127.0.0.1:{trap_port}/a.jpg"), "loopback"),
+        (
+            "https://169.254.169.254/latest/meta-data/".to_owned(),
+            "link-local",
+        ),
+        ("https://10.0.0.1/photo.jpg".to_owned(), "private"),
+        (format!("https://localhost:{trap_port}/a.jpg"), "loopback"),
+    ] {
+        let (code, body) = api(
+            scheduler.port,
+            "POST",
+            "/v1/jobs",
+            Some(ACME_TOKEN),
+            Some(
+                json!({"source": {"kind": "urls", "urls": ["https://93.184.216.34/ok.jpg", url]}}),
+            ),
+        );
+        assert_eq!(code, 400, "{url}: {body}");
+        assert_eq!(body["field"], "source.urls", "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("item 2") && error.contains(class),
+            "{url}: {error}"
+        );
+    }
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing connected to the loopback listener"
+    );
+    let (_, page) = api(scheduler.port, "GET", "/v1/jobs", Some(ACME_TOKEN), None);
+    assert_eq!(page["jobs"], json!([]), "no job was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_request_is_refused_with_its_reason_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    let prefix = upload(&store, &photos, "media/", 1).await;
+    let empty_prefix = format!("s3://{}/nothing-here/", store.bucket());
+    let mut scheduler = fleet.scheduler(
+        &dir.path().join("scheduler.log"),
+        &["--max-request-bytes", "4096"],
+    );
+    ready(&mut scheduler, "scheduler").await;
+    let s3 = |extra: Value| {
+        let mut spec = json!({"source": {"kind": "s3_prefix", "uri": prefix}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        spec
+    };
+    let cases: Vec<(Vec<u8>, u16, &str, &str)> = vec![
+        (b"{not json".to_vec(), 400, "body", "key must be a string"),
+        (br#"{"analyses":["tags"]}"#.to_vec(), 400, "body", "missing field `source`"),
+        (s3(json!({"analyses": ["faces"]})).to_string().into_bytes(), 400, "analyses[0]", "unknown variant `faces`"),
+        (s3(json!({"model": "resnet-50@2"})).to_string().into_bytes(), 400, "model", "unknown model"),
+        (s3(json!({"options": {"top_k": 0}})).to_string().into_bytes(), 400, "options.top_k", "outside 1..=1000"),
+        (s3(json!({"options": {"threshold": "high"}})).to_string().into_bytes(), 400, "options.threshold", "invalid type"),
+        (s3(json!({"output": "s3://elsewhere/"})).to_string().into_bytes(), 400, "output", "unknown field"),
+        (json!({"source": {"kind": "s3_prefix", "uri": empty_prefix}}).to_string().into_bytes(), 400, "source", "no images found"),
+        (json!({"source": {"kind": "manifest", "inline": "# nothing\n"}}).to_string().into_bytes(), 400, "source", "no images found"),
+        (json!({"source": {"kind": "manifest", "inline": "{\"ref\":\"s3://b/a.jpg\"}\n{\"sku\":1}\n"}}).to_string().into_bytes(), 400, "source.inline", "line 2"),
+        (json!({"source": {"kind": "dir", "path": "/photos"}}).to_string().into_bytes(), 400, "source.kind", "embedded mode"),
+        (json!({"source": {"kind": "ftp", "uri": "x"}}).to_string().into_bytes(), 400, "source.kind", "unknown variant `ftp`"),
+        (json!({"source": {"kind": "manifest", "inline": "s3://b/a.jpg\n".repeat(400)}}).to_string().into_bytes(), 413, "", "over the limit"),
+    ];
+    for (body, status, field, reason) in &cases {
+        let (code, answer) = http(
+            scheduler.port,
+            "POST",
+            "/v1/jobs",
+            Some(ACME_TOKEN),
+            Some(body),
+        )
+        .unwrap();
+        let answer: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+        let shown = String::from_utf8_lossy(&body[..body.len().min(120)]);
+        assert_eq!(code, *status, "{shown}: {answer}");
+        if !field.is_empty() {
+            assert_eq!(answer["field"], *field, "{shown}: {answer}");
+        }
+        assert!(
+            answer["error"].as_str().unwrap_or("").contains(reason),
+            "{shown}: {answer}"
+        );
+    }
+    // Closed choices list the valid values.
+    let (_, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(s3(json!({"analyses": ["faces"]}))),
+    );
+    assert_eq!(answer["valid"], json!(["tags", "embedding"]));
+    let (_, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(s3(json!({"model": "x@1"}))),
+    );
+    assert_eq!(answer["valid"], json!(["efficientnet-lite0@1"]));
+    // Schedules and listings refuse bad input the same way.
+    let (code, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/schedules",
+        Some(ACME_TOKEN),
+        Some(json!({"cron": "61 * * * *", "job": s3(json!({}))})),
+    );
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (400, Some("cron")),
+        "{answer}"
+    );
+    let (code, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/schedules",
+        Some(ACME_TOKEN),
+        Some(json!({"cron": "0 2 * * *", "time_zone": "Mars/Olympus", "job": s3(json!({}))})),
+    );
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (400, Some("time_zone")),
+        "{answer}"
+    );
+    let (code, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/schedules",
+        Some(ACME_TOKEN),
+        Some(json!({"cron": "0 2 * * *", "job": s3(json!({"analyses": []}))})),
+    );
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (400, Some("job.analyses")),
+        "{answer}"
+    );
+    let (code, answer) = api(
+        scheduler.port,
+        "GET",
+        "/v1/jobs?limit=0",
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (400, Some("limit")),
+        "{answer}"
+    );
+
+    // Nothing half-created: no job, no schedule, no record, no task.
+    let (_, page) = api(scheduler.port, "GET", "/v1/jobs", Some(ACME_TOKEN), None);
+    assert_eq!(page["jobs"], json!([]));
+    let (_, schedules) = api(
+        scheduler.port,
+        "GET",
+        "/v1/schedules",
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(schedules, json!([]));
+    assert!(store.list("jobs/").await.unwrap().is_empty());
+    assert!(store.list("schedules/").await.unwrap().is_empty());
+    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    assert!(
+        text.contains("tagfleet_scheduler_tasks_published_total 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tagfleet_scheduler_http_requests_total{route=\"/v1/jobs\",status=\"400\"}")
+    );
+
+    // The OpenAPI document describes the API.
+    let (code, doc) = api(scheduler.port, "GET", "/openapi.json", None, None);
+    assert_eq!(code, 200);
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/results",
+        "/v1/jobs/{id}/retry",
+        "/v1/schedules",
+        "/v1/schedules/{id}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} in {doc}");
+    }
+    assert!(doc["components"]["schemas"]["JobSpec"].is_object());
+}
