@@ -299,6 +299,9 @@ weed_launch() {
   ]
 }
 EOF
+    # Every test bucket is a collection that grows its own volumes: small volumes and a
+    # high volume count, or a full suite runs out of writable volumes (the automatic count
+    # is free disk / volume size, a few dozen).
     spawn "$WDIR/weed.pid" "$WDIR/weed.out" "$WEED" -logdir="$WDIR/log" mini \
         -dir="$WDIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -master.port="$MASTER_PORT" -volume.port="$VOLUME_PORT" -filer.port="$FILER_PORT" \
@@ -306,7 +309,8 @@ EOF
         -filer.localSocket="$WDIR/filer.sock" -s3.localSocket="$WDIR/s3.sock" \
         -admin.port="$ADMIN_PORT" -admin.ui=false \
         -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false \
-        -master.telemetry=false
+        -master.telemetry=false \
+        -master.volumeSizeLimitMB=16 -volume.max=2000
 }
 
 weed_wait() {

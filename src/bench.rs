@@ -64,11 +64,27 @@ pub struct BenchArgs {
     #[arg(long, env = "TAGFLEET_SQS_ENDPOINT")]
     pub sqs_endpoint: Option<String>,
 
+    /// Instead: time how fast a job of --publish-refs refs (an inline manifest) becomes
+    /// task messages on this RabbitMQ (amqp://…), as `POST /v1/jobs` does it.
+    #[arg(long, env = "TAGFLEET_BENCH_PUBLISH_QUEUE")]
+    pub publish_queue: Option<String>,
+
+    /// Refs of the publish benchmark's manifest.
+    #[arg(long, default_value_t = 100_000)]
+    pub publish_refs: usize,
+
+    /// Refs per task message in the publish benchmark.
+    #[arg(long, default_value_t = 32)]
+    pub chunk_size: usize,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
 pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
+    if let Some(url) = &args.publish_queue {
+        return crate::bench_publish::run(url, args.publish_refs, args.chunk_size.max(1)).await;
+    }
     let model = args.engine.load_model()?;
     let max_batch = args.max_batch.unwrap_or(model.spec.batch.max_batch).max(1);
     let inputs = inputs::collect(&args.photos)?;

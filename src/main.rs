@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 mod backends;
 mod bench;
 mod bench_fleet;
+mod bench_publish;
 mod client;
 mod engine;
 mod http;

@@ -224,6 +224,43 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
     assert_eq!(code, 200);
     assert_eq!(outcomes(&lines), reference);
 
+    // The broken image is fixed at its source; a retry re-publishes only that one, and its
+    // error line gives way to a result.
+    put(
+        &store,
+        "media/2026/broken.jpg",
+        std::fs::read(photo("coffee.png")).unwrap(),
+    )
+    .await;
+    let (code, retried) = api(
+        scheduler.port,
+        "POST",
+        &format!("/v1/jobs/{id}/retry"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(code, 200, "{retried}");
+    assert_eq!(retried["images"], 1);
+    let job = wait_final(&scheduler, ACME_TOKEN, &id, &[&scheduler, &worker]).await;
+    assert_eq!(counts(&job), (5, 5, 0), "{job}");
+    let (_, lines) = results(&scheduler, ACME_TOKEN, &id);
+    assert_eq!(lines.len(), 5, "one line per image");
+    assert!(lines.iter().all(|l| l["status"] == "ok"), "{lines:?}");
+    let (code, again) = api(
+        scheduler.port,
+        "POST",
+        &format!("/v1/jobs/{id}/retry"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(code, 409, "nothing left to retry: {again}");
+    put(
+        &store,
+        "media/2026/broken.jpg",
+        std::fs::read(photos.join("broken.jpg")).unwrap(),
+    )
+    .await;
+
     // From a manifest of s3:// refs, through `tagfleet submit --scheduler --wait`.
     let manifest = dir.path().join("manifest.jsonl");
     let mut text = String::new();
@@ -266,22 +303,23 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
         .output()
         .unwrap();
     let table = String::from_utf8(status.stdout).unwrap();
-    for job in [&id, &manifest_job] {
+    for (job, counts) in [(&id, ["5", "5", "0"]), (&manifest_job, ["5", "4", "1"])] {
         let row = table
             .lines()
             .find(|l| l.starts_with(job.as_str()))
             .unwrap_or_else(|| panic!("{table}"));
         let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(&cells[1..5], ["succeeded", "5", "4", "1"], "{row}");
+        assert_eq!(cells[1], "succeeded", "{row}");
+        assert_eq!(cells[2..5], counts, "{row}");
     }
 
     // The scheduler reports what it did.
     let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
     for needle in [
         "tagfleet_scheduler_jobs{state=\"succeeded\"} 2",
-        "tagfleet_scheduler_images_total{event=\"done\"} 8",
+        "tagfleet_scheduler_images_total{event=\"done\"} 9",
         "tagfleet_scheduler_images_total{event=\"failed\"} 2",
-        "tagfleet_scheduler_tasks_published_total 6",
+        "tagfleet_scheduler_tasks_published_total 7",
     ] {
         assert!(text.contains(needle), "{needle} in\n{text}");
     }

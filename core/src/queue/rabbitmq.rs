@@ -14,6 +14,7 @@ use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -179,6 +180,19 @@ impl RabbitQueue {
             .queue_declare(o.queue.as_str().into(), durable, args)
             .await
             .map_err(|e| lost("declaring the task queue", e))?;
+        Ok(())
+    }
+
+    /// Deletes the queue and its dead-letter queue with their messages (benchmarks and
+    /// tests clean up with it).
+    pub async fn delete(&self) -> Result<(), QueueError> {
+        let (_, publish, _) = self.channels().await?;
+        for queue in [self.options.queue.clone(), self.options.dead_letter_queue()] {
+            publish
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(|e| lost("deleting a queue", e))?;
+        }
         Ok(())
     }
 

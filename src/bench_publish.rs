@@ -1,0 +1,91 @@
+//! `tagfleet bench --publish-queue amqp://…`: how fast the scheduler turns a big manifest
+//! into task messages on RabbitMQ. Times the real path of `POST /v1/jobs` with an inline
+//! manifest: parse, check every ref, chunk, write the job record, publish with confirms.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tagfleet_core::netguard::UrlPolicy;
+use tagfleet_core::queue::{RabbitOptions, RabbitQueue};
+use tagfleet_core::store::FsStore;
+use tagfleet_core::{ObjectStore, Queue, Secrets};
+use tagfleet_scheduler::spec::{JobSpec, ManifestFormat, Source};
+use tagfleet_scheduler::{BookConfig, JobBook, SourceReader};
+
+/// The refs/s the scheduler should reach into RabbitMQ on a 2-core machine.
+const TARGET_REFS_PER_SECOND: f64 = 50_000.0;
+
+pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i32> {
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        anyhow::bail!("--publish-queue {url:?}: expected an amqp:// URL");
+    }
+    let name = format!(
+        "bench-publish-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let rabbit = Arc::new(
+        RabbitQueue::connect(RabbitOptions {
+            url: url.to_owned(),
+            queue: name,
+            delivery_limit: 5,
+            prefetch: 1,
+        })
+        .await
+        .context("connecting to RabbitMQ")?,
+    );
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(dir.path().to_path_buf(), None)?);
+    let (stanza, _) = {
+        let new = tagfleet_core::secrets::new_tenant("bench");
+        (new.stanza, new.token)
+    };
+    let book = JobBook::new(
+        store,
+        rabbit.clone() as Arc<dyn Queue>,
+        Secrets::parse(&stanza).map_err(anyhow::Error::msg)?,
+        SourceReader {
+            s3: None,
+            urls: UrlPolicy::default(),
+            max_refs: refs.max(1),
+        },
+        BookConfig {
+            models: vec!["efficientnet-lite0@1".into()],
+            chunk_size,
+            retention: tagfleet_core::retention::DEFAULT_RETENTION,
+        },
+    );
+    let mut manifest = String::with_capacity(refs * 48);
+    for n in 0..refs {
+        manifest.push_str(&format!(
+            "{{\"ref\":\"s3://catalog/images/{:03}/{n:08}.jpg\"}}\n",
+            n % 997
+        ));
+    }
+    let spec = JobSpec {
+        source: Source::Manifest {
+            uri: None,
+            inline: Some(manifest),
+            format: ManifestFormat::Auto,
+        },
+        analyses: vec![tagfleet_core::Analysis::Tags],
+        model: None,
+        options: Default::default(),
+    };
+    let started = Instant::now();
+    let job = book
+        .create("bench", spec, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the job: {e}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = job.counts.total as f64 / seconds;
+    let messages = rabbit.message_count(&rabbit.options().queue).await?;
+    rabbit.delete().await.context("deleting the bench queue")?;
+    println!(
+        "publish: {} refs in {messages} task messages of {chunk_size} in {seconds:.2} s: {rate:.0} refs/s \
+         ({:.2}x the {TARGET_REFS_PER_SECOND:.0} refs/s target)",
+        job.counts.total,
+        rate / TARGET_REFS_PER_SECOND
+    );
+    Ok(0)
+}
