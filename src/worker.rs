@@ -78,6 +78,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
         s3: opened.s3.as_ref().map(|s| s.client().clone()),
     };
 
+    tagfleet_worker::gpu::spawn_sampler(Duration::from_secs(5));
     let readiness = Readiness::default();
     http::serve(args.listen, readiness.clone()).await?;
 

@@ -4,6 +4,7 @@ pub mod batcher;
 pub mod executor;
 pub mod fetch;
 pub mod gate;
+pub mod gpu;
 pub mod metrics;
 pub mod pipeline;
 pub mod prepare;

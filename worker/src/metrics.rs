@@ -117,3 +117,39 @@ pub fn render() -> String {
         .encode_to_string(&prometheus::gather())
         .unwrap_or_default()
 }
+
+/// Busy fraction (0..1) of each GPU over NVML's last sample period.
+pub static GPU_UTILIZATION: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    prometheus::register_gauge_vec!(
+        Opts::new(
+            "tagfleet_worker_gpu_utilization_ratio",
+            "Fraction of time a kernel ran on the GPU (NVML)"
+        ),
+        &["gpu"]
+    )
+    .expect("metric registers once")
+});
+
+/// Device memory in use per GPU.
+pub static GPU_MEMORY_USED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        Opts::new(
+            "tagfleet_worker_gpu_memory_used_bytes",
+            "GPU memory in use (NVML)"
+        ),
+        &["gpu"]
+    )
+    .expect("metric registers once")
+});
+
+/// Device memory installed per GPU.
+pub static GPU_MEMORY_TOTAL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        Opts::new(
+            "tagfleet_worker_gpu_memory_total_bytes",
+            "GPU memory installed (NVML)"
+        ),
+        &["gpu"]
+    )
+    .expect("metric registers once")
+});
