@@ -14,7 +14,7 @@ PHOTOS := samples/photos
 CARGO_FLAGS ?=
 
 
-.PHONY: demo test nextest venv model photos build bench tools lint clean
+.PHONY: demo test nextest k8s-check venv model photos build bench bench-publish tools lint clean
 
 demo: model photos build
 	./target/release/tagfleet run $(PHOTOS) --out tagfleet-results
@@ -23,12 +23,20 @@ demo: model photos build
 # scripts/services.sh installs and starts on 127.0.0.1 for the duration of the run.
 test: model photos tools
 	$(PY) -m unittest discover -s scripts -p 'test_*.py'
+	$(MAKE) --no-print-directory k8s-check
 	scripts/with-services.sh $(MAKE) --no-print-directory nextest
 
 # The broker-restart test restarts the shared RabbitMQ, so it runs alone, after the rest.
 nextest:
 	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) -E 'not test(broker_restart)'
 	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) -E 'test(broker_restart)'
+
+# The Helm chart, the kustomize overlays, the alert rules and the dashboard, checked
+# offline: rendered, linted, validated against the Kubernetes schemas, and every metric
+# they name declared by the code (scripts/k8s_check.py).
+k8s-check:
+	scripts/setup-k8s-tools.sh
+	.cache/k8s-venv/bin/python -m unittest discover -s scripts -p 'test_k8s.py' -v
 
 venv: $(VENV)/.ready
 
@@ -51,6 +59,10 @@ build: model
 
 bench: model photos build
 	./target/release/tagfleet bench $(PHOTOS)
+
+# How fast the scheduler turns a 100,000-ref manifest into task messages on RabbitMQ.
+bench-publish: build
+	scripts/with-services.sh sh -c './target/release/tagfleet bench --publish-queue "$$TAGFLEET_TEST_AMQP_URL"'
 
 tools:
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked

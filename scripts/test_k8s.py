@@ -1,0 +1,173 @@
+"""The Kubernetes checks of scripts/k8s_check.py as tests, and proof that they catch what
+they are meant to catch.
+
+Needs the venv of scripts/setup-k8s-tools.sh (`make k8s-check`); under any other Python
+the module skips itself.
+"""
+
+import copy
+import sys
+import unittest
+from pathlib import Path
+
+try:
+    import helm_python  # noqa: F401
+    import kubernetes_validate  # noqa: F401
+    import yaml  # noqa: F401
+except ImportError as e:
+    raise unittest.SkipTest(
+        f"Kubernetes tools not installed ({e.name}): run `make k8s-check`, which uses "
+        ".cache/k8s-venv from scripts/setup-k8s-tools.sh"
+    )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import k8s_check as k  # noqa: E402
+
+
+def worker_deployment(docs):
+    return next(d for d in docs if d["kind"] == "Deployment" and k.component(d) == "worker")
+
+
+class Chart(unittest.TestCase):
+    def test_ci_values_cover_every_mode(self):
+        names = {f.name for f in k.CI_VALUES}
+        for want in ("rabbitmq-values.yaml", "sqs-values.yaml", "keda-off-values.yaml",
+                     "cpu-only-values.yaml"):
+            self.assertIn(want, names)
+
+    def test_lints_strictly(self):
+        for f in [None, *k.CI_VALUES]:
+            with self.subTest(values=f.name if f else "default"):
+                self.assertEqual(k.lint_problems(f), [])
+
+    def test_renders_valid_manifests_for_every_ci_values(self):
+        for f in k.CI_VALUES:
+            with self.subTest(values=f.name):
+                self.assertEqual(k.chart_case_problems(f), [])
+
+    def test_keda_off_renders_no_scaled_object(self):
+        _, docs = k.render_chart(k.CHART / "ci" / "keda-off-values.yaml")
+        kinds = {d["kind"] for d in docs}
+        self.assertNotIn("ScaledObject", kinds)
+        self.assertNotIn("TriggerAuthentication", kinds)
+        self.assertEqual(worker_deployment(docs)["spec"]["replicas"], 3)
+
+    def test_cpu_only_requests_no_gpu(self):
+        _, docs = k.render_chart(k.CHART / "ci" / "cpu-only-values.yaml")
+        self.assertNotIn(k.GPU_RESOURCE, yaml.safe_dump_all(docs))
+
+    def test_queue_kind_chooses_trigger(self):
+        for name, trigger in (("rabbitmq", "rabbitmq"), ("sqs", "aws-sqs-queue")):
+            _, docs = k.render_chart(k.CHART / "ci" / f"{name}-values.yaml")
+            (so,) = [d for d in docs if d["kind"] == "ScaledObject"]
+            self.assertEqual([t["type"] for t in so["spec"]["triggers"]], [trigger])
+
+    def test_config_checksum_on_pod_templates(self):
+        _, docs = k.render_chart(k.CHART / "ci" / "rabbitmq-values.yaml")
+        for d in docs:
+            if d["kind"] == "Deployment":
+                self.assertIn("checksum/config", d["spec"]["template"]["metadata"]["annotations"])
+
+    def test_long_names_stay_within_63_characters(self):
+        with helm_python.Chart.load(k.CHART) as chart:
+            rendered = chart.render({"fullnameOverride": "a" * 70}, name="x")
+        docs = [d for p, t in rendered.items() if p.endswith(".yaml") for d in k.load_docs(t)]
+        names = [d["metadata"]["name"] for d in docs]
+        self.assertTrue(all(len(n) <= 63 and not n.endswith("-") for n in names), names)
+        deployments = {k.component(d): d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+        self.assertTrue(deployments["scheduler"].endswith("-scheduler"))
+        self.assertTrue(deployments["worker"].endswith("-worker"))
+
+    def test_alert_rules_match_kustomize_base(self):
+        self.assertEqual(k.rule_parity_problems(), [])
+
+
+class Kustomize(unittest.TestCase):
+    def setUp(self):
+        if k.kubectl() is None:
+            self.skipTest("kubectl not found: run scripts/setup-k8s-tools.sh")
+
+    def test_overlays_build_valid_manifests(self):
+        self.assertEqual({o.name for o in k.OVERLAYS}, {"rabbitmq", "sqs"})
+        for o in k.OVERLAYS:
+            with self.subTest(overlay=o.name):
+                self.assertEqual(k.overlay_problems(o), [])
+
+
+class Metrics(unittest.TestCase):
+    def test_dashboards_and_alerts_name_only_declared_metrics(self):
+        unknown = k.unknown_metrics(k.all_promql(), k.declared_metrics())
+        if unknown:
+            sources = ", ".join(str(p.relative_to(k.ROOT)) for p in k.METRIC_SOURCES if p.is_file())
+            self.fail(f"metrics not declared in {sources}:\n" + "\n".join(unknown))
+
+    def test_dashboards_use_the_datasource_variable(self):
+        self.assertTrue(k.DASHBOARDS)
+        for p in k.DASHBOARDS:
+            with self.subTest(dashboard=p.name):
+                self.assertEqual(k.dashboard_problems(p), [])
+
+    def test_metric_check_catches_a_misspelt_metric(self):
+        declared = k.declared_metrics([k.ROOT / "worker" / "src" / "metrics.rs"])
+        good = 'sum by (outcome) (rate(tagfleet_worker_images_total{outcome!="ok"}[5m]))'
+        self.assertEqual(k.unknown_metrics([("panel", good)], declared), [])
+        bad = good.replace("images_total", "image_total")
+        (line,) = k.unknown_metrics([("panel", bad)], declared)
+        self.assertIn("tagfleet_worker_image_total", line)
+
+    def test_histogram_suffixes_and_promql_words_are_not_metrics(self):
+        expr = ('histogram_quantile(0.95, sum by (le, stage) (rate('
+                'tagfleet_worker_stage_duration_seconds_bucket{stage="decode"}[$__rate_interval])))'
+                ' > bool 0.5 unless on (namespace) process_open_fds offset 30m')
+        self.assertEqual(k.promql_metric_names(expr),
+                         {"tagfleet_worker_stage_duration_seconds_bucket", "process_open_fds"})
+        self.assertEqual(k.unknown_metrics([("x", expr)], k.declared_metrics()), [])
+
+
+class Assertions(unittest.TestCase):
+    """The rendered chart passes; a broken copy of it must not."""
+
+    @classmethod
+    def setUpClass(cls):
+        _, cls.docs = k.render_chart(k.CHART / "ci" / "rabbitmq-values.yaml")
+
+    def test_security_check_catches_a_writable_root_filesystem(self):
+        worker = worker_deployment(self.docs)
+        self.assertEqual(k.security_context_problems(worker), [])
+        broken = copy.deepcopy(worker)
+        del broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+        problems = k.security_context_problems(broken)
+        self.assertEqual(len(problems), 1)
+        self.assertIn("readOnlyRootFilesystem", problems[0])
+
+    def test_grace_period_must_exceed_drain_timeout(self):
+        docs = copy.deepcopy(self.docs)
+        worker_deployment(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 60
+        self.assertTrue(any("terminationGracePeriodSeconds" in p
+                            for p in k.workload_problems(docs, gpu=True)))
+
+    def test_missing_gpu_request_is_caught(self):
+        docs = copy.deepcopy(self.docs)
+        del worker_deployment(docs)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][k.GPU_RESOURCE]
+        self.assertTrue(any(k.GPU_RESOURCE in p for p in k.workload_problems(docs, gpu=True)))
+
+    def test_trigger_of_the_wrong_queue_is_caught(self):
+        self.assertEqual(k.keda_problems(self.docs, "rabbitmq", keda=True), [])
+        self.assertTrue(k.keda_problems(self.docs, "sqs", keda=True))
+
+    def test_custom_resource_without_required_fields_is_caught(self):
+        so = copy.deepcopy(next(d for d in self.docs if d["kind"] == "ScaledObject"))
+        del so["spec"]["scaleTargetRef"]["name"]
+        so["spec"]["triggers"][0]["metadata"]["value"] = 8
+        problems = k.custom_resource_problems(so)
+        self.assertTrue(any("scaleTargetRef" in p for p in problems))
+        self.assertTrue(any("not a string" in p for p in problems))
+
+    def test_schema_validation_rejects_unknown_fields(self):
+        worker = copy.deepcopy(worker_deployment(self.docs))
+        worker["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+        self.assertTrue(k.schema_problems([worker], "test"))
+
+
+if __name__ == "__main__":
+    unittest.main()
