@@ -191,6 +191,37 @@ fn counts(job: &Value) -> (u64, u64, u64) {
     )
 }
 
+/// The metric names the Grafana dashboard and the alert rules use.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["k8s/grafana/tagfleet.json", "k8s/base/prometheusrule.yaml"] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let words = text.split(|c: char| !(c.is_ascii_lowercase() || c == '_'));
+        for word in words.filter(|w| w.starts_with("tagfleet_") || w.starts_with("process_")) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(word);
+            names.insert(base.to_owned());
+        }
+    }
+    names
+}
+
+/// Samples of `name` (histograms: of its `_count`) in a /metrics text.
+fn samples(text: &str, name: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name || metric == format!("{name}_count"))
+                .then(|| value.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,8 +344,36 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
         assert_eq!(cells[2..5], counts, "{row}");
     }
 
+    // Every metric the dashboard and the alerts use is exported, and those a job drives
+    // have moved. Exceptions, each checked where it can move: GPU metrics need a GPU, a
+    // job's progress exists only while it runs (the cancel test), firings need a schedule
+    // (the schedule test).
+    let (_, worker_text) = http(worker.port, "GET", "/metrics", None, None).unwrap();
+    let (_, scheduler_text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    let used = dashboard_metrics();
+    assert!(used.len() > 20, "{used:?}");
+    for name in &used {
+        let found = [samples(&worker_text, name), samples(&scheduler_text, name)].concat();
+        match name.as_str() {
+            n if n.starts_with("tagfleet_worker_gpu_") => {
+                if !Path::new("/proc/driver/nvidia/version").exists() {
+                    assert!(found.is_empty(), "{n} without a GPU");
+                }
+            }
+            "tagfleet_scheduler_job_progress_ratio"
+            | "tagfleet_scheduler_schedule_firings_total" => {}
+            n if n.ends_with("_total") || n.ends_with("_seconds") || n.ends_with("_images") => {
+                assert!(
+                    found.iter().any(|v| *v > 0.0),
+                    "{n} did not move: {found:?}"
+                );
+            }
+            n => assert!(!found.is_empty(), "{n} is not exported"),
+        }
+    }
+
     // The scheduler reports what it did.
-    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    let text = scheduler_text;
     for needle in [
         "tagfleet_scheduler_jobs{state=\"succeeded\"} 2",
         "tagfleet_scheduler_images_total{event=\"done\"} 9",
@@ -368,6 +427,13 @@ async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    assert!(
+        samples(&text, "tagfleet_scheduler_schedule_firings_total")
+            .iter()
+            .any(|v| *v >= 1.0),
+        "{text}"
+    );
     let (code, _) = api(
         scheduler.port,
         "DELETE",
@@ -522,6 +588,14 @@ async fn cancelling_a_running_job_erases_every_result() {
         assert!(Instant::now() < deadline, "{}", worker.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // While it runs, the job's progress is a metric.
+    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    let progress = text
+        .lines()
+        .find(|l| l.starts_with("tagfleet_scheduler_job_progress_ratio") && l.contains(&id))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no progress of {id}:\n{text}"));
+    assert!((0.0..1.0).contains(&progress), "{progress}");
     let (code, job) = api(
         scheduler.port,
         "DELETE",
@@ -531,6 +605,8 @@ async fn cancelling_a_running_job_erases_every_result() {
     );
     assert_eq!(code, 200, "{job}");
     assert_eq!(job["state"], "cancelled");
+    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    assert!(!text.contains(&id), "an ended job has no progress series");
     let done_at_cancel = counts(&job).1 + counts(&job).2;
     assert!(done_at_cancel < 80, "cancelled while running: {job}");
 
