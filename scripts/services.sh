@@ -153,8 +153,9 @@ spawn() { # pidfile log command...: start in the background, detached, with our 
 }
 
 # ---------------------------------------------------------------- installs
+# RabbitMQ, and openssl for the tests' HTTPS image server (`openssl s_server`).
 ensure_rabbitmq_installed() {
-    command -v rabbitmq-server >/dev/null && return 0
+    command -v rabbitmq-server >/dev/null && command -v openssl >/dev/null && return 0
     [ "$(id -u)" = 0 ] || die "rabbitmq-server is missing and installing it needs root"
     say "installing rabbitmq-server (apt-get)"
     local log=$STATE/apt.log policy=/usr/sbin/policy-rc.d made_policy=
@@ -164,12 +165,12 @@ ensure_rabbitmq_installed() {
     fi
     export DEBIAN_FRONTEND=noninteractive
     local ok=
-    if apt-get install -y -qq --no-install-recommends rabbitmq-server >"$log" 2>&1; then
+    if apt-get install -y -qq --no-install-recommends rabbitmq-server openssl >"$log" 2>&1; then
         ok=1
     else
         say "apt-get install failed; running apt-get update and retrying"
         if apt-get update -qq >>"$log" 2>&1 &&
-            apt-get install -y -qq --no-install-recommends rabbitmq-server >>"$log" 2>&1; then
+            apt-get install -y -qq --no-install-recommends rabbitmq-server openssl >>"$log" 2>&1; then
             ok=1
         fi
     fi

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use tagfleet_core::netguard::UrlPolicy;
 use tagfleet_core::{Pseudonymiser, Secrets};
+use tagfleet_worker::https::HttpsFetcher;
 use tagfleet_worker::{FileRoots, Pipeline, PipelineConfig, Sources, Tenants};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +35,17 @@ pub struct WorkerArgs {
     /// Folders file:// refs may be read from (comma separated). None: file:// refs fail.
     #[arg(long = "file-root", env = "TAGFLEET_FILE_ROOTS", value_delimiter = ',')]
     pub file_roots: Vec<PathBuf>,
+
+    /// Private address ranges https:// refs may point to after all (CIDR, comma
+    /// separated). Loopback, link-local, private and metadata addresses are refused
+    /// otherwise, on every name resolution and redirect.
+    #[arg(long, env = "TAGFLEET_ALLOW_URL_RANGES", value_delimiter = ',')]
+    pub allow_url_range: Vec<String>,
+
+    /// A PEM certificate to trust for https:// refs besides the system's roots (an
+    /// in-house image server with its own CA).
+    #[arg(long, env = "TAGFLEET_URL_CA_FILE")]
+    pub url_ca_file: Option<PathBuf>,
 
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "TAGFLEET_LISTEN", default_value = "127.0.0.1:9090")]
@@ -73,9 +86,13 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     let queue = args.queue.open(prefetch).await?;
     let progress = args.queue.open_progress(1).await?;
     let roots = FileRoots::new(args.file_roots.clone()).context("resolving --file-root folders")?;
+    let policy = UrlPolicy::new(&args.allow_url_range)
+        .map_err(anyhow::Error::msg)
+        .context("--allow-url-range")?;
     let sources = Sources {
         roots,
         s3: opened.s3.as_ref().map(|s| s.client().clone()),
+        https: Some(HttpsFetcher::new(policy, args.url_ca_file.as_deref())?),
     };
 
     tagfleet_worker::gpu::spawn_sampler(Duration::from_secs(5));

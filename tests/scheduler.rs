@@ -924,3 +924,122 @@ async fn every_bad_request_is_refused_with_its_reason_and_leaves_nothing() {
     }
     assert!(doc["components"]["schemas"]["JobSpec"].is_object());
 }
+
+/// `openssl s_server -WWW`: a real HTTPS server for the files of a folder, with a
+/// self-signed certificate for localhost and 127.0.0.1.
+struct HttpsServer {
+    child: std::process::Child,
+    port: u16,
+    cert: PathBuf,
+}
+
+impl HttpsServer {
+    async fn start(root: &Path, dir: &Path) -> Self {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            // A server certificate, not a CA: TLS clients refuse a CA as the end entity.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl is installed by scripts/services.sh");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = common::fleet::free_port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .current_dir(root)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "openssl s_server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, port, cert }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_job_is_fetched_over_https_from_an_allowed_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let mut reference = embedded(&photos, &keys, &dir.path().join("embedded"));
+    reference.push(("error".into(), vec![]));
+    reference.sort();
+    let server = HttpsServer::start(&photos, dir.path()).await;
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    fleet.store().await;
+    let allow = ["--allow-url-range", "127.0.0.0/8"];
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &allow);
+    let ca = server.cert.to_str().unwrap();
+    let mut worker = fleet.worker(
+        &dir.path().join("worker.log"),
+        &[allow[0], allow[1], "--url-ca-file", ca],
+    );
+    ready(&mut scheduler, "scheduler").await;
+    worker.wait_ready().await;
+
+    let mut urls: Vec<String> = std::fs::read_dir(&photos)
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            format!("https://localhost:{}/{name}", server.port)
+        })
+        .collect();
+    urls.push(format!("https://127.0.0.1:{}/missing.jpg", server.port));
+    let (code, job) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(json!({"source": {"kind": "urls", "urls": urls}})),
+    );
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_final(&scheduler, ACME_TOKEN, &id, &[&scheduler, &worker]).await;
+    let (_, lines) = results(&scheduler, ACME_TOKEN, &id);
+    assert_eq!(counts(&job), (6, 4, 2), "{job}\n{lines:?}");
+    assert_eq!(outcomes(&lines), reference);
+    let kinds: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["error"]["kind"].as_str())
+        .collect();
+    assert_eq!(kinds.len(), 2);
+    // s_server answers a missing file with 200 and an error text: not an image.
+    assert!(
+        kinds.contains(&"unsupported") && kinds.contains(&"decode"),
+        "{kinds:?}"
+    );
+    // No URL, host or file name reaches the results or the worker's logs.
+    let all = format!("{lines:?}{}", worker.logs());
+    for needle in ["localhost", "missing.jpg", "chelsea"] {
+        assert!(!all.contains(needle), "{needle}");
+    }
+}

@@ -1,5 +1,6 @@
 //! Fetching image bytes: `file://` refs under configured roots, `s3://` refs through the
-//! worker's S3 client. Every failure is an error record; messages never repeat the ref.
+//! worker's S3 client, `https://` refs behind the SSRF guard. Every failure is an error
+//! record; messages never repeat the ref.
 
 use std::path::{Path, PathBuf};
 
@@ -32,11 +33,16 @@ pub struct Sources {
     pub roots: FileRoots,
     /// Client for `s3://` refs; without one they are refused.
     pub s3: Option<aws_sdk_s3::Client>,
+    /// Client for `https://` refs; without one they are refused.
+    pub https: Option<crate::https::HttpsFetcher>,
 }
 
 impl From<FileRoots> for Sources {
     fn from(roots: FileRoots) -> Self {
-        Self { roots, s3: None }
+        Self {
+            roots,
+            ..Self::default()
+        }
     }
 }
 
@@ -58,14 +64,23 @@ pub async fn fetch(
             )),
         };
     }
+    if reference.starts_with("https://") {
+        return match &sources.https {
+            Some(client) => client.fetch(reference, max_bytes).await,
+            None => Err(ImageError::new(
+                ErrorKind::Fetch,
+                "this worker does not fetch https:// refs",
+            )),
+        };
+    }
     let scheme = reference.split_once("://").map_or("none", |(s, _)| s);
     Err(ImageError::new(
         ErrorKind::Fetch,
-        format!("unsupported ref scheme {scheme:?}; refs are file:// or s3://"),
+        format!("unsupported ref scheme {scheme:?}; refs are file://, s3:// or https://"),
     ))
 }
 
-fn too_large(size: u64, max_bytes: u64) -> ImageError {
+pub(crate) fn too_large(size: u64, max_bytes: u64) -> ImageError {
     ImageError::new(
         ErrorKind::TooLarge,
         format!("image is {size} bytes, the limit is {max_bytes}"),

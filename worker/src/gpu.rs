@@ -34,7 +34,10 @@ pub fn spawn_sampler(interval: Duration) -> Option<u32> {
             }
         })
         .ok()?;
-    tracing::info!(gpus = count, "sampling GPU utilisation and memory through NVML");
+    tracing::info!(
+        gpus = count,
+        "sampling GPU utilisation and memory through NVML"
+    );
     Some(count)
 }
 

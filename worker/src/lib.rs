@@ -5,6 +5,7 @@ pub mod executor;
 pub mod fetch;
 pub mod gate;
 pub mod gpu;
+pub mod https;
 pub mod metrics;
 pub mod pipeline;
 pub mod prepare;
