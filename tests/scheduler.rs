@@ -328,6 +328,36 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
     let (_, lines) = results(&scheduler, ACME_TOKEN, &manifest_job);
     assert_eq!(outcomes(&lines), reference);
 
+    // From a CSV manifest stored in S3.
+    let mut csv = String::from("sku,ref\n");
+    for (n, name) in [
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "astronaut.png",
+        "broken.jpg",
+    ]
+    .iter()
+    .enumerate()
+    {
+        csv.push_str(&format!("{n},{prefix}{name}\n"));
+    }
+    put(&store, "lists/catalog.csv", csv.into_bytes()).await;
+    let uri = format!("s3://{}/lists/catalog.csv", store.bucket());
+    let (code, job) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(json!({"source": {"kind": "manifest", "uri": uri}})),
+    );
+    assert_eq!(code, 201, "{job}");
+    let csv_job = job["id"].as_str().unwrap().to_owned();
+    let job = wait_final(&scheduler, ACME_TOKEN, &csv_job, &[&scheduler, &worker]).await;
+    assert_eq!(counts(&job), (5, 4, 1), "{job}");
+    let (_, lines) = results(&scheduler, ACME_TOKEN, &csv_job);
+    assert_eq!(outcomes(&lines), reference);
+
     // `tagfleet status` lists both jobs with their counts.
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_tagfleet"))
         .args(["status", "--scheduler", &url, "--token", ACME_TOKEN])
@@ -375,10 +405,10 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
     // The scheduler reports what it did.
     let text = scheduler_text;
     for needle in [
-        "tagfleet_scheduler_jobs{state=\"succeeded\"} 2",
-        "tagfleet_scheduler_images_total{event=\"done\"} 9",
-        "tagfleet_scheduler_images_total{event=\"failed\"} 2",
-        "tagfleet_scheduler_tasks_published_total 7",
+        "tagfleet_scheduler_jobs{state=\"succeeded\"} 3",
+        "tagfleet_scheduler_images_total{event=\"done\"} 13",
+        "tagfleet_scheduler_images_total{event=\"failed\"} 3",
+        "tagfleet_scheduler_tasks_published_total 10",
     ] {
         assert!(text.contains(needle), "{needle} in\n{text}");
     }
