@@ -69,9 +69,17 @@ pub struct StoreArgs {
     #[arg(long, env = "TAGFLEET_SSE_KMS_KEY_ID")]
     pub sse_kms_key_id: Option<String>,
 
-    /// Results older than this are never read back.
+    /// Results and job records older than this are never read back, and are deleted.
     #[arg(long, env = "TAGFLEET_RETENTION_HOURS", default_value_t = 24)]
     pub retention_hours: u64,
+
+    /// The retention in seconds instead of hours, for short-lived deployments and tests.
+    #[arg(
+        long,
+        env = "TAGFLEET_RETENTION_SECS",
+        conflicts_with = "retention_hours"
+    )]
+    pub retention_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,7 +157,10 @@ pub struct OpenedStore {
 
 impl StoreArgs {
     pub fn retention(&self) -> Duration {
-        Duration::from_secs(self.retention_hours.saturating_mul(3600))
+        Duration::from_secs(
+            self.retention_secs
+                .unwrap_or(self.retention_hours.saturating_mul(3600)),
+        )
     }
 
     pub fn endpoint(&self, region: Option<String>) -> Endpoint {

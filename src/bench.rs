@@ -154,6 +154,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
             sse: Sse::Aes256,
             sse_kms_key_id: None,
             retention_hours: 24,
+            retention_secs: None,
         };
         let mut extra = Vec::new();
         if let (true, Some(endpoint)) = (queue.starts_with("sqs://"), &args.sqs_endpoint) {

@@ -87,6 +87,16 @@ impl Api {
             .await
     }
 
+    /// Erases all of `tenant`'s data (the token must be that tenant's).
+    pub async fn erase(&self, tenant: &str) -> anyhow::Result<Value> {
+        self.call(
+            self.http
+                .delete(format!("{}/v1/data", self.base))
+                .query(&[("tenant", tenant)]),
+        )
+        .await
+    }
+
     /// Every job of the tenant, following the pages.
     pub async fn jobs(&self) -> anyhow::Result<Vec<Value>> {
         let mut all = Vec::new();

@@ -11,6 +11,7 @@ mod bench_fleet;
 mod bench_publish;
 mod client;
 mod engine;
+mod erase;
 mod http;
 mod inputs;
 mod join;
@@ -56,6 +57,8 @@ enum Command {
     /// Publish a job's tasks (from a folder, a manifest or an S3 prefix) to the queue and
     /// print the job id.
     Submit(Box<submit::SubmitArgs>),
+    /// Erase all of a tenant's data at once: results, job records, schedules.
+    Erase(erase::EraseArgs),
     /// Show jobs and their progress, from the scheduler.
     Status(status::StatusArgs),
     /// Add a tenant to a secrets file: prints its new bearer token (keep it; only its hash
@@ -71,14 +74,27 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
 }
 
+/// Targets capped at info, so no ref reaches the logs through a library's debug output.
+const QUIET_LIBRARIES: &str = "aws_config=info,aws_runtime=info,aws_sdk_s3=info,\
+    aws_sdk_sqs=info,aws_smithy_runtime=info,aws_smithy_runtime_api=info,aws_smithy_http=info,\
+    aws_smithy_http_client=info,hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,\
+    lapin=info,amq_protocol=info,tower=info,axum=info";
+
 fn main() -> ExitCode {
+    // ONNX Runtime's telemetry, unless told otherwise, writes a device id and an event
+    // database under ~/.cache and a session file in $TMPDIR, and sends usage events.
+    // The worker writes nothing to disk and sends nothing anywhere, so it is off.
+    // SAFETY: no other thread exists yet; nothing reads the environment concurrently.
+    unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+    // Client libraries log request paths (S3 keys, that is image names) and bodies at debug
+    // level: whatever the filter says, they log at info at most.
+    let filter = EnvFilter::try_new(format!("{},{QUIET_LIBRARIES}", cli.log)).unwrap_or_else(|e| {
         eprintln!(
             "tagfleet: invalid --log filter {:?} ({e}); using info",
             cli.log
         );
-        EnvFilter::new("info")
+        EnvFilter::new(format!("info,{QUIET_LIBRARIES}"))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -105,6 +121,7 @@ fn main() -> ExitCode {
             Command::Scheduler(args) => scheduler::main(*args).await,
             Command::Pseudonym(args) => join::pseudonym(args),
             Command::Status(args) => status::main(args).await,
+            Command::Erase(args) => erase::main(args).await,
             Command::Tenant(args) => join::tenant(args),
             Command::Join(args) => join::join(args),
             Command::Submit(args) => submit::main(*args).await,

@@ -36,8 +36,11 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment, Runt
                 message,
             };
             let builder = ort::init_from(&path).map_err(|e| load_error(format!("{e:?}")))?;
+            // Telemetry off: Microsoft's builds otherwise send usage events and keep a device
+            // id and an event database under ~/.cache. Nothing of ours leaves the process.
             let env = builder
                 .with_name("tagfleet")
+                .with_telemetry(false)
                 .build()
                 .map_err(|e| load_error(format!("{e:?}")))?;
             tracing::info!(library = %path.display(), "ONNX Runtime loaded");

@@ -25,7 +25,7 @@ use tagfleet_core::keys::{is_valid_id, job_results_prefix};
 use utoipa::OpenApi;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::jobs::{JobBook, JobPage, Retried};
+use crate::jobs::{Erased, JobBook, JobPage, Retried};
 use crate::metrics;
 use crate::record::{Counts, JobView};
 use crate::schedules::{Schedule, ScheduleSpec, Schedules};
@@ -55,7 +55,8 @@ pub fn router(service: Shared, max_body: usize) -> Router {
         .route(
             "/v1/schedules/{id}",
             get(get_schedule).delete(delete_schedule),
-        );
+        )
+        .route("/v1/data", axum::routing::delete(erase_data));
     Router::new()
         .merge(v1)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -364,6 +365,45 @@ async fn delete_schedule(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Erases all of the calling tenant's data at once: every job (results deleted, queued
+/// tasks skipped), every job record and every schedule. `tenant` must name the token's
+/// tenant, so a token mixed up cannot erase the wrong data.
+#[utoipa::path(delete, path = "/v1/data", tag = "erasure",
+    params(("tenant" = String, Query, description = "The tenant whose data goes; must be the token's")),
+    responses((status = 200, body = Erased), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn erase_data(
+    State(service): State<Shared>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Erased>, ApiError> {
+    match query.get("tenant") {
+        Some(t) if *t == tenant => {}
+        Some(_) => {
+            return Err(Invalid::new("tenant", "the token belongs to another tenant").into());
+        }
+        None => return Err(Invalid::new("tenant", "name the tenant to erase").into()),
+    }
+    let unavailable = |e: StoreError| ApiError::Unavailable(format!("erasing: {e}"));
+    let schedules = service
+        .schedules
+        .erase_tenant(&tenant)
+        .await
+        .map_err(unavailable)?;
+    let (jobs, objects) = service
+        .book
+        .erase_tenant(&tenant)
+        .await
+        .map_err(unavailable)?;
+    tracing::info!(tenant = %tenant, jobs, schedules, objects, "tenant data erased");
+    Ok(Json(Erased {
+        jobs,
+        schedules,
+        objects: objects + schedules,
+    }))
+}
+
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -384,11 +424,12 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "tagfleet scheduler API", description = "Batch image analysis jobs: create, watch, read results, cancel and erase, schedule."),
     paths(create_job, list_jobs, get_job, cancel_job, retry_job, job_results,
-          create_schedule, list_schedules, get_schedule, delete_schedule),
+          create_schedule, list_schedules, get_schedule, delete_schedule, erase_data),
     components(schemas(JobSpec, Source, ManifestFormat, JobView, JobPage, Counts, Retried,
-                       Schedule, ScheduleSpec, ErrorBody, JobState,
+                       Schedule, ScheduleSpec, ErrorBody, JobState, Erased,
                        tagfleet_core::Analysis, tagfleet_core::TaskOptions)),
     modifiers(&BearerAuth),
-    tags((name = "jobs", description = "Batch jobs"), (name = "schedules", description = "Recurring jobs"))
+    tags((name = "jobs", description = "Batch jobs"), (name = "schedules", description = "Recurring jobs"),
+         (name = "erasure", description = "The right to erasure"))
 )]
 pub struct ApiDoc;

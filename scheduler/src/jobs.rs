@@ -44,6 +44,22 @@ pub struct JobBook {
     jobs: Mutex<BTreeMap<JobId, JobRecord>>,
     /// Jobs changed in memory and not yet written.
     dirty: Mutex<BTreeSet<JobId>>,
+    /// Jobs erased with their tenant's data: results of their tasks still in flight are
+    /// deleted as they are reported.
+    erased: Mutex<HashSet<JobId>>,
+}
+
+/// What replaces the record of an erased job: workers skip its tasks, and nothing of the
+/// job but its id remains.
+const TOMBSTONE: &[u8] = br#"{"state":"cancelled","erased":true}"#;
+
+/// What erasing a tenant's data deleted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Erased {
+    pub jobs: usize,
+    pub schedules: usize,
+    /// Objects deleted: results, job records, schedules.
+    pub objects: usize,
 }
 
 /// A page of the tenant's jobs, newest first.
@@ -82,6 +98,7 @@ impl JobBook {
             config,
             jobs: Mutex::new(BTreeMap::new()),
             dirty: Mutex::new(BTreeSet::new()),
+            erased: Mutex::new(HashSet::new()),
         }
     }
 
@@ -107,6 +124,20 @@ impl JobBook {
                 Err(StoreError::Expired(_) | StoreError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
+            if body == TOMBSTONE {
+                if let Some((tenant, id)) = object
+                    .key
+                    .strip_prefix("jobs/")
+                    .and_then(|k| k.strip_suffix(".json"))
+                    .and_then(|k| k.split_once('/'))
+                {
+                    self.erased
+                        .lock()
+                        .await
+                        .insert((tenant.to_owned(), id.to_owned()));
+                }
+                continue;
+            }
             match JobRecord::from_json(&body) {
                 Ok(record) => {
                     loaded.insert((record.tenant.clone(), record.id.clone()), record);
@@ -236,18 +267,31 @@ impl JobBook {
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<JobView, ApiError> {
-        let jobs = self.jobs.lock().await;
-        jobs.get(&(tenant.to_owned(), id.to_owned()))
-            .map(|r| r.view(Utc::now()))
-            .ok_or(ApiError::NotFound("job"))
+        let now = Utc::now();
+        Ok(self.record(tenant, id).await?.view(now))
     }
 
-    /// The record itself (for the results stream and retries).
+    /// The record as it stands now: a job past its retention is `expired` from that moment
+    /// on, before the sweep has erased anything.
     pub async fn record(&self, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
         let jobs = self.jobs.lock().await;
         jobs.get(&(tenant.to_owned(), id.to_owned()))
-            .cloned()
+            .map(|r| self.as_of(r, Utc::now()))
             .ok_or(ApiError::NotFound("job"))
+    }
+
+    fn past_retention(&self, record: &JobRecord, now: DateTime<Utc>) -> bool {
+        let retention =
+            chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
+        record.created_at + retention <= now
+    }
+
+    fn as_of(&self, record: &JobRecord, now: DateTime<Utc>) -> JobRecord {
+        let mut record = record.clone();
+        if self.past_retention(&record, now) {
+            record.state = JobState::Expired;
+        }
+        record
     }
 
     /// The tenant's jobs, newest first, `limit` at a time after the job `after`.
@@ -267,7 +311,7 @@ impl JobBook {
             .iter()
             .skip(start)
             .take(limit)
-            .map(|r| r.view(now))
+            .map(|r| self.as_of(r, now).view(now))
             .collect();
         let next = (start + page.len() < mine.len())
             .then(|| page.last().map(|v| v.id.clone()))
@@ -284,8 +328,16 @@ impl JobBook {
         {
             let mut jobs = self.jobs.lock().await;
             let mut dirty = self.dirty.lock().await;
+            let erased = self.erased.lock().await;
             for report in reports {
                 let key = (report.tenant.clone(), report.job_id.clone());
+                if erased.contains(&key) {
+                    stale.push(result_key(&report.tenant, &report.job_id, &report.task_id));
+                    metrics::PROGRESS_MESSAGES
+                        .with_label_values(&["duplicate"])
+                        .inc();
+                    continue;
+                }
                 let Some(record) = jobs.get_mut(&key) else {
                     metrics::PROGRESS_MESSAGES
                         .with_label_values(&["unknown_job"])
@@ -382,6 +434,37 @@ impl JobBook {
             self.store.delete(&object.key).await?;
         }
         Ok(objects.len())
+    }
+
+    /// Erases every job of a tenant at once (the right to erasure): results deleted,
+    /// records replaced by tombstones that make workers skip queued tasks, the jobs
+    /// forgotten. Objects under the tenant's prefixes that no record names go too.
+    pub async fn erase_tenant(&self, tenant: &str) -> Result<(usize, usize), StoreError> {
+        let ids: Vec<JobId> = {
+            let jobs = self.jobs.lock().await;
+            jobs.keys().filter(|(t, _)| t == tenant).cloned().collect()
+        };
+        let mut objects = 0;
+        for (t, id) in &ids {
+            // The tombstone first: from here on workers skip the job's tasks.
+            self.store.put(&job_key(t, id), TOMBSTONE.to_vec()).await?;
+            self.erased.lock().await.insert((t.clone(), id.clone()));
+            objects += self.erase_results(t, id).await?;
+        }
+        for prefix in [format!("results/{tenant}/"), format!("jobs/{tenant}/")] {
+            for object in self.store.list(&prefix).await? {
+                let tombstone = object.key.starts_with("jobs/")
+                    && ids.iter().any(|(t, id)| job_key(t, id) == object.key);
+                if !tombstone {
+                    self.store.delete(&object.key).await?;
+                    objects += 1;
+                }
+            }
+        }
+        let mut jobs = self.jobs.lock().await;
+        jobs.retain(|(t, _), _| t != tenant);
+        refresh_gauges(&jobs);
+        Ok((ids.len(), objects))
     }
 
     /// Re-publishes the images of a finished job that failed. Their error lines are taken

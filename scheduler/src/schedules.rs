@@ -214,6 +214,17 @@ impl Schedules {
         Ok(())
     }
 
+    /// Deletes every schedule of a tenant; returns how many there were.
+    pub async fn erase_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        for object in self.store.list(&format!("schedules/{tenant}/")).await? {
+            self.store.delete(&object.key).await?;
+            deleted += 1;
+        }
+        self.all.lock().await.retain(|(t, _), _| t != tenant);
+        Ok(deleted)
+    }
+
     /// Fires every schedule that is due at `now`, once each, however many occurrences were
     /// missed. Returns the number of firings.
     pub async fn fire_due(&self, book: &JobBook, now: DateTime<Utc>) -> usize {

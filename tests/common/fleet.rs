@@ -125,6 +125,17 @@ impl Fleet {
 
     /// Starts `tagfleet worker`; its logs go to `log`.
     pub fn worker(&self, log: &Path, extra: &[&str]) -> Worker {
+        self.worker_in(log, extra, &repo(), &[])
+    }
+
+    /// Starts `tagfleet worker` in `cwd` with extra environment variables.
+    pub fn worker_in(
+        &self,
+        log: &Path,
+        extra: &[&str],
+        cwd: &Path,
+        envs: &[(&str, &Path)],
+    ) -> Worker {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_tagfleet"))
             .arg("worker")
@@ -138,7 +149,8 @@ impl Fleet {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--intra-threads", "1", "--decode-threads", "1"])
             .args(extra)
-            .current_dir(repo())
+            .envs(envs.iter().copied())
+            .current_dir(cwd)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
