@@ -71,6 +71,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
         analyses: vec![tagfleet_core::Analysis::Tags],
         model: None,
         options: Default::default(),
+        output: None,
     };
     let started = Instant::now();
     let job = book

@@ -66,6 +66,7 @@ impl TaskArgs {
                 analyses: self.analyses.clone(),
                 model: model.to_owned(),
                 options: options.clone(),
+                output: None,
                 items: chunk
                     .iter()
                     .map(|r| TaskItem {

@@ -147,6 +147,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         exit_when_drained: true,
         progress: None,
         job_check_interval: tagfleet_worker::gate::DEFAULT_INTERVAL,
+        outputs: None,
     };
     let pipeline = Pipeline {
         queue,

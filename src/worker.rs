@@ -117,6 +117,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
             exit_when_drained: false,
             progress: Some(progress),
             job_check_interval: Duration::from_millis(args.job_check_interval_ms),
+            outputs: opened.s3.clone(),
         },
     };
     let shutdown = CancellationToken::new();

@@ -449,3 +449,81 @@ async fn erasing_a_tenant_deletes_all_its_data_at_once() {
     );
     assert_eq!(code, 200, "{job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_nothing_leaves_nothing_in_our_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("sqs", &keys, &photos);
+    let store = fleet.store().await;
+    let prefix = upload(&store, &photos, "private/", 1).await;
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &[]);
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    ready(&mut scheduler, "scheduler").await;
+    worker.wait_ready().await;
+    let source = json!({"kind": "s3_prefix", "uri": prefix});
+
+    // Without an output: the results wait for one complete read, then are deleted.
+    let id = create(
+        &scheduler,
+        json!({"source": source, "options": {"retain": false}}),
+    )
+    .await;
+    wait_state(&scheduler, &id, &["succeeded"], &[&scheduler, &worker]).await;
+    let results_prefix = format!("results/{ACME}/{id}/");
+    assert!(!store.list(&results_prefix).await.unwrap().is_empty());
+    let path = format!("/v1/jobs/{id}/results");
+    let (code, body) = http(scheduler.port, "GET", &path, Some(ACME_TOKEN), None).unwrap();
+    assert_eq!((code, body.lines().count()), (200, 3), "{body}");
+    assert!(
+        body.lines().all(|l| l.contains("\"status\":\"ok\"")),
+        "{body}"
+    );
+    assert_eq!(
+        store.list(&results_prefix).await.unwrap(),
+        vec![],
+        "deleted after the read"
+    );
+    let (code, again) = http(scheduler.port, "GET", &path, Some(ACME_TOKEN), None).unwrap();
+    assert_eq!(code, 410, "{again}");
+    assert!(again.contains("read once"), "{again}");
+    // The record keeps counts, not the source, and a retry has nothing to go on.
+    let record =
+        String::from_utf8(store.get(&format!("jobs/{ACME}/{id}.json")).await.unwrap()).unwrap();
+    assert!(!record.contains("private/"), "{record}");
+    assert!(record.contains("\"done\":3"), "{record}");
+
+    // With an output of the client's: results go there, never to our results prefix.
+    let output = format!("s3://{}/client-out/", store.bucket());
+    let id = create(
+        &scheduler,
+        json!({"source": source, "options": {"retain": false}, "output": output}),
+    )
+    .await;
+    let job = wait_state(&scheduler, &id, &["succeeded"], &[&scheduler, &worker]).await;
+    assert_eq!(job["counts"]["done"], 3, "{job}");
+    assert_eq!(
+        store.list(&format!("results/{ACME}/{id}/")).await.unwrap(),
+        vec![]
+    );
+    let client = store.elsewhere(&output).unwrap();
+    let objects = client.list(&format!("{id}/")).await.unwrap();
+    let mut lines = 0;
+    for object in &objects {
+        lines += String::from_utf8(client.get(&object.key).await.unwrap())
+            .unwrap()
+            .lines()
+            .count();
+    }
+    assert_eq!(lines, 3, "{objects:?}");
+    let (code, body) = http(
+        scheduler.port,
+        "GET",
+        &format!("/v1/jobs/{id}/results"),
+        Some(ACME_TOKEN),
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 410, "{body}");
+    assert!(body.contains("output"), "{body}");
+}

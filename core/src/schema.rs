@@ -24,6 +24,10 @@ pub struct TaskMessage {
     pub model: String,
     #[serde(default)]
     pub options: TaskOptions,
+    /// The client's own location (`s3://bucket/prefix/`) the results go to; with
+    /// `retain: false` they go only there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     pub items: Vec<TaskItem>,
 }
 
@@ -305,6 +309,7 @@ mod tests {
             analyses: vec![Analysis::Tags],
             model: "efficientnet-lite0@1".into(),
             options: TaskOptions::default(),
+            output: None,
             items: vec![TaskItem {
                 reference: "file:///photos/cat.png".into(),
             }],

@@ -279,6 +279,24 @@ async fn job_results(
             record.state.name()
         )));
     }
+    let keep_nothing = !record.spec.options.retain;
+    if keep_nothing && record.spec.output.is_some() {
+        return Err(ApiError::Gone(
+            "the job keeps nothing (retain: false): its results went to its output only".into(),
+        ));
+    }
+    if keep_nothing && record.results_delivered {
+        return Err(ApiError::Gone(
+            "the job keeps nothing (retain: false): its results were read once and deleted".into(),
+        ));
+    }
+    if keep_nothing && !record.state.is_final() {
+        return Err(ApiError::Conflict(
+            "the job keeps nothing (retain: false): its results are served once, complete, \
+             when it has ended"
+                .into(),
+        ));
+    }
     let store = service.book.store().clone();
     let keys: Vec<String> = store
         .list(&job_results_prefix(&tenant, &id))
@@ -287,11 +305,21 @@ async fn job_results(
         .into_iter()
         .map(|o| o.key)
         .collect();
+    // retain: false: once the last object is out, the results are deleted.
+    let delivered = keep_nothing.then(|| (service.clone(), tenant.clone(), id.clone()));
     let stream = futures_util::stream::unfold(keys.into_iter(), move |mut keys| {
         let store = store.clone();
+        let delivered = delivered.clone();
         async move {
             loop {
-                let key = keys.next()?;
+                let Some(key) = keys.next() else {
+                    if let Some((service, tenant, id)) = delivered
+                        && let Err(e) = service.book.results_delivered(&tenant, &id).await
+                    {
+                        tracing::error!(job = %id, error = %e, "deleting delivered results failed");
+                    }
+                    return None;
+                };
                 match store.get(&key).await {
                     Ok(body) => return Some((Ok::<_, StoreError>(Bytes::from(body)), keys)),
                     // Past its retention or erased meanwhile: never served.

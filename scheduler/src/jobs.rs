@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::metrics;
 use crate::record::{Counts, JobRecord, JobView, RECORD_VERSION, Round, task_id};
 use crate::sources::SourceReader;
-use crate::spec::{Invalid, JobSpec};
+use crate::spec::{Invalid, JobSpec, Source};
 
 /// How the scheduler turns jobs into tasks.
 #[derive(Debug, Clone)]
@@ -186,9 +186,16 @@ impl JobBook {
             },
             rounds: Vec::new(),
             error: None,
+            source_withheld: false,
+            results_delivered: false,
         };
         let messages = self.messages(&record, 0, &refs);
         record.rounds.push(Round::new(messages.len() as u32));
+        if !record.spec.options.retain {
+            // Keep nothing: the record holds counts, not where the images were.
+            record.spec.source = Source::Urls { urls: Vec::new() };
+            record.source_withheld = true;
+        }
         self.write(&record)
             .await
             .map_err(|e| unavailable("writing the job record", e))?;
@@ -211,6 +218,7 @@ impl JobBook {
                 analyses: record.spec.analyses.clone(),
                 model: record.model.clone(),
                 options: record.spec.options.clone(),
+                output: record.spec.output.clone(),
                 items: chunk
                     .iter()
                     .map(|r| TaskItem {
@@ -427,6 +435,24 @@ impl JobBook {
         Ok(record.view(Utc::now()))
     }
 
+    /// A `retain: false` job's results were read once, completely: delete them now and
+    /// remember, so the next read says why there is nothing.
+    pub async fn results_delivered(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
+        let key = (tenant.to_owned(), id.to_owned());
+        let record = {
+            let mut jobs = self.jobs.lock().await;
+            let Some(record) = jobs.get_mut(&key) else {
+                return Ok(());
+            };
+            record.results_delivered = true;
+            record.clone()
+        };
+        self.write(&record).await?;
+        let erased = self.erase_results(tenant, id).await?;
+        tracing::info!(tenant, job = %id, objects = erased, "results delivered once and deleted (retain: false)");
+        Ok(())
+    }
+
     /// Deletes every result object of a job; returns how many there were.
     pub async fn erase_results(&self, tenant: &str, id: &str) -> Result<usize, StoreError> {
         let objects = self.store.list(&job_results_prefix(tenant, id)).await?;
@@ -479,6 +505,13 @@ impl JobBook {
         }
         if record.counts.failed == 0 {
             return Err(ApiError::Conflict("no image of the job failed".into()));
+        }
+        if record.source_withheld {
+            return Err(ApiError::Conflict(
+                "the job keeps nothing (retain: false), not even its source: submit the \
+                 failed images again"
+                    .into(),
+            ));
         }
         let key = self
             .secrets

@@ -144,6 +144,12 @@ pub struct JobRecord {
     /// Why the job failed, when it did as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `retain: false`: the source is not kept (the record holds counts only).
+    #[serde(default)]
+    pub source_withheld: bool,
+    /// `retain: false`: the results were read once, completely, and deleted.
+    #[serde(default)]
+    pub results_delivered: bool,
 }
 
 impl JobRecord {
@@ -265,6 +271,7 @@ mod tests {
                 analyses: vec![tagfleet_core::Analysis::Tags],
                 model: None,
                 options: Default::default(),
+                output: None,
             },
             model: "m@1".into(),
             created_at: Utc::now(),
@@ -277,6 +284,8 @@ mod tests {
             },
             rounds: vec![Round::new(tasks)],
             error: None,
+            source_withheld: false,
+            results_delivered: false,
         }
     }
 

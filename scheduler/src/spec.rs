@@ -19,6 +19,11 @@ pub struct JobSpec {
     pub model: Option<String>,
     #[serde(default)]
     pub options: TaskOptions,
+    /// Your own location for the results, `s3://bucket/prefix/` (the workers need write
+    /// access). With `options.retain: false` results go only there; otherwise also to
+    /// the service's store, for `GET /v1/jobs/{id}/results`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 fn default_analyses() -> Vec<Analysis> {
@@ -144,6 +149,9 @@ impl JobSpec {
             }
             other => Invalid::new("options", other.to_string()),
         })?;
+        if let Some(output) = &self.output {
+            split_s3(output).map_err(|r| Invalid::new("output", r))?;
+        }
         match &self.source {
             Source::S3Prefix { uri, suffixes } => {
                 split_s3(uri).map_err(|r| Invalid::new("source.uri", r))?;

@@ -44,6 +44,9 @@ pub struct PipelineConfig {
     pub progress: Option<Arc<dyn Queue>>,
     /// How long a job's state is trusted before its record is read again.
     pub job_check_interval: Duration,
+    /// Where jobs' own output locations are written from (the S3 client and encryption
+    /// of the worker's store); without it, tasks with an output fail their write.
+    pub outputs: Option<tagfleet_core::store::S3Store>,
 }
 
 /// Everything a worker needs to run.
@@ -124,7 +127,15 @@ impl Pipeline {
             })
             .collect();
         drop((batch_rx, done_tx));
-        let summary = writer::run(done_rx, store, queue, config.progress.clone(), events).await;
+        let summary = writer::run(
+            done_rx,
+            store,
+            queue,
+            config.progress.clone(),
+            config.outputs.clone(),
+            events,
+        )
+        .await;
 
         for task in [consumer, fetcher, batcher] {
             if let Err(e) = task.await {

@@ -178,6 +178,7 @@ pub(crate) mod tests {
             analyses: vec![Analysis::Tags],
             model: "m@1".into(),
             options: TaskOptions::default(),
+            output: None,
             items: (0..n)
                 .map(|i| TaskItem {
                     reference: format!("file:///img/{i}.jpg"),

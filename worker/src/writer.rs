@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_channel::Receiver;
 use tagfleet_core::keys::result_key;
 use tagfleet_core::schema::{ProgressMessage, ResultLine, SCHEMA_VERSION, Status};
+use tagfleet_core::store::S3Store;
 use tagfleet_core::{ErrorKind, ObjectStore, Queue};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
@@ -70,6 +71,7 @@ pub async fn run(
     store: Arc<dyn ObjectStore>,
     queue: Arc<dyn Queue>,
     progress: Option<Arc<dyn Queue>>,
+    outputs: Option<S3Store>,
     events: Option<UnboundedSender<Event>>,
 ) -> Summary {
     let mut writes = JoinSet::new();
@@ -90,7 +92,7 @@ pub async fn run(
                 crate::metrics::observe_stages(&line.timings_ms);
                 emit(Event::Image { error });
                 if work.task.complete(work.index, line) {
-                    writes.spawn(write_and_ack(work.task, store.clone(), queue.clone(), progress.clone()));
+                    writes.spawn(write_and_ack(work.task, store.clone(), queue.clone(), progress.clone(), outputs.clone()));
                 }
             }
             Some(done) = writes.join_next(), if !writes.is_empty() => {
@@ -132,6 +134,7 @@ async fn write_and_ack(
     store: Arc<dyn ObjectStore>,
     queue: Arc<dyn Queue>,
     progress: Option<Arc<dyn Queue>>,
+    outputs: Option<S3Store>,
 ) -> Event {
     let msg = &task.msg;
     let lines = task.take_lines();
@@ -144,7 +147,7 @@ async fn write_and_ack(
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=WRITE_ATTEMPTS {
         let started = std::time::Instant::now();
-        match store.put(&key, body.clone()).await {
+        match write(&*store, outputs.as_ref(), msg, &key, &body).await {
             Ok(()) => {
                 crate::metrics::STAGE_SECONDS
                     .with_label_values(&["write"])
@@ -199,4 +202,33 @@ fn progress_of(msg: &tagfleet_core::TaskMessage, lines: &[ResultLine]) -> Vec<u8
         failed,
     }
     .to_json()
+}
+
+/// Writes a task's result object where its job wants it: our store, unless the job keeps
+/// nothing (`retain: false`) and has its own `output`; the client's `output`, when given.
+async fn write(
+    store: &dyn ObjectStore,
+    outputs: Option<&S3Store>,
+    msg: &tagfleet_core::TaskMessage,
+    key: &str,
+    body: &[u8],
+) -> Result<(), String> {
+    if let Some(location) = &msg.output {
+        let base = outputs.ok_or("this worker has no S3 access for output locations")?;
+        let output = base.elsewhere(location)?;
+        output
+            .put(
+                &format!("{}/{}.jsonl", msg.job_id, msg.task_id),
+                body.to_vec(),
+            )
+            .await
+            .map_err(|e| format!("writing to the output location: {e}"))?;
+    }
+    if msg.options.retain || msg.output.is_none() {
+        store
+            .put(key, body.to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

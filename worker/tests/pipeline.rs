@@ -53,6 +53,7 @@ fn task(task_id: &str, files: &[&str]) -> TaskMessage {
         analyses: vec![Analysis::Tags],
         model: spec().id(),
         options: TaskOptions::default(),
+        output: None,
         items: files
             .iter()
             .map(|f| TaskItem {
@@ -103,6 +104,7 @@ impl Harness {
                 exit_when_drained: true,
                 progress: None,
                 job_check_interval: tagfleet_worker::gate::DEFAULT_INTERVAL,
+                outputs: None,
             },
         };
         tokio::time::timeout(

@@ -75,6 +75,22 @@ pub struct S3Store {
     options: S3Options,
 }
 
+impl S3Store {
+    /// The same client and encryption at another location (`s3://bucket/prefix`), such as
+    /// a client's own output; no retention applies there, it is the client's.
+    pub fn elsewhere(&self, url: &str) -> Result<Self, String> {
+        let location = S3Options::from_url(url)?;
+        let mut options = self.options.clone();
+        options.bucket = location.bucket;
+        options.prefix = location.prefix;
+        options.retention = None;
+        Ok(Self {
+            client: self.client.clone(),
+            options,
+        })
+    }
+}
+
 fn io(
     op: &'static str,
     key: &str,
