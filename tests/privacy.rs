@@ -527,3 +527,95 @@ async fn a_job_that_keeps_nothing_leaves_nothing_in_our_bucket() {
     assert_eq!(code, 410, "{body}");
     assert!(body.contains("output"), "{body}");
 }
+
+/// The 1-day lifecycle rule is a backstop that only works if a real store enforces its
+/// shape. SeaweedFS runs its lifecycle worker on demand (`s3.lifecycle.run-shard`): our
+/// rules, with an expiration date in the past instead of 1 day, must delete what is under
+/// results/ and jobs/ and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_store_enforces_the_shape_of_our_lifecycle_rule() {
+    use aws_sdk_s3::types::{BucketLifecycleConfiguration, LifecycleExpiration};
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    for key in ["results/acme/j1/t000001.jsonl", "jobs/acme/j1.json"] {
+        store.put(key, b"{}\n".to_vec()).await.unwrap();
+    }
+    put(&store, "media/keep.jpg", b"not ours".to_vec()).await;
+    let yesterday = aws_sdk_s3::primitives::DateTime::from_secs(
+        (chrono::Utc::now().timestamp() / 86_400 - 1) * 86_400,
+    );
+    let rules = store.lifecycle_rules(LifecycleExpiration::builder().date(yesterday).build());
+    assert_eq!(rules.len(), 2);
+    store
+        .client()
+        .put_bucket_lifecycle_configuration()
+        .bucket(store.bucket())
+        .lifecycle_configuration(
+            BucketLifecycleConfiguration::builder()
+                .set_rules(Some(rules))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    // -s3 takes the S3 server's gRPC port: the HTTP port + 10000. -events 0 drains every
+    // shard's event log up to now.
+    let s3 = common::fleet::service_env("TAGFLEET_TEST_S3_ENDPOINT");
+    let http_port: u16 = s3.rsplit(':').next().unwrap().parse().unwrap();
+    let command = format!(
+        "s3.lifecycle.run-shard -shards 0-15 -s3 127.0.0.1:{} -events 0 -runtime 30s\n",
+        http_port + 10_000
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut outputs = Vec::new();
+    loop {
+        let mut shell =
+            std::process::Command::new(common::fleet::service_env("TAGFLEET_TEST_WEED_BIN"))
+                .arg("shell")
+                .arg(format!(
+                    "-master={}",
+                    common::fleet::service_env("TAGFLEET_TEST_WEED_MASTER")
+                ))
+                .arg(format!(
+                    "-filer={}",
+                    common::fleet::service_env("TAGFLEET_TEST_WEED_FILER")
+                ))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+        use std::io::Write;
+        shell
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(command.as_bytes())
+            .unwrap();
+        let out = shell.wait_with_output().unwrap();
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        let ours =
+            store.list("results/").await.unwrap().len() + store.list("jobs/").await.unwrap().len();
+        if ours == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ours} of our objects survived the lifecycle run:\n{}",
+            outputs.join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let kept = store
+        .client()
+        .head_object()
+        .bucket(store.bucket())
+        .key("media/keep.jpg")
+        .send()
+        .await;
+    assert!(kept.is_ok(), "objects outside our prefixes stay");
+}

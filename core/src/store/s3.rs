@@ -225,6 +225,12 @@ impl S3Store {
     }
 
     fn wanted_rules(&self) -> Vec<LifecycleRule> {
+        self.lifecycle_rules(LifecycleExpiration::builder().days(1).build())
+    }
+
+    /// Our lifecycle rules (one per swept prefix) with the given expiration: 1 day in
+    /// production; tests give a date in the past to see a real store enforce the shape.
+    pub fn lifecycle_rules(&self, expiration: LifecycleExpiration) -> Vec<LifecycleRule> {
         SWEPT_PREFIXES
             .iter()
             .map(|p| {
@@ -236,7 +242,7 @@ impl S3Store {
                     ))
                     .status(ExpirationStatus::Enabled)
                     .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
-                    .expiration(LifecycleExpiration::builder().days(1).build())
+                    .expiration(expiration.clone())
                     .build()
                     .expect("id, status and filter are set")
             })
