@@ -27,6 +27,8 @@ test: model photos tools
 	scripts/with-services.sh $(MAKE) --no-print-directory nextest
 
 # The broker-restart test restarts the shared RabbitMQ, so it runs alone, after the rest.
+# TAGFLEET_REQUIRE_NVRTC: the GPU kernel must compile to PTX (NVRTC from the venv).
+nextest: export TAGFLEET_REQUIRE_NVRTC = 1
 nextest:
 	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) -E 'not test(broker_restart)'
 	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) -E 'test(broker_restart)'

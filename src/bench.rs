@@ -69,6 +69,10 @@ pub struct BenchArgs {
     #[arg(long, env = "TAGFLEET_BENCH_PUBLISH_QUEUE")]
     pub publish_queue: Option<String>,
 
+    /// Also print the numbers as one JSON line at the end (for scripts: benches/gpu).
+    #[arg(long)]
+    pub json: bool,
+
     /// Refs of the publish benchmark's manifest.
     #[arg(long, default_value_t = 100_000)]
     pub publish_refs: usize,
@@ -118,6 +122,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
     // The engine alone on ready tensors, at the chosen batch size.
     let mut backends = args.engine.backends(&model)?;
     let backend = backends.first_mut().expect("at least one backend");
+    let device = backend.device();
     let (engine_rate, infer_cpu) = measure_engine(backend.as_mut(), &tensors, max_batch, budget)?;
     println!(
         "engine              {engine_rate:8.1} images/s, {:.2} ms CPU per image ({} threads)",
@@ -126,10 +131,22 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
     );
     drop(backends);
 
-    let bound = cores as f64 / (prepare_cpu + infer_cpu);
-    println!(
-        "bound               {bound:8.1} images/s = {cores} cores / (decode+preprocess + inference CPU-s per image)"
-    );
+    // On the CPU decode and inference share the cores; on a GPU they run side by side and
+    // the slower of the two is the bound.
+    let decode_rate = cores as f64 / prepare_cpu;
+    let bound = if matches!(device, tagfleet_models::Device::Cpu) {
+        let bound = cores as f64 / (prepare_cpu + infer_cpu);
+        println!(
+            "bound               {bound:8.1} images/s = {cores} cores / (decode+preprocess + inference CPU-s per image)"
+        );
+        bound
+    } else {
+        let bound = engine_rate.min(decode_rate);
+        println!(
+            "bound               {bound:8.1} images/s = min(engine on {device}, decode on {cores} cores = {decode_rate:.1})"
+        );
+        bound
+    };
 
     // End to end: the real `tagfleet run` on a corpus of hard links to the photos.
     let work = tempfile::Builder::new()
@@ -137,16 +154,34 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         .tempdir_in(args.work_dir.clone().unwrap_or_else(std::env::temp_dir))
         .context("creating the bench folder")?;
     let corpus = make_corpus(work.path(), &photos, args.images)?;
-    let (e2e_rate, peak_rss) = measure_run(&args, &corpus, work.path(), args.images, max_batch)?;
+    let (e2e_rate, peak_rss, busy) =
+        measure_run(&args, &corpus, work.path(), args.images, max_batch)?;
     println!(
-        "end-to-end          {e2e_rate:8.1} images/s on {} images, peak RSS {:.0} MiB",
+        "end-to-end          {e2e_rate:8.1} images/s on {} images, peak RSS {:.0} MiB, executors busy {}",
         args.images,
-        peak_rss as f64 / (1024.0 * 1024.0)
+        peak_rss as f64 / (1024.0 * 1024.0),
+        busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0))
     );
     println!(
         "ratio               {:8.2} end-to-end / bound (target >= 0.8)",
         e2e_rate / bound
     );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": device.to_string(),
+                "batch": max_batch,
+                "engine_images_per_second": engine_rate,
+                "decode_images_per_second": decode_rate,
+                "bound_images_per_second": bound,
+                "end_to_end_images_per_second": e2e_rate,
+                "ratio": e2e_rate / bound,
+                "peak_rss_bytes": peak_rss,
+                "busy_ratio": busy,
+            })
+        );
+    }
     for queue in &args.fleet_queues {
         let store = StoreArgs {
             store: args.store.clone(),
@@ -253,7 +288,7 @@ fn measure_run(
     work: &Path,
     n: usize,
     max_batch: usize,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<(f64, u64, Option<f64>)> {
     let exe = std::env::current_exe().context("finding the tagfleet binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("run")
@@ -277,13 +312,26 @@ fn measure_run(
     if let Some(lib) = &args.engine.ort_dylib {
         cmd.arg("--ort-dylib").arg(lib);
     }
+    cmd.arg("--devices").arg(args.engine.devices.to_string());
     let start = Instant::now();
-    let status = cmd.status().context("running tagfleet run")?;
+    let output = cmd
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .context("running tagfleet run")?;
     let wall = start.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("tagfleet run on the corpus failed: {status}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!(
+            "tagfleet run on the corpus failed: {}\n{stderr}",
+            output.status
+        );
     }
-    Ok((n as f64 / wall, children_peak_rss()))
+    // "executors busy 93% of the run (...)"
+    let busy = stderr.lines().find_map(|l| {
+        let pct = l.strip_prefix("executors busy ")?.split('%').next()?;
+        pct.trim().parse::<f64>().ok().map(|p| p / 100.0)
+    });
+    Ok((n as f64 / wall, children_peak_rss(), busy))
 }
 
 fn rusage(who: libc::c_int) -> libc::rusage {

@@ -342,6 +342,23 @@ fn print_summary(args: &RunArgs, inputs: &Inputs, report: &RunReport) {
     if s.tasks_failed > 0 {
         eprintln!("{} result objects could not be written", s.tasks_failed);
     }
+    // How busy the executors were: the GPU (or CPU) share of the run spent in inference.
+    let busy: Vec<(String, f64)> = tagfleet_worker::metrics::busy_seconds()
+        .into_iter()
+        .map(|(device, seconds)| (device, seconds / secs.max(1e-9)))
+        .collect();
+    if !busy.is_empty() {
+        let mean = busy.iter().map(|(_, b)| b).sum::<f64>() / busy.len() as f64;
+        let each: Vec<String> = busy
+            .iter()
+            .map(|(d, b)| format!("{d} {:.0}%", b * 100.0))
+            .collect();
+        eprintln!(
+            "executors busy {:.0}% of the run ({})",
+            mean * 100.0,
+            each.join(", ")
+        );
+    }
     eprintln!(
         "results: {}",
         args.out

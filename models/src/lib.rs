@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod decode;
 pub mod devices;
+pub mod gpu_preprocess;
 pub mod ort_backend;
 pub mod postprocess;
 pub mod preprocess;

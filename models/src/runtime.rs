@@ -74,7 +74,7 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     })
 }
 
-fn candidate_venvs() -> Vec<PathBuf> {
+pub(crate) fn candidate_venvs() -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
         out.push(PathBuf::from(venv));
@@ -88,6 +88,18 @@ fn candidate_venvs() -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
     out.retain(|p| seen.insert(p.clone()));
     out
+}
+
+/// `<venv>/lib/python3.*/site-packages` folders.
+pub(crate) fn site_packages(venv: &Path) -> Vec<PathBuf> {
+    let Ok(lib) = std::fs::read_dir(venv.join("lib")) else {
+        return Vec::new();
+    };
+    lib.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .map(|e| e.path().join("site-packages"))
+        .filter(|p| p.is_dir())
+        .collect()
 }
 
 /// `<venv>/lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.<version>`.

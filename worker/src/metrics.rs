@@ -153,3 +153,22 @@ pub static GPU_MEMORY_TOTAL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Seconds each executor has spent running batches so far, by device.
+pub fn busy_seconds() -> Vec<(String, f64)> {
+    use prometheus::core::Collector;
+    EXECUTOR_BUSY
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric().iter())
+        .map(|m| {
+            let device = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "device")
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            (device, m.get_counter().get_value())
+        })
+        .collect()
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The GPU check, in one call of at most 8 minutes on a machine with an NVIDIA GPU (the
+# H200 machine: CUDA 13 driver, Python with PyTorch and its CUDA 13 libraries, no network).
+# Run benches/gpu/prepare.sh first, here, and carry benches/gpu/payload.
+#
+#   benches/gpu/run.sh [OUT]        writes OUT/RESULTS.md (default: benches/gpu/out)
+#
+# It checks what the machine allows and says plainly what it could not check:
+#   1. the preprocessing kernel (NVRTC) against its CPU reference, on the sample photos and
+#      on fresh random images, to 1e-5;
+#   2. the CUDA execution provider really active, when a CUDA-enabled ONNX Runtime
+#      (onnxruntime-gpu) is on the machine;
+#   3. engine throughput at batch 32/64/128/256 and end-to-end throughput with CPU decode
+#      on a corpus of real-sized JPEGs, with the executor busy ratio.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+payload=benches/gpu/payload
+out=${1:-benches/gpu/out}
+mkdir -p "$out"
+report="$out/RESULTS.md"
+log="$out/run.log"
+: >"$log"
+say() { echo "$*" | tee -a "$report"; }
+started=$(date +%s)
+left() { echo $((470 - ($(date +%s) - started))); } # seconds of the 8-minute budget left
+
+[ -d "$payload" ] || { echo "no $payload: run benches/gpu/prepare.sh before carrying" >&2; exit 1; }
+for f in tagfleet tagfleet_models_tests; do
+    [ -x "$payload/$f" ] || { xz -dkf "$payload/$f.xz" && chmod +x "$payload/$f"; }
+done
+bin=$payload/tagfleet
+export TAGFLEET_MODELS_DIR=$payload/models
+
+: >"$report"
+say "# GPU check — $(date -u +%Y-%m-%dT%H:%MZ)"
+say ""
+say '```'
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$report"
+nproc | sed 's/^/cpu cores: /' | tee -a "$report"
+say '```'
+
+# NVRTC: PyTorch's CUDA 13 wheels bring libnvrtc; the kernel check loads it by path.
+nvrtc=$(python3 - <<'PY' 2>/dev/null
+import glob, site, sys
+paths = site.getsitepackages() + [site.getusersitepackages()]
+hits = [p for d in paths for p in glob.glob(d + "/nvidia/**/libnvrtc.so*", recursive=True)
+        if "builtins" not in p]
+print(sorted(hits)[-1] if hits else "")
+PY
+)
+say ""
+say "## 1. Preprocessing kernel against the CPU reference"
+if [ -n "$nvrtc" ]; then
+    export TAGFLEET_NVRTC_DYLIB=$nvrtc
+    say "NVRTC: \`$nvrtc\`"
+    if timeout 120 "$payload/tagfleet_models_tests" gpu_preprocess --test-threads 1 --nocapture \
+        >>"$log" 2>&1; then
+        say "PASS: PTX compile, reference = CPU path, GPU kernel = reference (photos and random images, ≤ 1e-5)."
+    else
+        say "FAIL: see run.log"
+    fi
+    grep -E "no GPU check|max rel|images checked" "$log" | sed 's/^/    /' | tee -a "$report"
+else
+    say "NOT CHECKED: no libnvrtc in this machine's Python packages."
+fi
+
+# ONNX Runtime: a CUDA-enabled build if the machine has one, else the CPU build carried.
+gpu_ort=$(python3 - <<'PY' 2>/dev/null
+import glob, site
+paths = site.getsitepackages() + [site.getusersitepackages()]
+hits = [p for d in paths for p in glob.glob(d + "/onnxruntime/capi/libonnxruntime.so.1*")]
+cuda = [p for p in hits if glob.glob(p.rsplit("/", 1)[0] + "/libonnxruntime_providers_cuda.so")]
+print(cuda[0] if cuda else "")
+PY
+)
+say ""
+say "## 2. CUDA execution provider"
+if [ -n "$gpu_ort" ]; then
+    ort=$gpu_ort
+    devices=0
+    say "CUDA-enabled ONNX Runtime: \`$gpu_ort\`"
+else
+    ort=$(ls "$payload"/lib/libonnxruntime.so.1* | head -n 1)
+    devices=cpu
+    say "NOT CHECKED: no CUDA-enabled ONNX Runtime (onnxruntime-gpu) on this machine, and it"
+    say "cannot be downloaded there (the wheel is about 256 MB, over what travels)."
+    say "The engine numbers below are the CPU executor's, for reference."
+fi
+
+# A corpus of real-sized JPEGs: the sample photos scaled to 1920 px on the long side.
+corpus=$out/corpus
+python3 - "$payload/photos" "$corpus" <<'PY' >>"$log" 2>&1 || cp -r "$payload/photos" "$corpus"
+import sys, pathlib
+from PIL import Image
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+for p in sorted(src.iterdir()):
+    try:
+        im = Image.open(p).convert("RGB")
+    except Exception:
+        continue
+    s = 1920 / max(im.size)
+    im.resize((round(im.width * s), round(im.height * s)), Image.BICUBIC).save(dst / (p.stem + ".jpg"), quality=90)
+PY
+
+say ""
+say "## 3. Throughput (\`tagfleet bench\`, devices=$devices)"
+say ""
+say '| batch | device | engine img/s | decode+prep img/s (all cores) | end-to-end img/s | e2e / bound | executors busy |'
+say '|---|---|---|---|---|---|---|'
+for batch in 32 64 128 256; do
+    [ "$(left)" -gt 60 ] || { say "| $batch | (skipped: time budget) | | | | |"; continue; }
+    line=$(timeout "$(( $(left) - 30 ))" "$bin" bench "$corpus" --images 2000 --seconds 4 \
+        --max-batch "$batch" --devices "$devices" --ort-dylib "$ort" --json 2>>"$log" | tail -n 1)
+    echo "$line" >>"$log"
+    python3 - "$batch" "$line" <<'PY' | tee -a "$report"
+import json, sys
+batch, line = sys.argv[1], sys.argv[2]
+try:
+    r = json.loads(line)
+except Exception:
+    print(f"| {batch} | (failed: see run.log) | | | | |")
+    sys.exit()
+n = lambda k: f"{r[k]:.0f}"
+busy = r.get("busy_ratio")
+busy = f"{busy:.0%}" if isinstance(busy, (int, float)) else "-"
+print(f"| {batch} | {r['device']} | {n('engine_images_per_second')} | {n('decode_images_per_second')} | "
+      f"{n('end_to_end_images_per_second')} | {r['ratio']:.2f} | {busy} |")
+PY
+done
+say ""
+say "Total: $(( $(date +%s) - started )) s."
