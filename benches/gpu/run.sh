@@ -4,6 +4,7 @@
 # Run benches/gpu/prepare.sh first, here, and carry benches/gpu/payload.
 #
 #   benches/gpu/run.sh [OUT]        writes OUT/RESULTS.md (default: benches/gpu/out)
+#   GPU_CHECK_IMAGES=2000 GPU_CHECK_SECONDS=4: corpus size and seconds per bound
 #
 # It checks what the machine allows and says plainly what it could not check:
 #   1. the preprocessing kernel (NVRTC) against its CPU reference, on the sample photos and
@@ -25,11 +26,12 @@ started=$(date +%s)
 left() { echo $((470 - ($(date +%s) - started))); } # seconds of the 8-minute budget left
 
 [ -d "$payload" ] || { echo "no $payload: run benches/gpu/prepare.sh before carrying" >&2; exit 1; }
-for f in tagfleet tagfleet_models_tests; do
-    [ -x "$payload/$f" ] || { xz -dkf "$payload/$f.xz" && chmod +x "$payload/$f"; }
+for f in "$payload"/*.xz "$payload"/lib/*.xz; do
+    [ -e "${f%.xz}" ] || xz -dk "$f"
 done
+chmod +x "$payload/tagfleet" "$payload/tagfleet_models_tests"
 bin=$payload/tagfleet
-export TAGFLEET_MODELS_DIR=$payload/models
+export TAGFLEET_MODELS_DIR=$payload/models TAGFLEET_TEST_PHOTOS=$payload/photos
 
 : >"$report"
 say "# GPU check — $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -80,7 +82,7 @@ if [ -n "$gpu_ort" ]; then
     devices=0
     say "CUDA-enabled ONNX Runtime: \`$gpu_ort\`"
 else
-    ort=$(ls "$payload"/lib/libonnxruntime.so.1* | head -n 1)
+    ort=$(ls "$payload"/lib/libonnxruntime.so.1* | grep -v '\.xz$' | head -n 1)
     devices=cpu
     say "NOT CHECKED: no CUDA-enabled ONNX Runtime (onnxruntime-gpu) on this machine, and it"
     say "cannot be downloaded there (the wheel is about 256 MB, over what travels)."
@@ -110,7 +112,7 @@ say '| batch | device | engine img/s | decode+prep img/s (all cores) | end-to-en
 say '|---|---|---|---|---|---|---|'
 for batch in 32 64 128 256; do
     [ "$(left)" -gt 60 ] || { say "| $batch | (skipped: time budget) | | | | |"; continue; }
-    line=$(timeout "$(( $(left) - 30 ))" "$bin" bench "$corpus" --images 2000 --seconds 4 \
+    line=$(timeout "$(( $(left) - 30 ))" "$bin" bench "$corpus" --images "${GPU_CHECK_IMAGES:-2000}" --seconds "${GPU_CHECK_SECONDS:-4}" \
         --max-batch "$batch" --devices "$devices" --ort-dylib "$ort" --json 2>>"$log" | tail -n 1)
     echo "$line" >>"$log"
     python3 - "$batch" "$line" <<'PY' | tee -a "$report"

@@ -342,14 +342,22 @@ mod tests {
     use super::*;
     use crate::preprocess::Preprocessor;
 
+    /// The checkout's folders, or where `$TAGFLEET_MODELS_DIR` and `$TAGFLEET_TEST_PHOTOS`
+    /// say (the GPU check runs this test binary away from the checkout).
+    fn folder(var: &str, default: &str) -> PathBuf {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default))
+    }
+
     fn spec() -> InputSpec {
-        crate::ModelSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("efficientnet-lite0"))
+        crate::ModelSpec::load(&folder("TAGFLEET_MODELS_DIR", ".").join("efficientnet-lite0"))
             .expect("the model spec is committed")
             .input
     }
 
     fn photos() -> Vec<Decoded> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/photos");
+        let dir = folder("TAGFLEET_TEST_PHOTOS", "../samples/photos");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e} (make photos extracts them)", dir.display()))
             .flatten()
