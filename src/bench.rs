@@ -90,7 +90,14 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         return crate::bench_publish::run(url, args.publish_refs, args.chunk_size.max(1)).await;
     }
     let model = args.engine.load_model()?;
-    let max_batch = args.max_batch.unwrap_or(model.spec.batch.max_batch).max(1);
+    let gpu = !matches!(
+        args.engine.devices,
+        tagfleet_models::devices::Selection::Cpu
+    ) && !tagfleet_models::devices::discover().gpus.is_empty();
+    let max_batch = args
+        .max_batch
+        .unwrap_or(model.spec.batch.max_batch_on(gpu))
+        .max(1);
     let inputs = inputs::collect(&args.photos)?;
     let mut photos = Vec::new();
     for input in &inputs.items {

@@ -81,7 +81,8 @@ impl TaskArgs {
 /// How the pipeline batches and decodes.
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
-    /// Largest batch the model runs. Default: the model's batch.max_batch.
+    /// Largest batch the model runs. Default: the model's batch.max_batch, or
+    /// batch.max_batch_gpu when an executor runs on a GPU.
     #[arg(long, env = "TAGFLEET_MAX_BATCH")]
     pub max_batch: Option<usize>,
 
@@ -103,9 +104,18 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    pub fn batch(&self, spec: &ModelSpec) -> BatchPolicy {
+    /// The batch policy for these executors: the model's GPU batch when any runs on a GPU
+    /// (the batcher feeds all of them from one queue), its CPU batch otherwise.
+    pub fn batch(
+        &self,
+        spec: &ModelSpec,
+        backends: &[Box<dyn tagfleet_models::Backend>],
+    ) -> BatchPolicy {
+        let gpu = backends
+            .iter()
+            .any(|b| !matches!(b.device(), tagfleet_models::Device::Cpu));
         BatchPolicy {
-            max_batch: self.max_batch.unwrap_or(spec.batch.max_batch),
+            max_batch: self.max_batch.unwrap_or(spec.batch.max_batch_on(gpu)),
             max_delay: Duration::from_millis(self.max_delay_ms.unwrap_or(spec.batch.max_delay_ms)),
         }
     }

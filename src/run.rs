@@ -136,7 +136,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
     tracing::info!(job = %job_id, images = inputs.items.len(), model = %model.spec.id(), "job started");
 
     let config = PipelineConfig {
-        batch: args.pipeline.batch(&model.spec),
+        batch: args.pipeline.batch(&model.spec, &backends),
         prepare_threads: args.pipeline.decode_threads(),
         fetch_concurrency: 16,
         max_tasks_in_flight: 4,

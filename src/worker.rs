@@ -99,7 +99,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     let readiness = Readiness::default();
     http::serve(args.listen, readiness.clone()).await?;
 
-    let batch = args.pipeline.batch(&model.spec);
+    let batch = args.pipeline.batch(&model.spec, &backends);
     let pipeline = Pipeline {
         queue,
         store: opened.store,

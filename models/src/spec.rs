@@ -61,14 +61,30 @@ pub struct OutputSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
+    /// Largest batch on CPU executors.
     pub max_batch: usize,
+    /// Largest batch when the executors run on GPUs (which want far bigger batches);
+    /// default: `max_batch`.
+    #[serde(default)]
+    pub max_batch_gpu: Option<usize>,
     pub max_delay_ms: u64,
+}
+
+impl BatchSpec {
+    /// The model's largest batch on executors of this kind of device.
+    pub fn max_batch_on(&self, gpu: bool) -> usize {
+        match (gpu, self.max_batch_gpu) {
+            (true, Some(n)) => n,
+            _ => self.max_batch,
+        }
+    }
 }
 
 impl Default for BatchSpec {
     fn default() -> Self {
         Self {
             max_batch: 16,
+            max_batch_gpu: None,
             max_delay_ms: 10,
         }
     }
@@ -230,5 +246,16 @@ mod tests {
         std::fs::remove_file(dir.path().join("m.onnx")).unwrap();
         let err = ModelSpec::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("make model"), "{err}");
+    }
+
+    #[test]
+    fn gpus_get_their_own_batch_size() {
+        let spec =
+            ModelSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("efficientnet-lite0"))
+                .unwrap();
+        assert_eq!(spec.batch.max_batch_on(false), 16);
+        assert_eq!(spec.batch.max_batch_on(true), 128);
+        let cpu_only = BatchSpec::default();
+        assert_eq!(cpu_only.max_batch_on(true), cpu_only.max_batch);
     }
 }
