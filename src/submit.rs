@@ -12,11 +12,8 @@ use crate::backends::QueueArgs;
 use crate::client::{self, ApiArgs};
 use crate::inputs;
 use crate::pipeline_args::TaskArgs;
-
-/// Suffixes taken from an S3 prefix.
-const IMAGE_SUFFIXES: [&str; 9] = [
-    ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif",
-];
+use tagfleet_scheduler::SourceReader;
+use tagfleet_scheduler::spec::Source;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -96,8 +93,8 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<i32> {
 }
 
 async fn collect_refs(args: &SubmitArgs) -> anyhow::Result<Vec<String>> {
-    if let Some(location) = args.source.strip_prefix("s3://") {
-        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    if args.source.starts_with("s3://") {
+        // The scheduler's own listing: paginated, image suffixes only.
         let endpoint = Endpoint {
             url: args.s3_endpoint.clone(),
             region: args.queue.region.clone(),
@@ -105,25 +102,19 @@ async fn collect_refs(args: &SubmitArgs) -> anyhow::Result<Vec<String>> {
         let config = aws_sdk_s3::config::Builder::from(&sdk_config(&endpoint).await)
             .force_path_style(args.s3_endpoint.is_some())
             .build();
-        let client = aws_sdk_s3::Client::from_conf(config);
-        let mut pages = client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        let mut refs = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.context("listing the S3 source")?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                let lower = key.to_ascii_lowercase();
-                if IMAGE_SUFFIXES.iter().any(|s| lower.ends_with(s)) {
-                    refs.push(format!("s3://{bucket}/{key}"));
-                }
-            }
-        }
-        return Ok(refs);
+        let reader = SourceReader {
+            s3: Some(aws_sdk_s3::Client::from_conf(config)),
+            urls: Default::default(),
+            max_refs: usize::MAX,
+        };
+        let source = Source::S3Prefix {
+            uri: args.source.clone(),
+            suffixes: Vec::new(),
+        };
+        return reader
+            .expand(&source)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {}", args.source, e.reason));
     }
     let inputs = inputs::collect_refs(std::path::Path::new(&args.source))?;
     Ok(inputs.items.into_iter().map(|i| i.reference).collect())

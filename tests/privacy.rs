@@ -7,11 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::fleet::{Fleet, Worker, api, http, write_secrets};
+use common::fleet::{
+    Fleet, api, assert_encrypted, create_job, http, put, upload, wait_state, write_secrets,
+};
 use common::*;
 use serde_json::{Value, json};
 use tagfleet_core::ObjectStore;
-use tagfleet_core::store::S3Store;
 
 const ACME: &str = "acme";
 const ACME_TOKEN: &str = "acme-token-31c0";
@@ -36,94 +37,6 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         ],
     );
     (photos, keys)
-}
-
-async fn put(store: &S3Store, key: &str, body: Vec<u8>) {
-    for attempt in 1..=5 {
-        let sent = store
-            .client()
-            .put_object()
-            .bucket(store.bucket())
-            .key(key)
-            .body(body.clone().into())
-            .send()
-            .await;
-        match sent {
-            Ok(_) => return,
-            Err(e) if attempt < 5 => {
-                eprintln!("put {key} failed ({e:?}); retrying");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => panic!("put {key}: {e:?}"),
-        }
-    }
-}
-
-/// Uploads the photos under `prefix` (`copies` times each); returns the S3 prefix URI.
-async fn upload(store: &S3Store, photos: &Path, prefix: &str, copies: usize) -> String {
-    for entry in std::fs::read_dir(photos).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        for copy in 0..copies {
-            let body = std::fs::read(&path).unwrap();
-            put(store, &format!("{prefix}{copy:03}-{name}"), body).await;
-        }
-    }
-    format!("s3://{}/{prefix}", store.bucket())
-}
-
-async fn ready(process: &mut Worker, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            panic!("{what} exited early ({status}):\n{}", process.logs());
-        }
-        if http(process.port, "GET", "/readyz", None, None).is_some_and(|(c, _)| c == 200) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not ready:\n{}",
-            process.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn create(scheduler: &Worker, spec: Value) -> String {
-    let (code, job) = api(
-        scheduler.port,
-        "POST",
-        "/v1/jobs",
-        Some(ACME_TOKEN),
-        Some(spec),
-    );
-    assert_eq!(code, 201, "{job}");
-    job["id"].as_str().unwrap().to_owned()
-}
-
-async fn wait_state(scheduler: &Worker, id: &str, states: &[&str], logs: &[&Worker]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let (_, job) = api(
-            scheduler.port,
-            "GET",
-            &format!("/v1/jobs/{id}"),
-            Some(ACME_TOKEN),
-            None,
-        );
-        if states.contains(&job["state"].as_str().unwrap_or("")) {
-            return job;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = logs.iter().map(|w| w.logs()).collect();
-            panic!(
-                "job {id} is {job}, not {states:?}:\n{}",
-                logs.join("\n----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,14 +79,21 @@ async fn no_ref_file_name_or_exif_reaches_logs_objects_or_disk_and_all_is_encryp
         &state,
         &[("HOME", home.as_path()), ("TMPDIR", tmp.as_path())],
     );
-    ready(&mut scheduler, "scheduler").await;
-    ready(&mut worker, "worker").await;
-    let id = create(
+    scheduler.wait_ready().await;
+    worker.wait_ready().await;
+    let id = create_job(
         &scheduler,
+        ACME_TOKEN,
         json!({"source": {"kind": "s3_prefix", "uri": prefix}}),
+    );
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["succeeded"],
+        &[&scheduler, &worker],
     )
     .await;
-    let job = wait_state(&scheduler, &id, &["succeeded"], &[&scheduler, &worker]).await;
     assert_eq!(job["counts"]["done"], 4, "{job}");
     let (code, results) = http(
         scheduler.port,
@@ -195,20 +115,7 @@ async fn no_ref_file_name_or_exif_reaches_logs_objects_or_disk_and_all_is_encryp
                 &store.get(&object.key).await.unwrap(),
             ));
             // Encrypted at rest: every object the fleet wrote says so.
-            let head = store
-                .client()
-                .head_object()
-                .bucket(store.bucket())
-                .key(store.object_key(&object.key))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                head.server_side_encryption(),
-                Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256),
-                "{}",
-                object.key
-            );
+            assert_encrypted(&store, &object.key).await;
         }
     }
     assert!(written.contains(&id), "the listing found the job's objects");
@@ -263,14 +170,21 @@ async fn results_past_their_retention_are_never_served_and_then_swept() {
         &[retention[0], retention[1], "--sweep-interval-secs", "3600"],
     );
     let mut worker = fleet.worker(&dir.path().join("worker.log"), &retention);
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     worker.wait_ready().await;
-    let id = create(
+    let id = create_job(
         &scheduler,
+        ACME_TOKEN,
         json!({"source": {"kind": "s3_prefix", "uri": prefix}}),
+    );
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["succeeded"],
+        &[&scheduler, &worker],
     )
     .await;
-    let job = wait_state(&scheduler, &id, &["succeeded"], &[&scheduler, &worker]).await;
     let created: chrono::DateTime<chrono::Utc> =
         job["created_at"].as_str().unwrap().parse().unwrap();
     let path = format!("/v1/jobs/{id}/results");
@@ -287,7 +201,7 @@ async fn results_past_their_retention_are_never_served_and_then_swept() {
         !store.list(&results_prefix).await.unwrap().is_empty(),
         "not swept yet"
     );
-    let job = wait_state(&scheduler, &id, &["expired"], &[&scheduler]).await;
+    let job = wait_state(&scheduler, ACME_TOKEN, &id, &["expired"], &[&scheduler]).await;
     assert_eq!(job["state"], "expired");
     let (code, body) = http(scheduler.port, "GET", &path, Some(ACME_TOKEN), None).unwrap();
     assert_eq!(code, 410, "{body}");
@@ -300,7 +214,7 @@ async fn results_past_their_retention_are_never_served_and_then_swept() {
         &log,
         &[retention[0], retention[1], "--sweep-interval-secs", "1"],
     );
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = store.list(&results_prefix).await.unwrap().len()
@@ -332,17 +246,18 @@ async fn erasing_a_tenant_deletes_all_its_data_at_once() {
         &dir.path().join("worker.log"),
         &["--job-check-interval-ms", "200"],
     );
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     worker.wait_ready().await;
 
     // acme: a finished job, a running one and a schedule; globex: a job of its own.
-    let finished = create(
+    let finished = create_job(
         &scheduler,
+        ACME_TOKEN,
         json!({"source": {"kind": "s3_prefix", "uri": small}}),
-    )
-    .await;
+    );
     wait_state(
         &scheduler,
+        ACME_TOKEN,
         &finished,
         &["succeeded"],
         &[&scheduler, &worker],
@@ -365,12 +280,19 @@ async fn erasing_a_tenant_deletes_all_its_data_at_once() {
         Some(json!({"cron": "0 3 * * *", "job": {"source": {"kind": "s3_prefix", "uri": small}}})),
     );
     assert_eq!(code, 201);
-    let running = create(
+    let running = create_job(
         &scheduler,
+        ACME_TOKEN,
         json!({"source": {"kind": "s3_prefix", "uri": bulk}}),
+    );
+    wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &running,
+        &["running"],
+        &[&scheduler, &worker],
     )
     .await;
-    wait_state(&scheduler, &running, &["running"], &[&scheduler, &worker]).await;
 
     // A token of the wrong tenant is refused, and erases nothing.
     let url = format!("http://127.0.0.1:{}", scheduler.port);
@@ -459,17 +381,24 @@ async fn a_job_that_keeps_nothing_leaves_nothing_in_our_bucket() {
     let prefix = upload(&store, &photos, "private/", 1).await;
     let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &[]);
     let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     worker.wait_ready().await;
     let source = json!({"kind": "s3_prefix", "uri": prefix});
 
     // Without an output: the results wait for one complete read, then are deleted.
-    let id = create(
+    let id = create_job(
         &scheduler,
+        ACME_TOKEN,
         json!({"source": source, "options": {"retain": false}}),
+    );
+    wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["succeeded"],
+        &[&scheduler, &worker],
     )
     .await;
-    wait_state(&scheduler, &id, &["succeeded"], &[&scheduler, &worker]).await;
     let results_prefix = format!("results/{ACME}/{id}/");
     assert!(!store.list(&results_prefix).await.unwrap().is_empty());
     let path = format!("/v1/jobs/{id}/results");
@@ -495,12 +424,19 @@ async fn a_job_that_keeps_nothing_leaves_nothing_in_our_bucket() {
 
     // With an output of the client's: results go there, never to our results prefix.
     let output = format!("s3://{}/client-out/", store.bucket());
-    let id = create(
+    let id = create_job(
         &scheduler,
+        ACME_TOKEN,
         json!({"source": source, "options": {"retain": false}, "output": output}),
+    );
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["succeeded"],
+        &[&scheduler, &worker],
     )
     .await;
-    let job = wait_state(&scheduler, &id, &["succeeded"], &[&scheduler, &worker]).await;
     assert_eq!(job["counts"]["done"], 3, "{job}");
     assert_eq!(
         store.list(&format!("results/{ACME}/{id}/")).await.unwrap(),

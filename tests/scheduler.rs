@@ -7,11 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::fleet::{Fleet, Worker, api, http, service_env, write_secrets};
+use common::fleet::{
+    Fleet, Worker, api, create_job, http, put, service_env, upload, wait_state, write_secrets,
+};
 use common::*;
 use serde_json::{Value, json};
 use tagfleet_core::ObjectStore;
-use tagfleet_core::store::S3Store;
 
 const ACME: &str = "acme";
 const ACME_TOKEN: &str = "acme-token-6f1d";
@@ -42,46 +43,6 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     );
     std::fs::write(keys.join("acme.key"), format!("{ACME_KEY}\n")).unwrap();
     (photos, keys)
-}
-
-/// Uploads every file of `photos` under `prefix` (copies times), returns the S3 prefix URI.
-async fn upload(store: &S3Store, photos: &Path, prefix: &str, copies: usize) -> String {
-    for entry in std::fs::read_dir(photos).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        for copy in 0..copies {
-            let key = if copies == 1 {
-                format!("{prefix}{name}")
-            } else {
-                format!("{prefix}{copy:03}-{name}")
-            };
-            put(store, &key, std::fs::read(&path).unwrap()).await;
-        }
-    }
-    format!("s3://{}/{prefix}", store.bucket())
-}
-
-/// Writes an object as a user would (no SSE asked). SeaweedFS sometimes answers a fresh
-/// bucket's first writes with a retryable 500 under load: a few bounded retries.
-async fn put(store: &S3Store, key: &str, body: Vec<u8>) {
-    for attempt in 1..=5 {
-        let sent = store
-            .client()
-            .put_object()
-            .bucket(store.bucket())
-            .key(key)
-            .body(body.clone().into())
-            .send()
-            .await;
-        match sent {
-            Ok(_) => return,
-            Err(e) if attempt < 5 => {
-                eprintln!("put {key} failed ({e:?}); retrying");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => panic!("put {key}: {e:?}"),
-        }
-    }
 }
 
 /// Sorted (status, labels) of result lines: refs differ between modes, outcomes must not.
@@ -116,51 +77,6 @@ fn embedded(photos: &Path, keys: &Path, out: &Path) -> Vec<(String, Vec<String>)
     );
     assert_eq!(run.status.code(), Some(3), "one broken file");
     outcomes(&json_lines(&run))
-}
-
-/// Waits for /readyz, failing with the process's logs.
-async fn ready(process: &mut Worker, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            panic!("{what} exited early ({status}):\n{}", process.logs());
-        }
-        if http(process.port, "GET", "/readyz", None, None).is_some_and(|(c, _)| c == 200) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not ready:\n{}",
-            process.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls a job until it is in a final state; returns its view.
-async fn wait_final(scheduler: &Worker, token: &str, id: &str, logs: &[&Worker]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let (code, job) = api(
-            scheduler.port,
-            "GET",
-            &format!("/v1/jobs/{id}"),
-            Some(token),
-            None,
-        );
-        assert_eq!(code, 200, "{job}");
-        if !["queued", "running"].contains(&job["state"].as_str().unwrap()) {
-            return job;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = logs.iter().map(|w| w.logs()).collect();
-            panic!(
-                "job {id} still {job} after 180 s:\n{}",
-                logs.join("\n----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn results(scheduler: &Worker, token: &str, id: &str) -> (u16, Vec<Value>) {
@@ -234,7 +150,7 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
 
     let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &["--chunk-size", "2"]);
     let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     worker.wait_ready().await;
 
     // From an S3 prefix, through the API.
@@ -248,7 +164,14 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
     assert_eq!(code, 201, "{job}");
     assert_eq!(job["counts"]["total"], 5, "five images, not the text file");
     let id = job["id"].as_str().unwrap().to_owned();
-    let job = wait_final(&scheduler, ACME_TOKEN, &id, &[&scheduler, &worker]).await;
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["final"],
+        &[&scheduler, &worker],
+    )
+    .await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(counts(&job), (5, 4, 1));
     let (code, lines) = results(&scheduler, ACME_TOKEN, &id);
@@ -272,7 +195,14 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
     );
     assert_eq!(code, 200, "{retried}");
     assert_eq!(retried["images"], 1);
-    let job = wait_final(&scheduler, ACME_TOKEN, &id, &[&scheduler, &worker]).await;
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["final"],
+        &[&scheduler, &worker],
+    )
+    .await;
     assert_eq!(counts(&job), (5, 5, 0), "{job}");
     let (_, lines) = results(&scheduler, ACME_TOKEN, &id);
     assert_eq!(lines.len(), 5, "one line per image");
@@ -344,16 +274,19 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
     }
     put(&store, "lists/catalog.csv", csv.into_bytes()).await;
     let uri = format!("s3://{}/lists/catalog.csv", store.bucket());
-    let (code, job) = api(
-        scheduler.port,
-        "POST",
-        "/v1/jobs",
-        Some(ACME_TOKEN),
-        Some(json!({"source": {"kind": "manifest", "uri": uri}})),
+    let csv_job = create_job(
+        &scheduler,
+        ACME_TOKEN,
+        json!({"source": {"kind": "manifest", "uri": uri}}),
     );
-    assert_eq!(code, 201, "{job}");
-    let csv_job = job["id"].as_str().unwrap().to_owned();
-    let job = wait_final(&scheduler, ACME_TOKEN, &csv_job, &[&scheduler, &worker]).await;
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &csv_job,
+        &["final"],
+        &[&scheduler, &worker],
+    )
+    .await;
     assert_eq!(counts(&job), (5, 4, 1), "{job}");
     let (_, lines) = results(&scheduler, ACME_TOKEN, &csv_job);
     assert_eq!(outcomes(&lines), reference);
@@ -424,7 +357,7 @@ async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
     let log = dir.path().join("scheduler.log");
 
     let mut scheduler = fleet.scheduler(&log, &[]);
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     let (code, schedule) = api(
         scheduler.port,
         "POST",
@@ -499,8 +432,15 @@ async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
 
     // A new scheduler knows the job from its record and counts the rest, once each.
     let mut scheduler = fleet.scheduler(&log, &[]);
-    ready(&mut scheduler, "restarted scheduler").await;
-    let job = wait_final(&scheduler, ACME_TOKEN, &job_id, &[&scheduler, &worker]).await;
+    scheduler.wait_ready().await;
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &job_id,
+        &["final"],
+        &[&scheduler, &worker],
+    )
+    .await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(counts(&job), (5, 4, 1));
     assert_eq!(job["schedule_id"], sid.as_str());
@@ -514,16 +454,12 @@ async fn a_redelivered_task_does_not_inflate_the_counts() {
     let store = fleet.store().await;
     let prefix = upload(&store, &photos, "media/", 1).await;
     let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &["--chunk-size", "2"]);
-    ready(&mut scheduler, "scheduler").await;
-    let (code, job) = api(
-        scheduler.port,
-        "POST",
-        "/v1/jobs",
-        Some(ACME_TOKEN),
-        Some(json!({"source": {"kind": "s3_prefix", "uri": prefix}})),
+    scheduler.wait_ready().await;
+    let id = create_job(
+        &scheduler,
+        ACME_TOKEN,
+        json!({"source": {"kind": "s3_prefix", "uri": prefix}}),
     );
-    assert_eq!(code, 201, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
 
     // Brokers deliver at least once: the first task arrives a second time.
     let mut keys_sorted: Vec<String> = std::fs::read_dir(&photos)
@@ -552,7 +488,14 @@ async fn a_redelivered_task_does_not_inflate_the_counts() {
 
     let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
     worker.wait_ready().await;
-    let job = wait_final(&scheduler, ACME_TOKEN, &id, &[&scheduler, &worker]).await;
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["final"],
+        &[&scheduler, &worker],
+    )
+    .await;
     assert_eq!(counts(&job), (5, 4, 1), "{job}");
     // Both deliveries were reported; the second one was recognised.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -599,7 +542,7 @@ async fn cancelling_a_running_job_erases_every_result() {
         &dir.path().join("worker.log"),
         &["--job-check-interval-ms", "200"],
     );
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     worker.wait_ready().await;
     let (code, job) = api(
         scheduler.port,
@@ -690,7 +633,7 @@ async fn a_tenant_cannot_see_read_or_delete_another_tenants_job() {
     let store = fleet.store().await;
     let prefix = upload(&store, &photos, "media/", 1).await;
     let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &[]);
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     let (code, job) = api(
         scheduler.port,
         "POST",
@@ -760,7 +703,7 @@ async fn url_sources_inside_the_network_are_refused_before_any_connection() {
     trap.set_nonblocking(true).unwrap();
     let trap_port = trap.local_addr().unwrap().port();
     let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &[]);
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     for (url, class) in [
         (format!("https://127.0.0.1:{trap_port}/a.jpg"), "loopback"),
         (
@@ -807,7 +750,7 @@ async fn every_bad_request_is_refused_with_its_reason_and_leaves_nothing() {
         &dir.path().join("scheduler.log"),
         &["--max-request-bytes", "4096"],
     );
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     let s3 = |extra: Value| {
         let mut spec = json!({"source": {"kind": "s3_prefix", "uri": prefix}});
         for (k, v) in extra.as_object().unwrap() {
@@ -1034,7 +977,7 @@ async fn a_url_job_is_fetched_over_https_from_an_allowed_range() {
         &dir.path().join("worker.log"),
         &[allow[0], allow[1], "--url-ca-file", ca],
     );
-    ready(&mut scheduler, "scheduler").await;
+    scheduler.wait_ready().await;
     worker.wait_ready().await;
 
     let mut urls: Vec<String> = std::fs::read_dir(&photos)
@@ -1045,16 +988,19 @@ async fn a_url_job_is_fetched_over_https_from_an_allowed_range() {
         })
         .collect();
     urls.push(format!("https://127.0.0.1:{}/missing.jpg", server.port));
-    let (code, job) = api(
-        scheduler.port,
-        "POST",
-        "/v1/jobs",
-        Some(ACME_TOKEN),
-        Some(json!({"source": {"kind": "urls", "urls": urls}})),
+    let id = create_job(
+        &scheduler,
+        ACME_TOKEN,
+        json!({"source": {"kind": "urls", "urls": urls}}),
     );
-    assert_eq!(code, 201, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
-    let job = wait_final(&scheduler, ACME_TOKEN, &id, &[&scheduler, &worker]).await;
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["final"],
+        &[&scheduler, &worker],
+    )
+    .await;
     let (_, lines) = results(&scheduler, ACME_TOKEN, &id);
     assert_eq!(counts(&job), (6, 4, 2), "{job}\n{lines:?}");
     assert_eq!(outcomes(&lines), reference);

@@ -136,54 +136,54 @@ impl Fleet {
         cwd: &Path,
         envs: &[(&str, &Path)],
     ) -> Worker {
+        let mut args: Vec<String> = vec!["--file-root".into()];
+        args.push(self.file_root.display().to_string());
+        args.extend(
+            ["--intra-threads", "1", "--decode-threads", "1"]
+                .iter()
+                .chain(extra)
+                .map(|a| a.to_string()),
+        );
+        self.spawn("worker", &args, log, cwd, envs)
+    }
+
+    /// Starts `tagfleet scheduler` on this fleet's queue and bucket; its logs go to `log`
+    /// (appended, so a restarted scheduler keeps one log).
+    pub fn scheduler(&self, log: &Path, extra: &[&str]) -> Worker {
+        let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        self.spawn("scheduler", &args, log, &repo(), &[])
+    }
+
+    /// Starts `tagfleet <command>` with this fleet's queue, store and secrets.
+    fn spawn(
+        &self,
+        command: &str,
+        extra: &[String],
+        log: &Path,
+        cwd: &Path,
+        envs: &[(&str, &Path)],
+    ) -> Worker {
         let port = free_port();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tagfleet"))
-            .arg("worker")
+            .arg(command)
             .args(self.queue_args())
             .args(["--store", &format!("s3://{}/fleet", self.bucket)])
             .args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")])
             .arg("--secrets")
             .arg(self.secrets())
-            .arg("--file-root")
-            .arg(&self.file_root)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--intra-threads", "1", "--decode-threads", "1"])
             .args(extra)
+            // A --log in `extra` wins over this.
+            .env("TAGFLEET_LOG", "info,ort=warn,tagfleet_scheduler=debug")
             .envs(envs.iter().copied())
             .current_dir(cwd)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        Worker {
-            child,
-            port,
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// Starts `tagfleet scheduler` on this fleet's queue and bucket; its logs go to `log`.
-    pub fn scheduler(&self, log: &Path, extra: &[&str]) -> Worker {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_tagfleet"))
-            .arg("scheduler")
-            .args(self.queue_args())
-            .args(["--store", &format!("s3://{}/fleet", self.bucket)])
-            .args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")])
-            .arg("--secrets")
-            .arg(self.secrets())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env("TAGFLEET_LOG", "info,tagfleet_scheduler=debug")
-            .current_dir(repo())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                    .unwrap(),
-            )
+            .stderr(log_file)
             .spawn()
             .unwrap();
         Worker {
@@ -260,14 +260,14 @@ impl Worker {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("worker exited early ({status}):\n{}", self.logs());
+                panic!("the process exited early ({status}):\n{}", self.logs());
             }
             if http_get(self.port, "/readyz").is_some_and(|(code, _)| code == 200) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "worker not ready after 60 s:\n{}",
+                "not ready after 60 s:\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -374,4 +374,104 @@ pub fn api(
         code,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// Writes an object as a user would (no SSE asked). SeaweedFS sometimes answers a fresh
+/// bucket's first writes with a retryable 500 under load: a few bounded retries.
+pub async fn put(store: &S3Store, key: &str, body: Vec<u8>) {
+    for attempt in 1..=5 {
+        let sent = store
+            .client()
+            .put_object()
+            .bucket(store.bucket())
+            .key(key)
+            .body(body.clone().into())
+            .send()
+            .await;
+        match sent {
+            Ok(_) => return,
+            Err(e) if attempt < 5 => {
+                eprintln!("put {key} failed ({e:?}); retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("put {key}: {e:?}"),
+        }
+    }
+}
+
+/// Uploads every file of `photos` under `prefix` (`copies` times each, numbered when more
+/// than one); returns the S3 prefix URI.
+pub async fn upload(store: &S3Store, photos: &Path, prefix: &str, copies: usize) -> String {
+    for entry in std::fs::read_dir(photos).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for copy in 0..copies {
+            let key = if copies == 1 {
+                format!("{prefix}{name}")
+            } else {
+                format!("{prefix}{copy:03}-{name}")
+            };
+            put(store, &key, std::fs::read(&path).unwrap()).await;
+        }
+    }
+    format!("s3://{}/{prefix}", store.bucket())
+}
+
+/// Creates a job through the API; returns its id.
+pub fn create_job(scheduler: &Worker, token: &str, spec: serde_json::Value) -> String {
+    let (code, job) = api(scheduler.port, "POST", "/v1/jobs", Some(token), Some(spec));
+    assert_eq!(code, 201, "{job}");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+/// Polls a job until its state is one of `states` (`final` for any final state); returns
+/// its view. Fails with the logs of `logs` after 180 s.
+pub async fn wait_state(
+    scheduler: &Worker,
+    token: &str,
+    id: &str,
+    states: &[&str],
+    logs: &[&Worker],
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (code, job) = api(
+            scheduler.port,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(code, 200, "{job}");
+        let state = job["state"].as_str().unwrap_or("");
+        let is_final = !["queued", "running"].contains(&state);
+        if states.contains(&state) || (states.contains(&"final") && is_final) {
+            return job;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|w| w.logs()).collect();
+            panic!(
+                "job {id} is {job}, not {states:?}:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asserts that an object of the store says it is encrypted at rest (SSE-S3).
+pub async fn assert_encrypted(store: &S3Store, key: &str) {
+    let head = store
+        .client()
+        .head_object()
+        .bucket(store.bucket())
+        .key(store.object_key(key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256),
+        "{key}"
+    );
 }
