@@ -47,6 +47,9 @@ pub struct JobBook {
     /// Jobs erased with their tenant's data: results of their tasks still in flight are
     /// deleted as they are reported.
     erased: Mutex<HashSet<JobId>>,
+    /// Held while records are written from memory (flush) and while they are erased or
+    /// expired, so a flush never writes a record back over its tombstone or deletion.
+    writing: Mutex<()>,
 }
 
 /// What replaces the record of an erased job: workers skip its tasks, and nothing of the
@@ -99,6 +102,7 @@ impl JobBook {
             jobs: Mutex::new(BTreeMap::new()),
             dirty: Mutex::new(BTreeSet::new()),
             erased: Mutex::new(HashSet::new()),
+            writing: Mutex::new(()),
         }
     }
 
@@ -393,6 +397,7 @@ impl JobBook {
 
     /// Writes every changed record.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
         let keys: Vec<JobId> = std::mem::take(&mut *self.dirty.lock().await)
             .into_iter()
             .collect();
@@ -412,6 +417,7 @@ impl JobBook {
     /// Cancels a job and erases its results at once. Workers skip its queued tasks; results
     /// of tasks in flight are deleted when their progress report arrives.
     pub async fn cancel(&self, tenant: &str, id: &str) -> Result<JobView, ApiError> {
+        let writing = self.writing.lock().await;
         let key = (tenant.to_owned(), id.to_owned());
         let record = {
             let mut jobs = self.jobs.lock().await;
@@ -427,6 +433,7 @@ impl JobBook {
         self.write(&record)
             .await
             .map_err(|e| unavailable("writing the job record", e))?;
+        drop(writing);
         let erased = self
             .erase_results(tenant, id)
             .await
@@ -438,6 +445,7 @@ impl JobBook {
     /// A `retain: false` job's results were read once, completely: delete them now and
     /// remember, so the next read says why there is nothing.
     pub async fn results_delivered(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
+        let writing = self.writing.lock().await;
         let key = (tenant.to_owned(), id.to_owned());
         let record = {
             let mut jobs = self.jobs.lock().await;
@@ -448,6 +456,7 @@ impl JobBook {
             record.clone()
         };
         self.write(&record).await?;
+        drop(writing);
         let erased = self.erase_results(tenant, id).await?;
         tracing::info!(tenant, job = %id, objects = erased, "results delivered once and deleted (retain: false)");
         Ok(())
@@ -466,15 +475,21 @@ impl JobBook {
     /// records replaced by tombstones that make workers skip queued tasks, the jobs
     /// forgotten. Objects under the tenant's prefixes that no record names go too.
     pub async fn erase_tenant(&self, tenant: &str) -> Result<(usize, usize), StoreError> {
+        let _writing = self.writing.lock().await;
+        // Forgotten first: progress from now on deletes, and no flush writes them back.
         let ids: Vec<JobId> = {
-            let jobs = self.jobs.lock().await;
-            jobs.keys().filter(|(t, _)| t == tenant).cloned().collect()
+            let mut jobs = self.jobs.lock().await;
+            let ids: Vec<JobId> = jobs.keys().filter(|(t, _)| t == tenant).cloned().collect();
+            jobs.retain(|(t, _), _| t != tenant);
+            refresh_gauges(&jobs);
+            self.erased.lock().await.extend(ids.iter().cloned());
+            self.dirty.lock().await.retain(|(t, _)| t != tenant);
+            ids
         };
         let mut objects = 0;
         for (t, id) in &ids {
             // The tombstone first: from here on workers skip the job's tasks.
             self.store.put(&job_key(t, id), TOMBSTONE.to_vec()).await?;
-            self.erased.lock().await.insert((t.clone(), id.clone()));
             objects += self.erase_results(t, id).await?;
         }
         for prefix in [format!("results/{tenant}/"), format!("jobs/{tenant}/")] {
@@ -487,9 +502,6 @@ impl JobBook {
                 }
             }
         }
-        let mut jobs = self.jobs.lock().await;
-        jobs.retain(|(t, _), _| t != tenant);
-        refresh_gauges(&jobs);
         Ok((ids.len(), objects))
     }
 
@@ -538,6 +550,7 @@ impl JobBook {
         let round = record.rounds.len();
         let messages = self.messages(&record, round, &refs);
         let job = (tenant.to_owned(), id.to_owned());
+        let writing = self.writing.lock().await;
         let updated = {
             let mut jobs = self.jobs.lock().await;
             let r = jobs.get_mut(&job).ok_or(ApiError::NotFound("job"))?;
@@ -552,6 +565,7 @@ impl JobBook {
         self.write(&updated)
             .await
             .map_err(|e| unavailable("writing the job record", e))?;
+        drop(writing);
         let images = refs.len() as u64;
         let view = self.publish(&job, messages, images).await?;
         tracing::info!(tenant, job = %id, images, "failed images re-published");
@@ -601,20 +615,26 @@ impl JobBook {
     pub async fn expire(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let retention =
             chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
+        let _writing = self.writing.lock().await;
         let due: Vec<JobId> = {
-            let jobs = self.jobs.lock().await;
-            jobs.iter()
+            let mut jobs = self.jobs.lock().await;
+            let due: Vec<JobId> = jobs
+                .iter()
                 .filter(|(_, r)| r.state != JobState::Expired && r.created_at + retention <= now)
                 .map(|(k, _)| k.clone())
-                .collect()
+                .collect();
+            // Expired before anything is deleted, and no flush writes them back.
+            for key in &due {
+                if let Some(r) = jobs.get_mut(key) {
+                    r.state = JobState::Expired;
+                }
+            }
+            self.dirty.lock().await.retain(|k| !due.contains(k));
+            due
         };
         for (tenant, id) in &due {
             self.erase_results(tenant, id).await?;
             self.store.delete(&job_key(tenant, id)).await?;
-            let mut jobs = self.jobs.lock().await;
-            if let Some(r) = jobs.get_mut(&(tenant.clone(), id.clone())) {
-                r.state = JobState::Expired;
-            }
         }
         // Expired jobs are remembered for one more retention, then forgotten.
         let mut jobs = self.jobs.lock().await;
