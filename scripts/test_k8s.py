@@ -62,6 +62,14 @@ class Chart(unittest.TestCase):
             (so,) = [d for d in docs if d["kind"] == "ScaledObject"]
             self.assertEqual([t["type"] for t in so["spec"]["triggers"]], [trigger])
 
+    def test_allowed_url_ranges_reach_both_processes(self):
+        _, docs = k.render_chart(k.CHART / "ci" / "rabbitmq-values.yaml")
+        (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        self.assertEqual(config["data"]["TAGFLEET_ALLOW_URL_RANGES"], "10.20.0.0/16,fd00:20::/64")
+        _, docs = k.render_chart(k.CHART / "ci" / "sqs-values.yaml")
+        (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        self.assertNotIn("TAGFLEET_ALLOW_URL_RANGES", config["data"])
+
     def test_config_checksum_on_pod_templates(self):
         _, docs = k.render_chart(k.CHART / "ci" / "rabbitmq-values.yaml")
         for d in docs:
