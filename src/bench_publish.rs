@@ -36,10 +36,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
     );
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(dir.path().to_path_buf(), None)?);
-    let (stanza, _) = {
-        let new = tagfleet_core::secrets::new_tenant("bench");
-        (new.stanza, new.token)
-    };
+    let stanza = tagfleet_core::secrets::new_tenant("bench").stanza;
     let book = JobBook::new(
         store,
         rabbit.clone() as Arc<dyn Queue>,

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::metrics;
 use crate::record::{Counts, JobRecord, JobView, RECORD_VERSION, Round, task_id};
 use crate::sources::SourceReader;
-use crate::spec::{Invalid, JobSpec, Source};
+use crate::spec::{JobSpec, Source};
 
 /// How the scheduler turns jobs into tasks.
 #[derive(Debug, Clone)]
@@ -279,8 +279,10 @@ impl JobBook {
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<JobView, ApiError> {
-        let now = Utc::now();
-        Ok(self.record(tenant, id).await?.view(now))
+        let jobs = self.jobs.lock().await;
+        jobs.get(&(tenant.to_owned(), id.to_owned()))
+            .map(|r| self.view_as_of(r, Utc::now()))
+            .ok_or(ApiError::NotFound("job"))
     }
 
     /// The record as it stands now: a job past its retention is `expired` from that moment
@@ -296,6 +298,17 @@ impl JobBook {
         let retention =
             chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
         record.created_at + retention <= now
+    }
+
+    /// The view of a record as it stands now, without copying the record (its spec may
+    /// hold a whole inline manifest).
+    fn view_as_of(&self, record: &JobRecord, now: DateTime<Utc>) -> JobView {
+        let mut view = record.view(now);
+        if self.past_retention(record, now) {
+            view.state = JobState::Expired;
+            view.eta_seconds = None;
+        }
+        view
     }
 
     fn as_of(&self, record: &JobRecord, now: DateTime<Utc>) -> JobRecord {
@@ -323,7 +336,7 @@ impl JobBook {
             .iter()
             .skip(start)
             .take(limit)
-            .map(|r| self.as_of(r, now).view(now))
+            .map(|r| self.view_as_of(r, now))
             .collect();
         let next = (start + page.len() < mine.len())
             .then(|| page.last().map(|v| v.id.clone()))
@@ -676,13 +689,5 @@ fn refresh_gauges(jobs: &BTreeMap<JobId, JobRecord>) {
         metrics::JOBS
             .with_label_values(&[state.name()])
             .set(by_state.get(state.name()).copied().unwrap_or(0));
-    }
-}
-
-/// Converts a refused spec for callers outside the API (schedules).
-pub fn describe(e: &ApiError) -> String {
-    match e {
-        ApiError::Invalid(Invalid { field, reason, .. }) => format!("{field}: {reason}"),
-        other => other.to_string(),
     }
 }

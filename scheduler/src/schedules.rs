@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::jobs::{JobBook, describe};
+use crate::jobs::JobBook;
 use crate::metrics;
 use crate::spec::{Invalid, JobSpec};
 
@@ -253,8 +253,8 @@ impl Schedules {
                     schedule.last_error = None;
                 }
                 Err(e) => {
-                    tracing::warn!(tenant = %schedule.tenant, schedule = %schedule.id, error = %describe(&e), "schedule fired but created no job");
-                    schedule.last_error = Some(describe(&e));
+                    tracing::warn!(tenant = %schedule.tenant, schedule = %schedule.id, error = %e, "schedule fired but created no job");
+                    schedule.last_error = Some(e.to_string());
                 }
             }
             schedule.last_fired = Some(occurrence);
