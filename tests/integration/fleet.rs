@@ -2,15 +2,14 @@
 //! `tagfleet worker` processes and writes to S3 (SeaweedFS). The embedded mode is the
 //! reference every backend must agree with.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common;
+use crate::common::fleet::{Fleet, http_get, write_secrets};
+use crate::common::*;
 use aws_sdk_s3::types::ServerSideEncryption;
-use common::fleet::{Fleet, http_get, write_secrets};
-use common::*;
 use tagfleet_core::ObjectStore;
 
 const TENANT: &str = "acme";

@@ -2,15 +2,14 @@
 //! metadata leaves the worker's memory, results expire and are swept, a tenant's data can
 //! be erased at once, and everything written is encrypted at rest.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::fleet::{
+use crate::common;
+use crate::common::fleet::{
     Fleet, api, assert_encrypted, create_job, http, put, upload, wait_state, write_secrets,
 };
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tagfleet_core::ObjectStore;
 

@@ -1,9 +1,7 @@
 //! `tagfleet run`, the embedded mode, as a user runs it: the real binary, the real model,
 //! real photos.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const CATS: [&str; 3] = ["tiger cat", "Egyptian cat", "tabby"];
 

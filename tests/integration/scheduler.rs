@@ -2,15 +2,14 @@
 //! RabbitMQ or SQS, workers write to S3 (SeaweedFS) and report progress back. Every job's
 //! tags must equal the embedded mode's on the same photos.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::fleet::{
+use crate::common;
+use crate::common::fleet::{
     Fleet, Worker, api, create_job, http, put, service_env, upload, wait_state, write_secrets,
 };
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tagfleet_core::ObjectStore;
 

@@ -1,8 +1,6 @@
 //! Shared helpers of the integration tests: real photos, broken files made from them, and
 //! running the real binary.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,11 @@
+//! The integration tests, one binary: each module starts the real `tagfleet` binary and,
+//! where it needs them, talks to the real services `scripts/with-services.sh` starts.
+//! One binary rather than one per file: each links the whole AWS SDK, and a binary per
+//! file multiplied the build's disk use and link time for nothing.
+
+mod common;
+
+mod fleet;
+mod privacy;
+mod run;
+mod scheduler;
