@@ -36,6 +36,19 @@ pub struct EngineArgs {
     /// Threads ONNX Runtime uses inside one batch on the CPU. Default: the number of cores.
     #[arg(long, env = "TAGFLEET_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
+
+    /// Where images are cropped, resized and normalised. gpu: on each GPU executor's
+    /// device by a CUDA kernel (uint8 pixels cross PCIe, the float tensor stays on the
+    /// GPU), and on the CPU wherever that is unavailable; cpu: always in the decode threads.
+    #[arg(long, env = "TAGFLEET_PREPROCESS", value_enum, default_value_t = PreprocessOn::Gpu)]
+    pub preprocess: PreprocessOn,
+}
+
+/// `--preprocess`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PreprocessOn {
+    Gpu,
+    Cpu,
 }
 
 /// A loaded model: its spec and labels.
@@ -96,7 +109,8 @@ impl EngineArgs {
                 }
                 Device::Cuda(n) => {
                     let limit = self.gpu_mem_limit_mib.map(|mib| mib * 1024 * 1024);
-                    OrtBackend::cuda(&model.spec, *n, limit, self.ort_dylib.as_deref())
+                    let on_gpu = self.preprocess == PreprocessOn::Gpu;
+                    OrtBackend::cuda(&model.spec, *n, limit, on_gpu, self.ort_dylib.as_deref())
                 }
             };
             backends.push(Box::new(backend.with_context(|| {

@@ -101,6 +101,12 @@ pub struct PipelineArgs {
     /// Images with more pixels than this are refused from their header, before decoding.
     #[arg(long, env = "TAGFLEET_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
     pub max_image_pixels: u64,
+
+    /// Memory for decoded images on their way to GPU preprocessing, in MiB. The decode
+    /// threads hand over full-size pixels then (a 12-megapixel photo is 36 MB) and wait
+    /// while this is spent.
+    #[arg(long, env = "TAGFLEET_PIXEL_BUDGET_MIB", default_value_t = tagfleet_worker::DEFAULT_PIXEL_BUDGET >> 20)]
+    pub pixel_budget_mib: usize,
 }
 
 impl PipelineArgs {
@@ -122,6 +128,10 @@ impl PipelineArgs {
 
     pub fn decode_threads(&self) -> usize {
         self.decode_threads.unwrap_or_else(engine::cores)
+    }
+
+    pub fn pixel_budget(&self) -> usize {
+        self.pixel_budget_mib.saturating_mul(1 << 20)
     }
 
     pub fn limits(&self) -> DecodeLimits {

@@ -141,6 +141,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         fetch_concurrency: 16,
         max_tasks_in_flight: 4,
         limits: args.pipeline.limits(),
+        pixel_budget: args.pipeline.pixel_budget(),
         sources: FileRoots::new(inputs.roots.clone())
             .context("resolving the input folders")?
             .into(),

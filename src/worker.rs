@@ -113,6 +113,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
             fetch_concurrency: args.fetch_concurrency.max(1),
             max_tasks_in_flight: args.max_tasks_in_flight.max(1),
             limits: args.pipeline.limits(),
+            pixel_budget: args.pipeline.pixel_budget(),
             sources,
             exit_when_drained: false,
             progress: Some(progress),

@@ -4,6 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::decode::Decoded;
+use crate::preprocess::Crop;
+
 /// Where a backend runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
@@ -79,4 +82,24 @@ pub trait Backend: Send {
         n: usize,
         want_embedding: bool,
     ) -> Result<BatchOutput, BackendError>;
+
+    /// Whether this backend crops, resizes and normalises decoded images on its own
+    /// device ([`Backend::run_pixels`]). When one executor's backend does, the decode
+    /// threads hand over uint8 pixels instead of float tensors.
+    fn preprocesses(&self) -> bool {
+        false
+    }
+
+    /// Preprocesses decoded images on the device, each with its crop, and runs them.
+    /// Called only when [`Backend::preprocesses`] says so.
+    fn run_pixels(
+        &mut self,
+        images: &[(&Decoded, Crop)],
+        want_embedding: bool,
+    ) -> Result<BatchOutput, BackendError> {
+        let _ = (images, want_embedding);
+        Err(BackendError::new(
+            "this backend takes preprocessed tensors, not pixels",
+        ))
+    }
 }

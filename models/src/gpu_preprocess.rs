@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::decode::Decoded;
+use crate::preprocess::Crop;
 use crate::spec::InputSpec;
 
 /// The kernel: one thread per output pixel of one image.
@@ -77,10 +78,6 @@ extern "C" __global__ void crop_resize_normalise(
     out[2 * plane + at] = (b / norm - mean_b) / std_b;
 }
 "#;
-
-/// A crop of an image: (left, top, width, height) in source pixels, as
-/// [`crate::Preprocessor::crop_box`] gives it.
-pub type Crop = (f64, f64, f64, f64);
 
 /// The kernel's name in [`KERNEL_SOURCE`].
 pub const KERNEL_NAME: &str = "crop_resize_normalise";
@@ -235,11 +232,36 @@ pub fn compile() -> Result<cudarc::nvrtc::Ptx, GpuError> {
         .map_err(|e| GpuError::Compile(format!("{e:?}")))
 }
 
-/// Preprocessing on one GPU: a compiled kernel and its stream.
+/// Preprocessing on one GPU: the compiled kernel, its stream, and device buffers reused
+/// from batch to batch (they grow to the largest batch seen and stay).
 pub struct GpuPreprocessor {
     input: InputSpec,
     stream: Arc<cudarc::driver::CudaStream>,
     function: cudarc::driver::CudaFunction,
+    /// The batch's decoded images, uint8 RGB, one after another.
+    pixels: Option<cudarc::driver::CudaSlice<u8>>,
+    /// The model's input, NCHW floats.
+    output: Option<cudarc::driver::CudaSlice<f32>>,
+}
+
+fn cuda_error(e: cudarc::driver::DriverError) -> GpuError {
+    GpuError::Cuda(format!("{e:?}"))
+}
+
+/// `buffer`, grown to hold at least `len` elements (by powers of two, so that a few
+/// batch shapes settle it).
+fn ensure<T: cudarc::driver::DeviceRepr>(
+    stream: &Arc<cudarc::driver::CudaStream>,
+    buffer: &mut Option<cudarc::driver::CudaSlice<T>>,
+    len: usize,
+) -> Result<(), GpuError> {
+    if buffer.as_ref().is_none_or(|b| b.len() < len) {
+        *buffer = None; // free the old one first
+        // SAFETY: uninitialised device memory; every byte the kernel reads is written
+        // by an upload first, and the kernel writes every output value.
+        *buffer = Some(unsafe { stream.alloc::<T>(len.next_power_of_two()) }.map_err(cuda_error)?);
+    }
+    Ok(())
 }
 
 impl GpuPreprocessor {
@@ -252,30 +274,43 @@ impl GpuPreprocessor {
             ));
         }
         let ptx = compile()?;
-        let cuda = |e: cudarc::driver::DriverError| GpuError::Cuda(format!("{e:?}"));
-        let context = cudarc::driver::CudaContext::new(ordinal).map_err(cuda)?;
-        let module = context.load_module(ptx).map_err(cuda)?;
-        let function = module.load_function(KERNEL_NAME).map_err(cuda)?;
+        let context = cudarc::driver::CudaContext::new(ordinal).map_err(cuda_error)?;
+        let module = context.load_module(ptx).map_err(cuda_error)?;
+        let function = module.load_function(KERNEL_NAME).map_err(cuda_error)?;
+        // A stream of its own: the legacy default stream would serialise with every other
+        // stream of the context, ONNX Runtime's included.
+        let stream = context.new_stream().map_err(cuda_error)?;
         Ok(Self {
             input: input.clone(),
-            stream: context.default_stream(),
+            stream,
             function,
+            pixels: None,
+            output: None,
         })
     }
 
-    /// Preprocesses a batch into one device buffer, NCHW, ready for the model.
+    /// The stream the kernel runs on.
+    pub fn stream(&self) -> &Arc<cudarc::driver::CudaStream> {
+        &self.stream
+    }
+
+    /// Uploads a batch's pixels and preprocesses them into one device buffer, NCHW, ready
+    /// for the model; returns once the buffer is complete. The buffer is reused by the
+    /// next call.
     pub fn run(
-        &self,
+        &mut self,
         images: &[(&Decoded, Crop)],
-    ) -> Result<cudarc::driver::CudaSlice<f32>, GpuError> {
+    ) -> Result<cudarc::driver::CudaView<'_, f32>, GpuError> {
         use cudarc::driver::{LaunchConfig, PushKernelArg};
-        let cuda = |e: cudarc::driver::DriverError| GpuError::Cuda(format!("{e:?}"));
         let (out_w, out_h) = (self.input.width as i32, self.input.height as i32);
         let per_image = 3 * (out_w * out_h) as usize;
-        let mut out = self
-            .stream
-            .alloc_zeros::<f32>(per_image * images.len())
-            .map_err(cuda)?;
+        let total_pixels = images.iter().map(|(i, _)| i.pixels.as_raw().len()).sum();
+        ensure(&self.stream, &mut self.pixels, total_pixels)?;
+        ensure(&self.stream, &mut self.output, per_image * images.len())?;
+        let (pixels, output) = (
+            self.pixels.as_mut().expect("ensured"),
+            self.output.as_mut().expect("ensured"),
+        );
         let block = (16u32, 16u32, 1u32);
         let grid = (
             (self.input.width).div_ceil(block.0),
@@ -284,18 +319,22 @@ impl GpuPreprocessor {
         );
         let [mr, mg, mb] = self.input.mean;
         let [sr, sg, sb] = self.input.std;
-        let mut uploads = Vec::with_capacity(images.len());
+        let mut offset = 0;
         for (n, (image, crop)) in images.iter().enumerate() {
-            let pixels = self
-                .stream
-                .clone_htod(image.pixels.as_raw().as_slice())
-                .map_err(cuda)?;
+            let raw = image.pixels.as_raw().as_slice();
+            let range = offset..offset + raw.len();
+            offset += raw.len();
+            // From pageable memory the copy has left `raw` when this returns.
+            self.stream
+                .memcpy_htod(raw, &mut pixels.slice_mut(range.clone()))
+                .map_err(cuda_error)?;
+            let source = pixels.slice(range);
             let (src_w, src_h) = (image.width() as i32, image.height() as i32);
             let (left, top, cw, ch) = (crop.0 as f32, crop.1 as f32, crop.2 as f32, crop.3 as f32);
-            let mut slot = out.slice_mut(n * per_image..(n + 1) * per_image);
+            let mut slot = output.slice_mut(n * per_image..(n + 1) * per_image);
             let mut launch = self.stream.launch_builder(&self.function);
             launch
-                .arg(&pixels)
+                .arg(&source)
                 .arg(&src_w)
                 .arg(&src_h)
                 .arg(&left)
@@ -311,7 +350,7 @@ impl GpuPreprocessor {
                 .arg(&sg)
                 .arg(&sb)
                 .arg(&mut slot);
-            // SAFETY: the argument list matches the kernel's signature; `pixels` holds
+            // SAFETY: the argument list matches the kernel's signature; `source` holds
             // src_w*src_h*3 bytes and `slot` 3*out_w*out_h floats, as the kernel reads and
             // writes.
             unsafe {
@@ -321,19 +360,10 @@ impl GpuPreprocessor {
                     shared_mem_bytes: 0,
                 })
             }
-            .map_err(cuda)?;
-            uploads.push(pixels);
+            .map_err(cuda_error)?;
         }
-        self.stream.synchronize().map_err(cuda)?;
-        drop(uploads);
-        Ok(out)
-    }
-
-    /// Copies a device buffer back (for checks; the engine reads it in place).
-    pub fn to_host(&self, buffer: &cudarc::driver::CudaSlice<f32>) -> Result<Vec<f32>, GpuError> {
-        self.stream
-            .clone_dtoh(buffer)
-            .map_err(|e| GpuError::Cuda(format!("{e:?}")))
+        self.stream.synchronize().map_err(cuda_error)?;
+        Ok(output.slice(..per_image * images.len()))
     }
 }
 
@@ -450,13 +480,14 @@ mod tests {
 
     /// The largest error of the kernel against the reference over `images`, relative to
     /// the value (absolute below 1).
-    fn worst_error(gpu: &GpuPreprocessor, input: &InputSpec, images: &[Decoded]) -> f32 {
+    fn worst_error(gpu: &mut GpuPreprocessor, input: &InputSpec, images: &[Decoded]) -> f32 {
         let cpu = Preprocessor::new(input);
         let batch: Vec<_> = images
             .iter()
             .map(|p| (p, cpu.crop_box(p.width(), p.height())))
             .collect();
-        let out = gpu.to_host(&gpu.run(&batch).unwrap()).unwrap();
+        let stream = gpu.stream().clone();
+        let out = stream.clone_dtoh(&gpu.run(&batch).unwrap()).unwrap();
         let per = cpu.tensor_len();
         let mut worst = 0.0f32;
         for (n, (image, crop)) in batch.iter().enumerate() {
@@ -473,8 +504,10 @@ mod tests {
     #[test]
     fn the_gpu_kernel_equals_the_reference_where_there_is_a_gpu() {
         let input = spec();
-        let Some(gpu) = gpu_here(&input) else { return };
-        let worst = worst_error(&gpu, &input, &photos());
+        let Some(mut gpu) = gpu_here(&input) else {
+            return;
+        };
+        let worst = worst_error(&mut gpu, &input, &photos());
         assert!(worst <= 1e-5, "max rel error {worst}");
     }
 
@@ -483,7 +516,9 @@ mod tests {
     #[test]
     fn the_gpu_kernel_equals_the_reference_on_random_images() {
         let input = spec();
-        let Some(gpu) = gpu_here(&input) else { return };
+        let Some(mut gpu) = gpu_here(&input) else {
+            return;
+        };
         let mut seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -504,7 +539,7 @@ mod tests {
                 }
             })
             .collect();
-        let worst = worst_error(&gpu, &input, &images);
+        let worst = worst_error(&mut gpu, &input, &images);
         eprintln!("{} images checked, max rel error {worst:e}", images.len());
         assert!(worst <= 1e-5, "max rel error {worst}");
     }

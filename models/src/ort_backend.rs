@@ -3,11 +3,15 @@
 use std::path::Path;
 
 use ort::ep;
-use ort::session::Session;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::value::TensorRef;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Shape, TensorRef, TensorRefMut};
 
 use crate::backend::{Backend, BackendError, BatchOutput, Device};
+use crate::decode::Decoded;
+use crate::gpu_preprocess::GpuPreprocessor;
+use crate::preprocess::Crop;
 use crate::runtime;
 use crate::spec::ModelSpec;
 
@@ -17,10 +21,10 @@ pub struct OrtBackend {
     requested: Device,
     /// The device it really runs on (the CPU after a failed CUDA registration).
     device: Device,
-    input: String,
-    logits: String,
-    embedding: Option<String>,
+    names: Names,
     shape: [usize; 3],
+    /// Preprocessing on the session's GPU, when it runs on one and the kernel loaded.
+    on_device: Option<GpuPreprocessor>,
 }
 
 /// ort errors print their cause only in Debug.
@@ -65,10 +69,16 @@ impl OrtBackend {
     /// most `memory_limit` bytes of its memory. When the provider cannot be registered (a
     /// CPU-only ONNX Runtime, a missing CUDA library) the session runs on the CPU instead:
     /// the full error is logged and [`Backend::device`] reports the CPU.
+    ///
+    /// With `preprocess`, images are cropped, resized and normalised on the same GPU by the
+    /// NVRTC kernel ([`Backend::run_pixels`]), into device memory the session reads in
+    /// place. Where the kernel cannot be loaded, the reason is logged and preprocessing
+    /// stays on the CPU.
     pub fn cuda(
         spec: &ModelSpec,
         ordinal: u32,
         memory_limit: Option<usize>,
+        preprocess: bool,
         dylib: Option<&Path>,
     ) -> Result<Self, BackendError> {
         let mut cuda = ep::CUDA::default().with_device_id(ordinal as i32);
@@ -88,7 +98,22 @@ impl OrtBackend {
         let session = builder
             .commit_from_file(spec.onnx_path())
             .map_err(load_error(spec))?;
-        Self::from_session(session, Device::Cuda(ordinal), device, spec)
+        let mut backend = Self::from_session(session, Device::Cuda(ordinal), device, spec)?;
+        if preprocess && device != Device::Cpu {
+            match GpuPreprocessor::new(ordinal as usize, &spec.input) {
+                Ok(gpu) => {
+                    tracing::info!(
+                        gpu = ordinal,
+                        "preprocessing on the GPU: uint8 pixels in, the model's tensor stays in device memory"
+                    );
+                    backend.on_device = Some(gpu);
+                }
+                Err(e) => {
+                    tracing::warn!(gpu = ordinal, error = %e, "GPU preprocessing unavailable: this executor's images are preprocessed on the CPU");
+                }
+            }
+        }
+        Ok(backend)
     }
 
     fn from_session(
@@ -120,10 +145,13 @@ impl OrtBackend {
             session,
             requested,
             device,
-            input: spec.input.name.clone(),
-            logits: spec.outputs.logits.clone(),
-            embedding: spec.outputs.embedding.clone(),
+            names: Names {
+                input: spec.input.name.clone(),
+                logits: spec.outputs.logits.clone(),
+                embedding: spec.outputs.embedding.clone(),
+            },
             shape: [3, spec.input.height as usize, spec.input.width as usize],
+            on_device: None,
         })
     }
 }
@@ -152,9 +180,70 @@ impl Backend for OrtBackend {
         }
         let tensor = TensorRef::from_array_view(([n, c, h, w], input))
             .map_err(|e| BackendError::new(format!("wrapping the input tensor: {e:?}")))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input.as_str() => tensor])
+        self.names
+            .infer(&mut self.session, tensor.into(), n, want_embedding)
+    }
+
+    fn preprocesses(&self) -> bool {
+        self.on_device.is_some()
+    }
+
+    fn run_pixels(
+        &mut self,
+        images: &[(&Decoded, Crop)],
+        want_embedding: bool,
+    ) -> Result<BatchOutput, BackendError> {
+        let Device::Cuda(ordinal) = self.device else {
+            return Err(BackendError::new("pixels given to a CPU session"));
+        };
+        let gpu = self
+            .on_device
+            .as_mut()
+            .ok_or_else(|| BackendError::new("no GPU preprocessing on this executor"))?;
+        let [c, h, w] = self.shape;
+        let n = images.len();
+        let stream = gpu.stream().clone();
+        let batch = gpu
+            .run(images)
+            .map_err(|e| BackendError::new(format!("preprocessing on cuda:{ordinal}: {e}")))?;
+        let (pointer, _recorded) = cudarc::driver::DevicePtr::device_ptr(&batch, &stream);
+        let location = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            ordinal as i32,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| BackendError::new(format!("describing device memory: {e:?}")))?;
+        let shape = Shape::new([n, c, h, w].map(|d| d as i64));
+        // SAFETY: `pointer` is `batch`'s device memory on GPU `ordinal`, n*c*h*w floats,
+        // written and synchronised by `run`; `batch` borrows the preprocessor, so the
+        // memory outlives the session run below, the tensor's only use.
+        let tensor = unsafe { TensorRefMut::<f32>::from_raw(location, pointer as *mut _, shape) }
+            .map_err(|e| BackendError::new(format!("wrapping device memory: {e:?}")))?;
+        self.names
+            .infer(&mut self.session, tensor.into(), n, want_embedding)
+    }
+}
+
+/// The model's tensor names.
+struct Names {
+    input: String,
+    logits: String,
+    embedding: Option<String>,
+}
+
+impl Names {
+    /// Runs `session` on one input; copies out the logits, and the embedding when asked
+    /// for (ONNX Runtime hands outputs over in host memory).
+    fn infer(
+        &self,
+        session: &mut Session,
+        input: SessionInputValue<'_>,
+        n: usize,
+        want_embedding: bool,
+    ) -> Result<BatchOutput, BackendError> {
+        let outputs = session
+            .run(ort::inputs![self.input.as_str() => input])
             .map_err(|e| BackendError::new(format!("running the model: {e:?}")))?;
         let extract = |name: &str| -> Result<(usize, Vec<f32>), BackendError> {
             let value = outputs

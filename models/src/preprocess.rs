@@ -7,6 +7,10 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use crate::decode::Decoded;
 use crate::spec::InputSpec;
 
+/// A crop of an image: (left, top, width, height) in source pixels, as
+/// [`Preprocessor::crop_box`] gives it.
+pub type Crop = (f64, f64, f64, f64);
+
 /// Prepares images for one model. Holds the resizer's scratch buffers and the
 /// normalisation table, so one per thread.
 pub struct Preprocessor {
@@ -38,7 +42,7 @@ impl Preprocessor {
 
     /// The crop taken from a `width`x`height` image: the largest centred rectangle of the
     /// model's aspect ratio, scaled by `crop_fraction`. Returns (left, top, width, height).
-    pub fn crop_box(&self, width: u32, height: u32) -> (f64, f64, f64, f64) {
+    pub fn crop_box(&self, width: u32, height: u32) -> Crop {
         let (w, h) = (f64::from(width), f64::from(height));
         let target_aspect = f64::from(self.input.width) / f64::from(self.input.height);
         let (mut cw, mut ch) = if w / h > target_aspect {

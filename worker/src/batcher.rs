@@ -56,6 +56,7 @@ pub async fn run(input: Receiver<Prepared>, output: Sender<Batch>, policy: Batch
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prepare::ModelInput;
     use crate::task::tests::works;
 
     fn prepared(n: usize) -> Vec<Prepared> {
@@ -63,7 +64,7 @@ mod tests {
             .into_iter()
             .map(|work| Prepared {
                 work,
-                tensor: vec![0.5; 3],
+                input: ModelInput::Tensor(vec![0.5; 3]),
                 width: 1,
                 height: 1,
             })

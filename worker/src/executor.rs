@@ -1,6 +1,10 @@
 //! Executors: one OS thread per device, owning one [`Backend`], pulling batches from the
 //! queue all executors share. Postprocessing runs here too: it is cheap next to inference
 //! and keeps the batch's outputs local.
+//!
+//! A batch of decoded pixels goes to a backend that preprocesses on its GPU as it is;
+//! any other backend gets float tensors, preprocessed on this thread where the decode
+//! threads left it to the executors.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -10,15 +14,17 @@ use async_channel::{Receiver, Sender};
 use tagfleet_core::schema::{Analysis, ResultLine, SCHEMA_VERSION, Status};
 use tagfleet_core::{ErrorKind, ImageError};
 use tagfleet_models::postprocess::{l2_normalised, top_k_tags};
-use tagfleet_models::{Backend, BackendError, BatchOutput};
+use tagfleet_models::spec::InputSpec;
+use tagfleet_models::{Backend, BackendError, BatchOutput, Preprocessor};
 
 use crate::batcher::Batch;
-use crate::prepare::Prepared;
+use crate::prepare::{ModelInput, Prepared};
 use crate::task::Completed;
 
 /// Starts the executor thread for `backend`; it stops when `input` closes.
 pub fn spawn(
     mut backend: Box<dyn Backend>,
+    spec: &InputSpec,
     input: Receiver<Batch>,
     output: Sender<Completed>,
     labels: Arc<Vec<String>>,
@@ -28,11 +34,12 @@ pub fn spawn(
     crate::metrics::EXECUTORS
         .with_label_values(&[&device.to_string(), backend.device().kind()])
         .set(1);
+    let mut pre = Preprocessor::new(spec);
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             while let Ok(batch) = input.recv_blocking() {
-                for done in execute(backend.as_mut(), batch, &labels) {
+                for done in execute(backend.as_mut(), &mut pre, batch, &labels) {
                     if output.send_blocking(done).is_err() {
                         return;
                     }
@@ -43,21 +50,32 @@ pub fn spawn(
 }
 
 /// Runs one batch and turns its outputs into result lines, one per image.
-pub fn execute(backend: &mut dyn Backend, batch: Batch, labels: &[String]) -> Vec<Completed> {
+pub fn execute(
+    backend: &mut dyn Backend,
+    pre: &mut Preprocessor,
+    batch: Batch,
+    labels: &[String],
+) -> Vec<Completed> {
     let n = batch.items.len();
     let want_embedding = batch
         .items
         .iter()
         .any(|p| p.work.task.msg.analyses.contains(&Analysis::Embedding));
-    let mut input = Vec::with_capacity(batch.items.iter().map(|p| p.tensor.len()).sum());
-    for item in &batch.items {
-        input.extend_from_slice(&item.tensor);
-    }
+    let pixels: Option<Vec<_>> = batch
+        .items
+        .iter()
+        .map(|p| match &p.input {
+            ModelInput::Pixels { image, crop, .. } => Some((image, *crop)),
+            ModelInput::Tensor(_) => None,
+        })
+        .collect();
     let start = Instant::now();
     // A panicking backend costs this batch, not the worker (nor the tasks waiting on it).
-    let result =
-        std::panic::catch_unwind(AssertUnwindSafe(|| backend.run(&input, n, want_embedding)))
-            .unwrap_or_else(|_| Err(BackendError::new("the inference backend panicked")));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| match pixels {
+        Some(images) if backend.preprocesses() => backend.run_pixels(&images, want_embedding),
+        _ => backend.run(&tensors(&batch.items, pre), n, want_embedding),
+    }))
+    .unwrap_or_else(|_| Err(BackendError::new("the inference backend panicked")));
     let inference_ms = start.elapsed().as_secs_f64() * 1e3;
     crate::metrics::BATCH_SIZE.observe(n as f64);
     crate::metrics::EXECUTOR_BUSY
@@ -84,6 +102,20 @@ pub fn execute(backend: &mut dyn Backend, batch: Batch, labels: &[String]) -> Ve
             }
         })
         .collect()
+}
+
+/// The batch as one NCHW float buffer, preprocessing the images that came as pixels.
+fn tensors(items: &[Prepared], pre: &mut Preprocessor) -> Vec<f32> {
+    let per_image = pre.tensor_len();
+    let mut input = vec![0.0; items.len() * per_image];
+    for (item, slot) in items.iter().zip(input.chunks_exact_mut(per_image)) {
+        match &item.input {
+            ModelInput::Tensor(tensor) => slot.copy_from_slice(tensor),
+            // The crop is the preprocessor's own, from the image size.
+            ModelInput::Pixels { image, .. } => pre.run(image, slot),
+        }
+    }
+    input
 }
 
 fn ok_line(

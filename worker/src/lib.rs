@@ -1,6 +1,7 @@
 //! The tagfleet worker: the pipeline of DESIGN.md, from queue to result object.
 
 pub mod batcher;
+pub mod budget;
 pub mod executor;
 pub mod fetch;
 pub mod gate;
@@ -13,6 +14,7 @@ pub mod task;
 pub mod writer;
 
 pub use batcher::BatchPolicy;
+pub use budget::DEFAULT_PIXEL_BUDGET;
 pub use fetch::{FileRoots, Sources};
 pub use pipeline::{Pipeline, PipelineConfig};
 pub use task::Tenants;

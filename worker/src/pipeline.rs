@@ -15,10 +15,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{self, BatchPolicy};
+use crate::budget::PixelBudget;
 use crate::executor;
 use crate::fetch::{Sources, fetch};
 use crate::gate::JobGate;
-use crate::prepare::{self, Fetched};
+use crate::prepare::{self, Fetched, Preprocessing};
 use crate::task::{Completed, TaskState, Tenants, Timings, Work};
 use crate::writer::{self, Event, Summary};
 
@@ -37,6 +38,8 @@ pub struct PipelineConfig {
     pub limits: DecodeLimits,
     /// Where images may be read from.
     pub sources: Sources,
+    /// Bytes of decoded images waiting for executors that preprocess on their GPU.
+    pub pixel_budget: usize,
     /// Stop once the queue says it is drained (the embedded mode), instead of waiting
     /// for more work until shutdown.
     pub exit_when_drained: bool,
@@ -84,6 +87,16 @@ impl Pipeline {
         );
         let threads = config.prepare_threads.max(1);
         let max_batch = config.batch.max_batch.max(1);
+        // Decoded pixels go to the executors when one of them preprocesses on its GPU.
+        let preprocessing = if backends.iter().any(|b| b.preprocesses()) {
+            tracing::info!(
+                budget_mib = config.pixel_budget >> 20,
+                "decode threads hand uint8 pixels to the executors, which preprocess"
+            );
+            Preprocessing::Executors(PixelBudget::new(config.pixel_budget))
+        } else {
+            Preprocessing::Cpu
+        };
 
         let (work_tx, work_rx) = bounded::<Work>(max_batch * 2);
         let (fetched_tx, fetched_rx) = bounded::<Fetched>(threads * 2);
@@ -118,12 +131,19 @@ impl Pipeline {
             done_tx.clone(),
             spec.input.clone(),
             config.limits,
+            preprocessing,
         );
         let batcher = tokio::spawn(batcher::run(prepared_rx, batch_tx, config.batch));
         let executors: Vec<_> = backends
             .into_iter()
             .map(|backend| {
-                executor::spawn(backend, batch_rx.clone(), done_tx.clone(), labels.clone())
+                executor::spawn(
+                    backend,
+                    &spec.input,
+                    batch_rx.clone(),
+                    done_tx.clone(),
+                    labels.clone(),
+                )
             })
             .collect();
         drop((batch_rx, done_tx));

@@ -1,12 +1,18 @@
 //! Decode and preprocess: a pool of OS threads, sized to the cores, turning fetched bytes
 //! into model input. CPU-bound work stays off the async runtime.
+//!
+//! Where an executor preprocesses on its GPU, the threads only decode: the image goes on
+//! as uint8 pixels with the crop to take, and a [`PixelBudget`] bounds the bytes waiting.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
 use tagfleet_core::{ErrorKind, ImageError};
-use tagfleet_models::{DecodeLimits, Preprocessor, spec::InputSpec};
+use tagfleet_models::preprocess::Crop;
+use tagfleet_models::{DecodeLimits, Decoded, Preprocessor, spec::InputSpec};
 
+use crate::budget::{PixelBudget, Reservation};
 use crate::task::{Completed, Work};
 
 /// Fetched bytes of one image.
@@ -15,11 +21,31 @@ pub struct Fetched {
     pub bytes: Vec<u8>,
 }
 
-/// One image ready for the model.
+/// Where images are cropped, resized and normalised.
+#[derive(Clone)]
+pub enum Preprocessing {
+    /// Here, in the decode threads.
+    Cpu,
+    /// By the executors: on their GPU, or on their own thread where they have none.
+    Executors(Arc<PixelBudget>),
+}
+
+/// An image as the executors receive it.
+pub enum ModelInput {
+    /// CHW floats of the model's input size.
+    Tensor(Vec<f32>),
+    /// Decoded pixels and the crop to take, holding their share of the pixel budget.
+    Pixels {
+        image: Decoded,
+        crop: Crop,
+        _budget: Reservation,
+    },
+}
+
+/// One image ready for an executor.
 pub struct Prepared {
     pub work: Work,
-    /// CHW floats, the model's input size.
-    pub tensor: Vec<f32>,
+    pub input: ModelInput,
     pub width: u32,
     pub height: u32,
 }
@@ -32,37 +58,40 @@ pub fn spawn(
     failed: Sender<Completed>,
     spec: InputSpec,
     limits: DecodeLimits,
+    preprocessing: Preprocessing,
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..threads.max(1))
         .map(|i| {
-            let (input, output, failed, spec) =
-                (input.clone(), output.clone(), failed.clone(), spec.clone());
+            let (input, output, failed, spec, preprocessing) = (
+                input.clone(),
+                output.clone(),
+                failed.clone(),
+                spec.clone(),
+                preprocessing.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("prepare-{i}"))
                 .spawn(move || {
                     let mut pre = Preprocessor::new(&spec);
                     while let Ok(Fetched { mut work, bytes }) = input.recv_blocking() {
-                        match prepare(&mut pre, &bytes, limits, &mut work) {
-                            Ok((tensor, width, height)) => {
-                                drop(bytes);
-                                if output
-                                    .send_blocking(Prepared {
-                                        work,
-                                        tensor,
-                                        width,
-                                        height,
-                                    })
-                                    .is_err()
-                                {
-                                    break;
-                                }
-                            }
+                        let result = prepare(&mut pre, &preprocessing, &bytes, limits, &mut work);
+                        drop(bytes);
+                        let sent = match result {
+                            Ok((input, width, height)) => output
+                                .send_blocking(Prepared {
+                                    work,
+                                    input,
+                                    width,
+                                    height,
+                                })
+                                .is_ok(),
                             Err(error) => {
                                 let line = work.failed(error);
-                                if failed.send_blocking(Completed { work, line }).is_err() {
-                                    break;
-                                }
+                                failed.send_blocking(Completed { work, line }).is_ok()
                             }
+                        };
+                        if !sent {
+                            break;
                         }
                     }
                 })
@@ -73,10 +102,11 @@ pub fn spawn(
 
 fn prepare(
     pre: &mut Preprocessor,
+    preprocessing: &Preprocessing,
     bytes: &[u8],
     limits: DecodeLimits,
     work: &mut Work,
-) -> Result<(Vec<f32>, u32, u32), ImageError> {
+) -> Result<(ModelInput, u32, u32), ImageError> {
     // A decoder bug on hostile input must cost one image, not the worker.
     let decoded =
         std::panic::catch_unwind(AssertUnwindSafe(|| tagfleet_models::decode(bytes, limits)))
@@ -84,8 +114,19 @@ fn prepare(
                 ImageError::new(ErrorKind::Decode, "the decoder failed on this image")
             })??;
     work.timings.lap("decode");
-    let mut tensor = vec![0.0; pre.tensor_len()];
-    pre.run(&decoded, &mut tensor);
-    work.timings.lap("preprocess");
-    Ok((tensor, decoded.width(), decoded.height()))
+    let (width, height) = (decoded.width(), decoded.height());
+    let input = match preprocessing {
+        Preprocessing::Cpu => {
+            let mut tensor = vec![0.0; pre.tensor_len()];
+            pre.run(&decoded, &mut tensor);
+            work.timings.lap("preprocess");
+            ModelInput::Tensor(tensor)
+        }
+        Preprocessing::Executors(budget) => ModelInput::Pixels {
+            _budget: budget.reserve(decoded.pixels.as_raw().len()),
+            crop: pre.crop_box(width, height),
+            image: decoded,
+        },
+    };
+    Ok((input, width, height))
 }

@@ -1,5 +1,6 @@
 //! The pipeline end to end with the real model on real photos: redelivery, poison
-//! messages, failing backends, and several executors sharing one batch queue.
+//! messages, failing backends, several executors sharing one batch queue, and executors
+//! that preprocess on their device.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,8 +14,10 @@ use tagfleet_core::schema::{
 };
 use tagfleet_core::store::FsStore;
 use tagfleet_core::{ErrorKind, ObjectStore, Pseudonymiser, Queue, TenantKey};
+use tagfleet_models::gpu_preprocess;
+use tagfleet_models::preprocess::Crop;
 use tagfleet_models::{
-    Backend, BackendError, BatchOutput, DecodeLimits, Device, ModelSpec, OrtBackend,
+    Backend, BackendError, BatchOutput, DecodeLimits, Decoded, Device, ModelSpec, OrtBackend,
 };
 use tagfleet_worker::{BatchPolicy, FileRoots, Pipeline, PipelineConfig, Summary, Tenants};
 use tokio_util::sync::CancellationToken;
@@ -81,6 +84,16 @@ impl Harness {
     }
 
     async fn run(&self, backends: Vec<Box<dyn Backend>>, max_batch: usize) -> Summary {
+        self.run_with(backends, max_batch, tagfleet_worker::DEFAULT_PIXEL_BUDGET)
+            .await
+    }
+
+    async fn run_with(
+        &self,
+        backends: Vec<Box<dyn Backend>>,
+        max_batch: usize,
+        pixel_budget: usize,
+    ) -> Summary {
         let spec = spec();
         let labels = Arc::new(spec.load_labels().unwrap());
         let key = Pseudonymiser::new(TenantKey::new(vec![42; 32]).unwrap());
@@ -100,6 +113,7 @@ impl Harness {
                 fetch_concurrency: 4,
                 max_tasks_in_flight: 2,
                 limits: DecodeLimits::default(),
+                pixel_budget,
                 sources: FileRoots::new([photos()]).unwrap().into(),
                 exit_when_drained: true,
                 progress: None,
@@ -295,4 +309,151 @@ async fn a_failing_backend_gives_inference_error_records() {
         h.queue.is_drained(),
         "the task was written and acked, not redelivered forever"
     );
+}
+
+/// A device that preprocesses itself, as a GPU executor does, with the GPU kernel's
+/// arithmetic run on the CPU ([`gpu_preprocess::reference`]), then runs the real model.
+/// Counts the images that reach it as pixels and as tensors.
+struct PreprocessingDevice {
+    inner: Box<dyn Backend>,
+    as_pixels: Arc<AtomicUsize>,
+    as_tensors: Arc<AtomicUsize>,
+}
+
+impl PreprocessingDevice {
+    fn new() -> (Self, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (pixels, tensors) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let device = Self {
+            inner: ort(),
+            as_pixels: pixels.clone(),
+            as_tensors: tensors.clone(),
+        };
+        (device, pixels, tensors)
+    }
+}
+
+impl Backend for PreprocessingDevice {
+    fn device(&self) -> Device {
+        Device::Cuda(0)
+    }
+    fn run(&mut self, input: &[f32], n: usize, embed: bool) -> Result<BatchOutput, BackendError> {
+        self.as_tensors.fetch_add(n, Ordering::SeqCst);
+        self.inner.run(input, n, embed)
+    }
+    fn preprocesses(&self) -> bool {
+        true
+    }
+    fn run_pixels(
+        &mut self,
+        images: &[(&Decoded, Crop)],
+        embed: bool,
+    ) -> Result<BatchOutput, BackendError> {
+        self.as_pixels.fetch_add(images.len(), Ordering::SeqCst);
+        let input_spec = spec().input;
+        let per_image = 3 * (input_spec.width * input_spec.height) as usize;
+        let mut input = vec![0.0; images.len() * per_image];
+        for ((image, crop), slot) in images.iter().zip(input.chunks_exact_mut(per_image)) {
+            gpu_preprocess::reference(image, *crop, &input_spec, slot);
+        }
+        // Slow enough that a second executor gets batches too.
+        std::thread::sleep(Duration::from_millis(20));
+        self.inner.run(&input, images.len(), embed)
+    }
+}
+
+const PHOTOS: [&str; 6] = [
+    "coffee.png",
+    "chelsea.png",
+    "astronaut.png",
+    "rocket.jpg",
+    "camera.png",
+    "horse.png",
+];
+
+/// With an executor that preprocesses, the decode threads hand over pixels and their crop,
+/// and the results are the CPU path's: the same top tag, confidences close (the two
+/// preprocessings differ by at most one uint8 step). The pixel budget is smaller than two
+/// photos, so images pass a few at a time and the run finishes only if every reservation
+/// is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_that_preprocesses_gets_pixels_and_gives_the_cpu_results() {
+    let cpu = Harness::new();
+    let device = Harness::new();
+    for h in [&cpu, &device] {
+        h.queue
+            .publish(task("t000001", &PHOTOS).to_json())
+            .await
+            .unwrap();
+    }
+    cpu.run(vec![ort()], 4).await;
+    let (backend, as_pixels, as_tensors) = PreprocessingDevice::new();
+    let summary = device.run_with(vec![Box::new(backend)], 4, 1 << 20).await;
+    assert_eq!(summary.images_ok, PHOTOS.len());
+    assert_eq!(
+        (
+            as_pixels.load(Ordering::SeqCst),
+            as_tensors.load(Ordering::SeqCst)
+        ),
+        (PHOTOS.len(), 0),
+        "every image reached the device as pixels"
+    );
+    let (want, got) = (cpu.lines("t000001").await, device.lines("t000001").await);
+    let mut differences = Vec::new();
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(
+            (w.image.as_str(), w.width, w.height),
+            (g.image.as_str(), g.width, g.height)
+        );
+        let (w, g) = (&w.tags.as_ref().unwrap()[0], &g.tags.as_ref().unwrap()[0]);
+        assert_eq!(w.label, g.label);
+        differences.push((w.confidence - g.confidence).abs());
+    }
+    // An ambiguous photo (the rocket: missile or projectile) moves most, by about 0.08.
+    let mean = differences.iter().sum::<f32>() / differences.len() as f32;
+    assert!(
+        differences.iter().all(|d| *d < 0.1) && mean < 0.03,
+        "top-tag confidence differences {differences:?}"
+    );
+}
+
+/// A GPU executor that preprocesses and a CPU one share the pixel batches: each image
+/// runs exactly once, and the CPU executor preprocesses what it takes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preprocessing_and_a_cpu_executor_share_pixel_batches() {
+    let h = Harness::new();
+    let files: Vec<&str> = PHOTOS.into_iter().cycle().take(24).collect();
+    for (i, chunk) in files.chunks(6).enumerate() {
+        h.queue
+            .publish(task(&format!("t{:06}", i + 1), chunk).to_json())
+            .await
+            .unwrap();
+    }
+    let (device, as_pixels, as_tensors) = PreprocessingDevice::new();
+    let (cpu_images, cpu_batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let cpu = Counting {
+        inner: ort(),
+        images: cpu_images.clone(),
+        batches: cpu_batches,
+    };
+    let summary = h.run(vec![Box::new(device), Box::new(cpu)], 2).await;
+    let (pixels, tensors, cpu) = (
+        as_pixels.load(Ordering::SeqCst),
+        as_tensors.load(Ordering::SeqCst),
+        cpu_images.load(Ordering::SeqCst),
+    );
+    assert_eq!(
+        pixels + cpu,
+        24,
+        "every image ran exactly once: {pixels} + {cpu}"
+    );
+    assert!(
+        pixels > 0 && cpu > 0,
+        "both executors took batches: {pixels}, {cpu}"
+    );
+    assert_eq!(tensors, 0, "the preprocessing executor always got pixels");
+    assert_eq!((summary.images_ok, summary.tasks_written), (24, 4));
+    for t in 1..=4 {
+        let lines = h.lines(&format!("t{t:06}")).await;
+        assert_eq!(lines[0].tags.as_ref().unwrap()[0].label, "espresso");
+    }
 }
