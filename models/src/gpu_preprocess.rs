@@ -372,35 +372,10 @@ mod tests {
     use super::*;
     use crate::preprocess::Preprocessor;
 
-    /// The checkout's folders, or where `$TAGFLEET_MODELS_DIR` and `$TAGFLEET_TEST_PHOTOS`
-    /// say (the GPU check runs this test binary away from the checkout).
-    fn folder(var: &str, default: &str) -> PathBuf {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default))
-    }
+    use crate::test_support::photos;
 
     fn spec() -> InputSpec {
-        crate::ModelSpec::load(&folder("TAGFLEET_MODELS_DIR", ".").join("efficientnet-lite0"))
-            .expect("the model spec is committed")
-            .input
-    }
-
-    fn photos() -> Vec<Decoded> {
-        let dir = folder("TAGFLEET_TEST_PHOTOS", "../samples/photos");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e} (make photos extracts them)", dir.display()))
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg"))
-            .collect();
-        files.sort();
-        let photos: Vec<Decoded> = files
-            .iter()
-            .filter_map(|p| crate::decode(&std::fs::read(p).unwrap(), Default::default()).ok())
-            .collect();
-        assert!(photos.len() >= 5, "real photos to compare on");
-        photos
+        crate::test_support::model().input
     }
 
     /// The kernel's arithmetic (f32 weights, no rounding) against the CPU path

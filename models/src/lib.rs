@@ -17,3 +17,42 @@ pub use decode::{DecodeLimits, Decoded, decode};
 pub use ort_backend::OrtBackend;
 pub use preprocess::Preprocessor;
 pub use spec::ModelSpec;
+
+/// The model and photos the unit tests run on: the checkout's, or where
+/// `$TAGFLEET_MODELS_DIR` and `$TAGFLEET_TEST_PHOTOS` say (the GPU check runs the test
+/// binary away from the checkout).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+
+    use crate::{Decoded, ModelSpec};
+
+    fn folder(var: &str, default: &str) -> PathBuf {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default))
+    }
+
+    pub fn model() -> ModelSpec {
+        ModelSpec::load(&folder("TAGFLEET_MODELS_DIR", ".").join("efficientnet-lite0"))
+            .expect("the model spec is committed")
+    }
+
+    /// The sample photos, decoded, in name order.
+    pub fn photos() -> Vec<Decoded> {
+        let dir = folder("TAGFLEET_TEST_PHOTOS", "../samples/photos");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e} (make photos extracts them)", dir.display()))
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg"))
+            .collect();
+        files.sort();
+        let photos: Vec<Decoded> = files
+            .iter()
+            .filter_map(|p| crate::decode(&std::fs::read(p).unwrap(), Default::default()).ok())
+            .collect();
+        assert!(photos.len() >= 5, "real photos to compare on");
+        photos
+    }
+}

@@ -277,3 +277,60 @@ impl Names {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Preprocessor;
+    use crate::gpu_preprocess::reference;
+    use crate::test_support::{model, photos};
+
+    /// On a GPU host with a CUDA-enabled ONNX Runtime (`$TAGFLEET_ORT_DYLIB`, else the
+    /// virtualenv's): the session reads the kernel's output in device memory and gives the
+    /// logits and embeddings of the same session run on the reference tensors from the host
+    /// (the kernel equals the reference to 1e-5; a wrong pointer, shape or layout would be
+    /// off by whole units).
+    #[test]
+    fn the_session_reads_gpu_preprocessed_pixels_in_place_where_there_is_a_gpu() {
+        let spec = model();
+        let dylib = std::env::var_os(runtime::DYLIB_ENV).map(std::path::PathBuf::from);
+        let mut gpu = OrtBackend::cuda(&spec, 0, None, true, dylib.as_deref()).unwrap();
+        if !gpu.preprocesses() {
+            eprintln!(
+                "no GPU check here: the session runs on {} without GPU preprocessing",
+                gpu.device()
+            );
+            return;
+        }
+        let pre = Preprocessor::new(&spec.input);
+        let photos = photos();
+        let images: Vec<(&Decoded, Crop)> = photos
+            .iter()
+            .map(|p| (p, pre.crop_box(p.width(), p.height())))
+            .collect();
+        let in_place = gpu.run_pixels(&images, true).unwrap();
+        let per_image = pre.tensor_len();
+        let mut tensors = vec![0.0; images.len() * per_image];
+        for ((image, crop), slot) in images.iter().zip(tensors.chunks_exact_mut(per_image)) {
+            reference(image, *crop, &spec.input, slot);
+        }
+        let from_host = gpu.run(&tensors, images.len(), true).unwrap();
+        let worst = |a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len());
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let logits = worst(&in_place.logits, &from_host.logits);
+        let embeddings = worst(
+            in_place.embeddings.as_deref().unwrap(),
+            from_host.embeddings.as_deref().unwrap(),
+        );
+        eprintln!(
+            "{} photos in place vs from the host: max logit difference {logits:e}, max embedding difference {embeddings:e}",
+            images.len()
+        );
+        assert!(logits < 1e-2 && embeddings < 1e-2, "{logits} {embeddings}");
+    }
+}

@@ -45,10 +45,14 @@ fn cpu_session_tags_a_real_photo() {
 #[test]
 fn cuda_session_without_a_cuda_runtime_falls_back_to_the_cpu_and_still_works() {
     let spec = spec();
-    let mut gpu = OrtBackend::cuda(&spec, 0, Some(1 << 30), None).unwrap();
+    let mut gpu = OrtBackend::cuda(&spec, 0, Some(1 << 30), true, None).unwrap();
     assert_eq!(gpu.requested_device(), Device::Cuda(0));
     if gpu.device() == Device::Cpu {
-        // The fallback: same model, same answer, on the CPU.
+        // The fallback: same model, same answer, on the CPU, which takes tensors.
+        assert!(
+            !gpu.preprocesses(),
+            "no GPU preprocessing without the GPU session"
+        );
         assert_eq!(top_label(&mut gpu, &spec, "coffee.png"), "espresso");
     } else {
         // A CUDA-enabled ONNX Runtime on a GPU machine: the real thing.
