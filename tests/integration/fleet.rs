@@ -200,7 +200,7 @@ async fn same_tags_as_embedded(kind: &str) {
         metric(
             &metrics,
             "tagfleet_worker_executor_info",
-            &["device=\"cpu\"", "kind=\"cpu\""]
+            &["device=\"cpu\"", "kind=\"cpu\"", "preprocess=\"cpu\""]
         ),
         Some(1.0)
     );

@@ -14,8 +14,9 @@ use async_channel::{Receiver, Sender};
 use tagfleet_core::schema::{Analysis, ResultLine, SCHEMA_VERSION, Status};
 use tagfleet_core::{ErrorKind, ImageError};
 use tagfleet_models::postprocess::{l2_normalised, top_k_tags};
+use tagfleet_models::preprocess::Crop;
 use tagfleet_models::spec::InputSpec;
-use tagfleet_models::{Backend, BackendError, BatchOutput, Preprocessor};
+use tagfleet_models::{Backend, BackendError, BatchOutput, Decoded, Preprocessor};
 
 use crate::batcher::Batch;
 use crate::prepare::{ModelInput, Prepared};
@@ -32,7 +33,11 @@ pub fn spawn(
     let name = format!("executor-{}", backend.device());
     let device = backend.requested_device();
     crate::metrics::EXECUTORS
-        .with_label_values(&[&device.to_string(), backend.device().kind()])
+        .with_label_values(&[
+            device.to_string().as_str(),
+            backend.device().kind(),
+            if backend.preprocesses() { "gpu" } else { "cpu" },
+        ])
         .set(1);
     let mut pre = Preprocessor::new(spec);
     std::thread::Builder::new()
@@ -61,19 +66,13 @@ pub fn execute(
         .items
         .iter()
         .any(|p| p.work.task.msg.analyses.contains(&Analysis::Embedding));
-    let pixels: Option<Vec<_>> = batch
-        .items
-        .iter()
-        .map(|p| match &p.input {
-            ModelInput::Pixels { image, crop, .. } => Some((image, *crop)),
-            ModelInput::Tensor(_) => None,
-        })
-        .collect();
     let start = Instant::now();
     // A panicking backend costs this batch, not the worker (nor the tasks waiting on it).
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| match pixels {
-        Some(images) if backend.preprocesses() => backend.run_pixels(&images, want_embedding),
-        _ => backend.run(&tensors(&batch.items, pre), n, want_embedding),
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        match pixels(&batch.items).filter(|_| backend.preprocesses()) {
+            Some(images) => backend.run_pixels(&images, want_embedding),
+            None => backend.run(&tensors(&batch.items, pre), n, want_embedding),
+        }
     }))
     .unwrap_or_else(|_| Err(BackendError::new("the inference backend panicked")));
     let inference_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -100,6 +99,17 @@ pub fn execute(
                 work: prepared.work,
                 line,
             }
+        })
+        .collect()
+}
+
+/// The batch's decoded images with their crops, when all of them came as pixels.
+fn pixels(items: &[Prepared]) -> Option<Vec<(&Decoded, Crop)>> {
+    items
+        .iter()
+        .map(|p| match &p.input {
+            ModelInput::Pixels { image, crop, .. } => Some((image, *crop)),
+            ModelInput::Tensor(_) => None,
         })
         .collect()
 }

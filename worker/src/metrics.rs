@@ -56,14 +56,15 @@ pub static EXECUTOR_BUSY: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// 1 for each executor, labelled with the kind of device it really runs on.
+/// 1 for each executor, labelled with the kind of device it really runs on and where its
+/// images are preprocessed (`gpu`: on its device; `cpu`: by the decode threads or itself).
 pub static EXECUTORS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         Opts::new(
             "tagfleet_worker_executor_info",
-            "Executors by device and device kind"
+            "Executors by device, device kind and where they preprocess"
         ),
-        &["device", "kind"]
+        &["device", "kind", "preprocess"]
     )
     .expect("metric registers once")
 });
