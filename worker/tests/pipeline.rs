@@ -66,6 +66,15 @@ fn task(task_id: &str, files: &[&str]) -> TaskMessage {
     }
 }
 
+const PHOTOS: [&str; 6] = [
+    "coffee.png",
+    "chelsea.png",
+    "astronaut.png",
+    "rocket.jpg",
+    "camera.png",
+    "horse.png",
+];
+
 struct Harness {
     queue: Arc<MemoryQueue>,
     store: Arc<FsStore>,
@@ -127,6 +136,16 @@ impl Harness {
         )
         .await
         .expect("the pipeline drains and stops")
+    }
+
+    /// Tasks t000001..t000004, each of the six photos: 24 images, coffee first.
+    async fn publish_four_tasks_of_the_photos(&self) {
+        for i in 1..=4 {
+            self.queue
+                .publish(task(&format!("t{i:06}"), &PHOTOS).to_json())
+                .await
+                .unwrap();
+        }
     }
 
     async fn lines(&self, task_id: &str) -> Vec<ResultLine> {
@@ -227,24 +246,7 @@ impl Backend for Counting {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_executors_share_the_batches_and_run_each_once() {
     let h = Harness::new();
-    let files: Vec<&str> = [
-        "coffee.png",
-        "chelsea.png",
-        "astronaut.png",
-        "rocket.jpg",
-        "camera.png",
-        "horse.png",
-    ]
-    .into_iter()
-    .cycle()
-    .take(24)
-    .collect();
-    for (i, chunk) in files.chunks(6).enumerate() {
-        h.queue
-            .publish(task(&format!("t{:06}", i + 1), chunk).to_json())
-            .await
-            .unwrap();
-    }
+    h.publish_four_tasks_of_the_photos().await;
     let counters: Vec<_> = (0..2)
         .map(|_| (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))))
         .collect();
@@ -361,15 +363,6 @@ impl Backend for PreprocessingDevice {
     }
 }
 
-const PHOTOS: [&str; 6] = [
-    "coffee.png",
-    "chelsea.png",
-    "astronaut.png",
-    "rocket.jpg",
-    "camera.png",
-    "horse.png",
-];
-
 /// With an executor that preprocesses, the decode threads hand over pixels and their crop,
 /// and the results are the CPU path's: the same top tag, confidences close (the two
 /// preprocessings differ by at most one uint8 step). The pixel budget is smaller than two
@@ -421,13 +414,7 @@ async fn an_executor_that_preprocesses_gets_pixels_and_gives_the_cpu_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preprocessing_and_a_cpu_executor_share_pixel_batches() {
     let h = Harness::new();
-    let files: Vec<&str> = PHOTOS.into_iter().cycle().take(24).collect();
-    for (i, chunk) in files.chunks(6).enumerate() {
-        h.queue
-            .publish(task(&format!("t{:06}", i + 1), chunk).to_json())
-            .await
-            .unwrap();
-    }
+    h.publish_four_tasks_of_the_photos().await;
     let (device, as_pixels, as_tensors) = PreprocessingDevice::new();
     let (cpu_images, cpu_batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let cpu = Counting {
