@@ -2,7 +2,9 @@
 //! the same photos, and how close end-to-end comes to the bound.
 //!
 //! On a CPU host the bound is cores / (decode+preprocess CPU-s + inference CPU-s per
-//! image): every image costs both, and all cores are shared between them.
+//! image): every image costs both, and all cores are shared between them. On a GPU the
+//! bound is the slower of the engine and the decode threads; with GPU preprocessing the
+//! engine's rate includes the upload and the kernel, and the decode threads only decode.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use tagfleet_models::gpu_preprocess::GpuPreprocessor;
+use tagfleet_models::preprocess::Crop;
 use tagfleet_models::{Backend, DecodeLimits, Decoded, Preprocessor, decode};
 
 use crate::backends::{Sse, StoreArgs};
 use crate::bench_fleet;
-use crate::engine::{self, EngineArgs};
+use crate::engine::{self, EngineArgs, PreprocessOn};
 use crate::inputs;
 
 #[derive(Debug, Args)]
@@ -118,29 +122,56 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         model.spec.id()
     );
 
-    // Decode + preprocess, one thread: CPU-seconds per image.
+    // Decode (+ preprocess), one thread: CPU-seconds per image.
     let bytes: Vec<&[u8]> = photos.iter().map(|(_, b)| b.as_slice()).collect();
-    let (prepare_cpu, tensors) = measure_prepare(&bytes, &model.spec.input, budget);
+    let (decode_cpu, _) = measure_prepare(&bytes, None, budget);
+    let mut pre = Preprocessor::new(&model.spec.input);
+    let (prepare_cpu, tensors) = measure_prepare(&bytes, Some(&mut pre), budget);
+    println!(
+        "decode              {:8.2} ms CPU per image (one thread)",
+        decode_cpu * 1e3
+    );
     println!(
         "decode+preprocess   {:8.2} ms CPU per image (one thread)",
         prepare_cpu * 1e3
     );
 
-    // The engine alone on ready tensors, at the chosen batch size.
+    // The engine alone on ready tensors, at the chosen batch size; with GPU preprocessing
+    // also on decoded pixels, upload and kernel included.
     let mut backends = args.engine.backends(&model)?;
     let backend = backends.first_mut().expect("at least one backend");
     let device = backend.device();
+    let on_gpu = backend.preprocesses();
     let (engine_rate, infer_cpu) = measure_engine(backend.as_mut(), &tensors, max_batch, budget)?;
     println!(
         "engine              {engine_rate:8.1} images/s, {:.2} ms CPU per image ({} threads)",
         infer_cpu * 1e3,
         args.engine.threads()
     );
+    let decoded: Vec<Decoded> = bytes
+        .iter()
+        .map(|b| decode(b, DecodeLimits::default()).expect("photos were checked"))
+        .collect();
+    let pixels_rate = if on_gpu {
+        let rate = measure_pixels(backend.as_mut(), &pre, &decoded, max_batch, budget)?;
+        println!("engine from pixels  {rate:8.1} images/s (upload + GPU preprocessing + model)");
+        Some(rate)
+    } else {
+        None
+    };
     drop(backends);
+    // The kernel alone wherever there is a GPU, even when ONNX Runtime has no CUDA.
+    let kernel_rate = measure_kernel(&model.spec.input, &pre, &decoded, max_batch, budget);
+    if let Some(rate) = kernel_rate {
+        println!("GPU preprocessing   {rate:8.1} images/s (upload + kernel on cuda:0)");
+    }
 
     // On the CPU decode and inference share the cores; on a GPU they run side by side and
     // the slower of the two is the bound.
-    let decode_rate = cores as f64 / prepare_cpu;
+    let (decode_rate, gpu_rate) = match pixels_rate {
+        Some(rate) => (cores as f64 / decode_cpu, rate),
+        None => (cores as f64 / prepare_cpu, engine_rate),
+    };
     let bound = if matches!(device, tagfleet_models::Device::Cpu) {
         let bound = cores as f64 / (prepare_cpu + infer_cpu);
         println!(
@@ -148,9 +179,14 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         );
         bound
     } else {
-        let bound = engine_rate.min(decode_rate);
+        let bound = gpu_rate.min(decode_rate);
+        let what = if on_gpu {
+            "decode"
+        } else {
+            "decode+preprocess"
+        };
         println!(
-            "bound               {bound:8.1} images/s = min(engine on {device}, decode on {cores} cores = {decode_rate:.1})"
+            "bound               {bound:8.1} images/s = min(engine on {device}, {what} on {cores} cores = {decode_rate:.1})"
         );
         bound
     };
@@ -178,8 +214,11 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
             "{}",
             serde_json::json!({
                 "device": device.to_string(),
+                "preprocess": if on_gpu { "gpu" } else { "cpu" },
                 "batch": max_batch,
                 "engine_images_per_second": engine_rate,
+                "engine_from_pixels_images_per_second": pixels_rate,
+                "gpu_preprocess_images_per_second": kernel_rate,
                 "decode_images_per_second": decode_rate,
                 "bound_images_per_second": bound,
                 "end_to_end_images_per_second": e2e_rate,
@@ -221,32 +260,67 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Decodes and preprocesses the photos round-robin on this thread for about `budget`;
-/// returns CPU-seconds per image and one tensor per photo.
+/// Decodes the photos round-robin on this thread for about `budget`, and preprocesses
+/// them when given a preprocessor; returns CPU-seconds per image and, with a
+/// preprocessor, one tensor per photo.
 fn measure_prepare(
     photos: &[&[u8]],
-    input: &tagfleet_models::spec::InputSpec,
+    mut pre: Option<&mut Preprocessor>,
     budget: Duration,
 ) -> (f64, Vec<Vec<f32>>) {
-    let mut pre = Preprocessor::new(input);
-    let prepare = |pre: &mut Preprocessor, bytes: &[u8]| {
+    let mut prepare = |bytes: &[u8]| {
         let decoded: Decoded = decode(bytes, DecodeLimits::default()).expect("photos were checked");
-        let mut tensor = vec![0.0; pre.tensor_len()];
-        pre.run(&decoded, &mut tensor);
-        tensor
+        pre.as_deref_mut().map(|pre| {
+            let mut tensor = vec![0.0; pre.tensor_len()];
+            pre.run(&decoded, &mut tensor);
+            tensor
+        })
     };
-    let tensors: Vec<Vec<f32>> = photos.iter().map(|b| prepare(&mut pre, b)).collect();
+    let tensors: Vec<Vec<f32>> = photos.iter().filter_map(|b| prepare(b)).collect();
     let start = Instant::now();
     let cpu0 = thread_cpu();
     let mut n = 0usize;
     while start.elapsed() < budget || n < photos.len() {
-        std::hint::black_box(prepare(&mut pre, photos[n % photos.len()]));
+        std::hint::black_box(prepare(photos[n % photos.len()]));
         n += 1;
     }
     ((thread_cpu() - cpu0) / n as f64, tensors)
 }
 
-/// Runs full batches for about `budget`; returns images/s and CPU-seconds per image.
+/// Runs `run_batch` once to warm up, then for about `budget`; returns images/s and
+/// process CPU-seconds per image.
+fn repeat_batches(
+    batch: usize,
+    budget: Duration,
+    mut run_batch: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    run_batch().context("warm-up batch")?;
+    let start = Instant::now();
+    let cpu0 = process_cpu();
+    let mut images = 0usize;
+    while start.elapsed() < budget || images == 0 {
+        run_batch()?;
+        images += batch;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok((images as f64 / wall, (process_cpu() - cpu0) / images as f64))
+}
+
+/// `batch` of the decoded photos, round-robin, each with the model's crop.
+fn pixel_batch<'a>(
+    decoded: &'a [Decoded],
+    pre: &Preprocessor,
+    batch: usize,
+) -> Vec<(&'a Decoded, Crop)> {
+    decoded
+        .iter()
+        .cycle()
+        .take(batch)
+        .map(|d| (d, pre.crop_box(d.width(), d.height())))
+        .collect()
+}
+
+/// The engine alone on full batches of ready tensors: images/s and CPU-seconds per image.
 fn measure_engine(
     backend: &mut dyn Backend,
     tensors: &[Vec<f32>],
@@ -260,16 +334,53 @@ fn measure_engine(
         .flatten()
         .copied()
         .collect();
-    backend.run(&input, batch, false).context("warm-up batch")?;
-    let start = Instant::now();
-    let cpu0 = process_cpu();
-    let mut images = 0usize;
-    while start.elapsed() < budget || images == 0 {
+    repeat_batches(batch, budget, || {
         backend.run(&input, batch, false).context("engine batch")?;
-        images += batch;
+        Ok(())
+    })
+}
+
+/// Full batches of decoded pixels through GPU preprocessing and the model: images/s.
+fn measure_pixels(
+    backend: &mut dyn Backend,
+    pre: &Preprocessor,
+    decoded: &[Decoded],
+    batch: usize,
+    budget: Duration,
+) -> anyhow::Result<f64> {
+    let images = pixel_batch(decoded, pre, batch);
+    let (rate, _) = repeat_batches(batch, budget, || {
+        backend
+            .run_pixels(&images, false)
+            .context("engine batch from pixels")?;
+        Ok(())
+    })?;
+    Ok(rate)
+}
+
+/// Full batches through the GPU preprocessing kernel alone, upload included: images/s, or
+/// `None` (said on stderr) where there is no GPU to run it.
+fn measure_kernel(
+    input: &tagfleet_models::spec::InputSpec,
+    pre: &Preprocessor,
+    decoded: &[Decoded],
+    batch: usize,
+    budget: Duration,
+) -> Option<f64> {
+    if tagfleet_models::devices::discover().gpus.is_empty() {
+        return None;
     }
-    let wall = start.elapsed().as_secs_f64();
-    Ok((images as f64 / wall, (process_cpu() - cpu0) / images as f64))
+    let mut gpu = GpuPreprocessor::new(0, input)
+        .inspect_err(|e| eprintln!("GPU preprocessing not measured: {e}"))
+        .ok()?;
+    let images = pixel_batch(decoded, pre, batch);
+    repeat_batches(batch, budget, || {
+        gpu.run(&images)?;
+        Ok(())
+    })
+    .inspect_err(|e| eprintln!("GPU preprocessing failed: {e:#}"))
+    .ok()
+    .map(|(rate, _)| rate)
 }
 
 fn make_corpus(dir: &Path, photos: &[(PathBuf, Vec<u8>)], n: usize) -> anyhow::Result<PathBuf> {
@@ -320,6 +431,10 @@ fn measure_run(
         cmd.arg("--ort-dylib").arg(lib);
     }
     cmd.arg("--devices").arg(args.engine.devices.to_string());
+    cmd.arg("--preprocess").arg(match args.engine.preprocess {
+        PreprocessOn::Gpu => "gpu",
+        PreprocessOn::Cpu => "cpu",
+    });
     let start = Instant::now();
     let output = cmd
         .stderr(std::process::Stdio::piped())
