@@ -272,6 +272,21 @@ def env_of(container: dict) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env") or []}
 
 
+# The worker's default --pixel-budget-mib (worker/src/budget.rs DEFAULT_PIXEL_BUDGET).
+DEFAULT_PIXEL_BUDGET_MIB = 2048
+
+_QUANTITY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+                   "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def bytes_of(quantity: str) -> int:
+    """A Kubernetes memory quantity ("16Gi", "512M", "1073741824") in bytes."""
+    for unit, factor in _QUANTITY_UNITS.items():
+        if quantity.endswith(unit):
+            return int(float(quantity[: -len(unit)]) * factor)
+    return int(float(quantity))
+
+
 def workload_problems(docs: list[dict], gpu: bool) -> list[str]:
     """Probes, security, scheduler singleton, worker GPU request and grace period."""
     problems = []
@@ -317,6 +332,11 @@ def workload_problems(docs: list[dict], gpu: bool) -> list[str]:
                     problems.append(f"{where}: cpu-only worker tolerates {GPU_RESOURCE}")
                 if env.get("TAGFLEET_DEVICES") != "cpu":
                     problems.append(f"{where}: cpu-only worker has TAGFLEET_DEVICES={env.get('TAGFLEET_DEVICES')}")
+            # Decoded images waiting for GPU preprocessing may fill the pixel budget; the
+            # model, the decoders and the runtime need the other half of the limit.
+            budget = int(env.get("TAGFLEET_PIXEL_BUDGET_MIB") or DEFAULT_PIXEL_BUDGET_MIB) * 2**20
+            if limits.get("memory") and not 2 * budget <= bytes_of(str(limits["memory"])):
+                problems.append(f"{where}: pixel budget {budget >> 20} MiB is over half the memory limit {limits['memory']}")
             drain = int(env.get("TAGFLEET_DRAIN_TIMEOUT_SECS") or 60)
             grace = spec.get("terminationGracePeriodSeconds", 30)
             if not grace > drain:

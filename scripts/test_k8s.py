@@ -154,6 +154,16 @@ class Assertions(unittest.TestCase):
         self.assertTrue(any("terminationGracePeriodSeconds" in p
                             for p in k.workload_problems(docs, gpu=True)))
 
+    def test_pixel_budget_must_fit_the_memory_limit(self):
+        self.assertEqual(k.bytes_of("16Gi"), 16 * 2**30)
+        self.assertEqual(k.bytes_of("512M"), 512 * 10**6)
+        docs = copy.deepcopy(self.docs)
+        container = worker_deployment(docs)["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(k.env_of(container)["TAGFLEET_PREPROCESS"], "gpu")
+        self.assertFalse(any("pixel budget" in p for p in k.workload_problems(docs, gpu=True)))
+        container["resources"]["limits"]["memory"] = "3Gi"
+        self.assertTrue(any("pixel budget 2048 MiB" in p for p in k.workload_problems(docs, gpu=True)))
+
     def test_missing_gpu_request_is_caught(self):
         docs = copy.deepcopy(self.docs)
         del worker_deployment(docs)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][k.GPU_RESOURCE]
