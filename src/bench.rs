@@ -94,10 +94,12 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         return crate::bench_publish::run(url, args.publish_refs, args.chunk_size.max(1)).await;
     }
     let model = args.engine.load_model()?;
-    let gpu = !matches!(
-        args.engine.devices,
-        tagfleet_models::devices::Selection::Cpu
-    ) && !tagfleet_models::devices::discover().gpus.is_empty();
+    let has_gpu = !tagfleet_models::devices::discover().gpus.is_empty();
+    let gpu = has_gpu
+        && !matches!(
+            args.engine.devices,
+            tagfleet_models::devices::Selection::Cpu
+        );
     let max_batch = args
         .max_batch
         .unwrap_or(model.spec.batch.max_batch_on(gpu))
@@ -161,7 +163,9 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
     };
     drop(backends);
     // The kernel alone wherever there is a GPU, even when ONNX Runtime has no CUDA.
-    let kernel_rate = measure_kernel(&model.spec.input, &pre, &decoded, max_batch, budget);
+    let kernel_rate = has_gpu
+        .then(|| measure_kernel(&model.spec.input, &pre, &decoded, max_batch, budget))
+        .flatten();
     if let Some(rate) = kernel_rate {
         println!("GPU preprocessing   {rate:8.1} images/s (upload + kernel on cuda:0)");
     }
@@ -358,8 +362,8 @@ fn measure_pixels(
     Ok(rate)
 }
 
-/// Full batches through the GPU preprocessing kernel alone, upload included: images/s, or
-/// `None` (said on stderr) where there is no GPU to run it.
+/// Full batches through the GPU preprocessing kernel alone on GPU 0, upload included:
+/// images/s, or `None` (said on stderr) where the kernel cannot run.
 fn measure_kernel(
     input: &tagfleet_models::spec::InputSpec,
     pre: &Preprocessor,
@@ -367,9 +371,6 @@ fn measure_kernel(
     batch: usize,
     budget: Duration,
 ) -> Option<f64> {
-    if tagfleet_models::devices::discover().gpus.is_empty() {
-        return None;
-    }
     let mut gpu = GpuPreprocessor::new(0, input)
         .inspect_err(|e| eprintln!("GPU preprocessing not measured: {e}"))
         .ok()?;

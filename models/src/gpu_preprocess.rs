@@ -220,16 +220,21 @@ fn is_nvrtc(path: &Path) -> bool {
     name.starts_with("libnvrtc.so")
 }
 
-/// The kernel as PTX, for the architecture the driver picks at load time.
+/// The kernel as PTX, for the architecture the driver picks at load time. Compiled once
+/// per process: every GPU's executor loads the same PTX.
 pub fn compile() -> Result<cudarc::nvrtc::Ptx, GpuError> {
-    nvrtc_available()?;
-    let options = cudarc::nvrtc::CompileOptions {
-        fmad: Some(false),
-        name: Some("crop_resize_normalise.cu".into()),
-        ..Default::default()
-    };
-    cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, options)
-        .map_err(|e| GpuError::Compile(format!("{e:?}")))
+    static PTX: OnceLock<Result<cudarc::nvrtc::Ptx, GpuError>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        nvrtc_available()?;
+        let options = cudarc::nvrtc::CompileOptions {
+            fmad: Some(false),
+            name: Some("crop_resize_normalise.cu".into()),
+            ..Default::default()
+        };
+        cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, options)
+            .map_err(|e| GpuError::Compile(format!("{e:?}")))
+    })
+    .clone()
 }
 
 /// Preprocessing on one GPU: the compiled kernel, its stream, and device buffers reused

@@ -56,13 +56,13 @@ impl Preprocessor {
         ((w - cw) / 2.0, (h - ch) / 2.0, cw, ch)
     }
 
-    /// Resizes the crop to the model's size: RGB8, HWC.
-    pub fn resize(&mut self, image: &Decoded) -> Vec<u8> {
+    /// Resizes `crop` of `image` to the model's size: RGB8, HWC.
+    pub fn resize(&mut self, image: &Decoded, crop: Crop) -> Vec<u8> {
         let (w, h) = (image.width(), image.height());
         let src = ImageRef::new(w, h, image.pixels.as_raw(), PixelType::U8x3)
             .expect("an RgbImage buffer holds width*height*3 bytes");
         let mut dst = Image::new(self.input.width, self.input.height, PixelType::U8x3);
-        let (left, top, cw, ch) = self.crop_box(w, h);
+        let (left, top, cw, ch) = crop;
         let options = ResizeOptions::new()
             .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
             .crop(left, top, cw, ch);
@@ -86,9 +86,15 @@ impl Preprocessor {
         }
     }
 
-    /// Crop, resize and normalise one image into `out`.
+    /// Crop ([`Self::crop_box`]), resize and normalise one image into `out`.
     pub fn run(&mut self, image: &Decoded, out: &mut [f32]) {
-        let rgb = self.resize(image);
+        let crop = self.crop_box(image.width(), image.height());
+        self.run_crop(image, crop, out);
+    }
+
+    /// Resize `crop` of one image and normalise it into `out`.
+    pub fn run_crop(&mut self, image: &Decoded, crop: Crop, out: &mut [f32]) {
+        let rgb = self.resize(image, crop);
         self.normalise(&rgb, out);
     }
 }
@@ -147,7 +153,7 @@ mod tests {
             image::Rgb(if inside { [0, 0, 0] } else { [255, 255, 255] })
         });
         let mut p = Preprocessor::new(&spec(10, 10, 0.5));
-        let rgb = p.resize(&Decoded { pixels: img });
+        let rgb = p.resize(&Decoded { pixels: img }, p.crop_box(100, 100));
         assert!(rgb.iter().all(|v| *v == 0), "{rgb:?}");
     }
 }

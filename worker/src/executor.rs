@@ -69,7 +69,11 @@ pub fn execute(
     let start = Instant::now();
     // A panicking backend costs this batch, not the worker (nor the tasks waiting on it).
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        match pixels(&batch.items).filter(|_| backend.preprocesses()) {
+        match backend
+            .preprocesses()
+            .then(|| pixels(&batch.items))
+            .flatten()
+        {
             Some(images) => backend.run_pixels(&images, want_embedding),
             None => backend.run(&tensors(&batch.items, pre), n, want_embedding),
         }
@@ -121,8 +125,7 @@ fn tensors(items: &[Prepared], pre: &mut Preprocessor) -> Vec<f32> {
     for (item, slot) in items.iter().zip(input.chunks_exact_mut(per_image)) {
         match &item.input {
             ModelInput::Tensor(tensor) => slot.copy_from_slice(tensor),
-            // The crop is the preprocessor's own, from the image size.
-            ModelInput::Pixels { image, .. } => pre.run(image, slot),
+            ModelInput::Pixels { image, crop, .. } => pre.run_crop(image, *crop, slot),
         }
     }
     input
