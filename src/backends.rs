@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use tagfleet_core::aws::Endpoint;
-use tagfleet_core::queue::{MemoryQueue, RabbitOptions, RabbitQueue, SqsOptions, SqsQueue};
-use tagfleet_core::store::s3::Encryption;
-use tagfleet_core::store::{FsStore, S3Options, S3Store};
-use tagfleet_core::{ObjectStore, Queue};
+use tagfleet_contracts::S3Location;
+use tagfleet_io::aws::Endpoint;
+use tagfleet_io::queue::{
+    DEFAULT_DELIVERY_LIMIT, MemoryQueue, RabbitOptions, RabbitQueue, SqsOptions, SqsQueue,
+};
+use tagfleet_io::store::s3::Encryption;
+use tagfleet_io::store::{FsStore, S3Options, S3Store};
+use tagfleet_io::{ObjectStore, Queue};
 
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
@@ -25,7 +28,7 @@ pub struct QueueArgs {
     pub queue_name: String,
 
     /// Deliveries (RabbitMQ) or receives (SQS) of one message before it is dead-lettered.
-    #[arg(long, env = "TAGFLEET_DELIVERY_LIMIT", default_value_t = 5)]
+    #[arg(long, env = "TAGFLEET_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
     pub delivery_limit: u32,
 
     /// SQS endpoint URL, for SQS-compatible servers. Default: AWS in the region.
@@ -170,6 +173,24 @@ impl StoreArgs {
         }
     }
 
+    /// How to reach the store when it is on S3 (`None` for a folder).
+    pub fn s3_options(&self, region: Option<String>) -> anyhow::Result<Option<S3Options>> {
+        if !self.store.starts_with("s3://") {
+            return Ok(None);
+        }
+        let location = S3Location::parse(&self.store).context("--store")?;
+        Ok(Some(S3Options {
+            endpoint: self.endpoint(region),
+            path_style: self.s3_endpoint.is_some(),
+            retention: Some(self.retention()),
+            encryption: match self.sse {
+                Sse::Aes256 => Encryption::Aes256,
+                Sse::AwsKms => Encryption::Kms(self.sse_kms_key_id.clone()),
+            },
+            ..S3Options::at(location)
+        }))
+    }
+
     /// Opens the store; on S3 also makes sure the bucket's lifecycle rule is in place.
     pub async fn open(&self, region: Option<String>) -> anyhow::Result<OpenedStore> {
         let url = self.store.as_str();
@@ -181,17 +202,7 @@ impl StoreArgs {
                 s3: None,
             });
         }
-        if url.starts_with("s3://") {
-            let mut options = S3Options::from_url(url)
-                .map_err(anyhow::Error::msg)
-                .context("--store")?;
-            options.endpoint = self.endpoint(region);
-            options.path_style = self.s3_endpoint.is_some();
-            options.retention = Some(self.retention());
-            options.encryption = match self.sse {
-                Sse::Aes256 => Encryption::Aes256,
-                Sse::AwsKms => Encryption::Kms(self.sse_kms_key_id.clone()),
-            };
+        if let Some(options) = self.s3_options(region)? {
             let store = S3Store::connect(options).await;
             if let Err(e) = store.ensure_lifecycle().await {
                 // The sweeper and expiry-aware reads still keep the retention.

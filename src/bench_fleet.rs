@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tagfleet_core::TenantKey;
+use tagfleet_contracts::TenantKey;
+use tagfleet_contracts::keys::job_results_prefix;
 
 use crate::backends::StoreArgs;
 
@@ -61,11 +62,9 @@ pub async fn measure(
     let job = String::from_utf8_lossy(&submit.stdout).trim().to_owned();
     let tasks = images.div_ceil(32);
 
-    if let Ok(mut options) = tagfleet_core::store::S3Options::from_url(&store.store) {
+    if let Some(options) = store.s3_options(None)? {
         // The bench's bucket may be new; the worker sets its lifecycle rule at start.
-        options.endpoint = store.endpoint(None);
-        options.path_style = store.s3_endpoint.is_some();
-        tagfleet_core::store::S3Store::connect(options)
+        tagfleet_io::store::S3Store::connect(options)
             .await
             .ensure_bucket()
             .await?;
@@ -98,7 +97,7 @@ pub async fn measure(
         .stdout(Stdio::null())
         .spawn()
         .context("starting tagfleet worker")?;
-    let prefix = format!("results/{TENANT}/{job}/");
+    let prefix = job_results_prefix(TENANT, &job);
     let deadline = start + Duration::from_secs(1800);
     let finished = loop {
         if opened.store.list(&prefix).await?.len() >= tasks {

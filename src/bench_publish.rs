@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use tagfleet_core::netguard::UrlPolicy;
-use tagfleet_core::queue::{RabbitOptions, RabbitQueue};
-use tagfleet_core::store::FsStore;
-use tagfleet_core::{ObjectStore, Queue, Secrets};
+use tagfleet_contracts::Secrets;
+use tagfleet_io::netguard::UrlPolicy;
+use tagfleet_io::queue::{RabbitOptions, RabbitQueue};
+use tagfleet_io::store::FsStore;
+use tagfleet_io::{ObjectStore, Queue};
 use tagfleet_scheduler::spec::{JobSpec, ManifestFormat, Source};
 use tagfleet_scheduler::{BookConfig, JobBook, SourceReader};
 
@@ -28,7 +29,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
         RabbitQueue::connect(RabbitOptions {
             url: url.to_owned(),
             queue: name,
-            delivery_limit: 5,
+            delivery_limit: tagfleet_io::queue::DEFAULT_DELIVERY_LIMIT,
             prefetch: 1,
         })
         .await
@@ -36,7 +37,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
     );
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(dir.path().to_path_buf(), None)?);
-    let stanza = tagfleet_core::secrets::new_tenant("bench").stanza;
+    let stanza = tagfleet_contracts::secrets::new_tenant("bench").stanza;
     let book = JobBook::new(
         store,
         rabbit.clone() as Arc<dyn Queue>,
@@ -49,7 +50,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
         BookConfig {
             models: vec!["efficientnet-lite0@1".into()],
             chunk_size,
-            retention: tagfleet_core::retention::DEFAULT_RETENTION,
+            retention: tagfleet_contracts::retention::DEFAULT_RETENTION,
         },
     );
     let mut manifest = String::with_capacity(refs * 48);
@@ -65,7 +66,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
             inline: Some(manifest),
             format: ManifestFormat::Auto,
         },
-        analyses: vec![tagfleet_core::Analysis::Tags],
+        analyses: vec![tagfleet_contracts::Analysis::Tags],
         model: None,
         options: Default::default(),
         output: None,

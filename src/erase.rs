@@ -4,7 +4,7 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tagfleet_core::keys::is_valid_id;
+use tagfleet_contracts::keys::{Area, is_valid_id};
 
 use crate::backends::StoreArgs;
 use crate::client::ApiArgs;
@@ -63,8 +63,8 @@ pub async fn main(args: EraseArgs) -> anyhow::Result<i32> {
     .open(args.store_args.region.clone())
     .await?;
     let mut objects = 0;
-    for prefix in ["results", "jobs", "schedules"] {
-        let prefix = format!("{prefix}/{}/", args.tenant);
+    for area in Area::ALL {
+        let prefix = area.of_tenant(&args.tenant);
         for object in opened.store.list(&prefix).await.context("listing")? {
             opened.store.delete(&object.key).await.context("deleting")?;
             objects += 1;

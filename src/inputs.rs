@@ -5,12 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-
-/// Extensions taken from a directory walk. A file with one of these that is not really
-/// an image still becomes an error record: nothing given is silently dropped.
-const IMAGE_EXTENSIONS: [&str; 9] = [
-    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif",
-];
+use tagfleet_contracts::manifest::{self, ManifestFormat};
+use tagfleet_contracts::{S3Location, refs};
 
 /// One image to analyse: its ref, and the name shown to the user on their terminal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +101,8 @@ fn walk(dir: &Path, root: &Path, inputs: &mut Inputs) -> anyhow::Result<()> {
 }
 
 fn is_image_name(path: &Path) -> bool {
-    path.extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+    path.file_name()
+        .is_some_and(|n| refs::is_image_name(&n.to_string_lossy()))
 }
 
 fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
@@ -115,22 +110,12 @@ fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
         .with_context(|| format!("reading manifest {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut inputs = Inputs::default();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let entry = if line.starts_with('{') {
-            let value: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("manifest line {}: not valid JSON", n + 1))?;
-            match value.get("ref").and_then(|r| r.as_str()) {
-                Some(r) => r.to_owned(),
-                None => bail!("manifest line {}: no \"ref\" string field", n + 1),
-            }
-        } else {
-            line.to_owned()
-        };
+    let entries = manifest::parse(&text, ManifestFormat::Auto)
+        .with_context(|| format!("reading manifest {}", path.display()))?;
+    for (n, entry) in entries.into_iter().enumerate() {
         if allow_s3 && entry.starts_with("s3://") {
+            S3Location::parse_object(&entry)
+                .with_context(|| format!("manifest entry {}", n + 1))?;
             inputs.items.push(Input {
                 reference: entry.clone(),
                 display: entry,
@@ -144,7 +129,7 @@ fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
             } else {
                 "local files"
             };
-            bail!("manifest line {}: only {allowed} are accepted here", n + 1);
+            bail!("manifest entry {}: only {allowed} are accepted here", n + 1);
         }
         let full = base.join(local);
         // A missing file is the user's data, not a reason to refuse the run: it becomes a

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use tagfleet_core::{Pseudonymiser, TenantKey};
+use tagfleet_contracts::{Pseudonymiser, TenantKey};
 
 use crate::inputs;
 
@@ -56,14 +56,14 @@ pub struct TenantArgs {
 /// Appends a new tenant to the secrets file and prints its bearer token.
 pub fn tenant(args: TenantArgs) -> anyhow::Result<i32> {
     use std::os::unix::fs::OpenOptionsExt;
-    if !tagfleet_core::keys::is_valid_id(&args.name) {
+    if !tagfleet_contracts::keys::is_valid_id(&args.name) {
         anyhow::bail!(
             "{:?}: a tenant name is letters, digits, - _ . only",
             args.name
         );
     }
     if args.secrets.exists() {
-        let existing = tagfleet_core::Secrets::load(&args.secrets)?;
+        let existing = tagfleet_contracts::Secrets::load(&args.secrets)?;
         if existing.get(&args.name).is_some() {
             anyhow::bail!(
                 "{} already has a tenant {:?}",
@@ -72,7 +72,7 @@ pub fn tenant(args: TenantArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    let new = tagfleet_core::secrets::new_tenant(&args.name);
+    let new = tagfleet_contracts::secrets::new_tenant(&args.name);
     if let Some(path) = &args.key_out {
         let mut file = std::fs::OpenOptions::new()
             .write(true)

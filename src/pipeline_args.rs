@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use tagfleet_core::schema::{Analysis, SCHEMA_VERSION, TaskItem, TaskMessage, TaskOptions};
+use tagfleet_contracts::schema::{Analysis, TaskMessage, TaskOptions, TaskPlan};
 use tagfleet_models::{DecodeLimits, ModelSpec};
 use tagfleet_worker::BatchPolicy;
 
@@ -46,7 +46,7 @@ impl TaskArgs {
         Ok(options)
     }
 
-    /// The task messages of a job: `refs` in chunks of `chunk_size`, numbered from 1.
+    /// The task messages of a job: `refs` in chunks of `chunk_size`.
     pub fn messages(
         &self,
         job_id: &str,
@@ -54,27 +54,15 @@ impl TaskArgs {
         model: &str,
         refs: &[String],
     ) -> anyhow::Result<Vec<TaskMessage>> {
-        let options = self.options()?;
-        Ok(refs
-            .chunks(self.chunk_size as usize)
-            .enumerate()
-            .map(|(n, chunk)| TaskMessage {
-                v: SCHEMA_VERSION,
-                job_id: job_id.to_owned(),
-                task_id: format!("t{:06}", n + 1),
-                tenant: tenant.to_owned(),
-                analyses: self.analyses.clone(),
-                model: model.to_owned(),
-                options: options.clone(),
-                output: None,
-                items: chunk
-                    .iter()
-                    .map(|r| TaskItem {
-                        reference: r.clone(),
-                    })
-                    .collect(),
-            })
-            .collect())
+        let plan = TaskPlan {
+            job_id: job_id.to_owned(),
+            tenant: tenant.to_owned(),
+            analyses: self.analyses.clone(),
+            model: model.to_owned(),
+            options: self.options()?,
+            output: None,
+        };
+        Ok(plan.messages(0, refs, self.chunk_size as usize))
     }
 }
 

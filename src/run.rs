@@ -10,10 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use tagfleet_core::queue::MemoryQueue;
-use tagfleet_core::schema::ResultLine;
-use tagfleet_core::store::FsStore;
-use tagfleet_core::{Pseudonymiser, Queue, TenantKey, retention};
+use tagfleet_contracts::keys::job_results_prefix;
+use tagfleet_contracts::schema::ResultLine;
+use tagfleet_contracts::{Pseudonymiser, TenantKey};
+use tagfleet_io::Queue;
+use tagfleet_io::queue::MemoryQueue;
+use tagfleet_io::store::FsStore;
 use tagfleet_worker::{Event, FileRoots, Pipeline, PipelineConfig, Summary, Tenants};
 use tokio_util::sync::CancellationToken;
 
@@ -114,7 +116,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
     let retention = Duration::from_secs(args.retention_hours.saturating_mul(3600));
     let store = FsStore::new(&args.out, Some(retention))
         .with_context(|| format!("creating results folder {}", args.out.display()))?;
-    let swept = retention::sweep(&store, retention, SystemTime::now()).await?;
+    let swept = tagfleet_io::sweep(&store, retention, SystemTime::now()).await?;
     if swept > 0 {
         tracing::info!(
             deleted = swept,
@@ -363,9 +365,7 @@ fn print_summary(args: &RunArgs, inputs: &Inputs, report: &RunReport) {
     eprintln!(
         "results: {}",
         args.out
-            .join("results")
-            .join(LOCAL_TENANT)
-            .join(&report.job_id)
+            .join(job_results_prefix(LOCAL_TENANT, &report.job_id))
             .display()
     );
 }

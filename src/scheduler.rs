@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tagfleet_core::Secrets;
-use tagfleet_core::netguard::UrlPolicy;
+use tagfleet_contracts::Secrets;
+use tagfleet_io::netguard::UrlPolicy;
 use tagfleet_scheduler::{
     BookConfig, Intervals, JobBook, Schedules, Service, SourceReader, router, run_background,
 };

@@ -5,8 +5,8 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tagfleet_core::aws::{Endpoint, sdk_config};
-use tagfleet_core::keys::is_valid_id;
+use tagfleet_contracts::keys::is_valid_id;
+use tagfleet_io::aws::{Endpoint, sdk_config};
 
 use crate::backends::QueueArgs;
 use crate::client::{self, ApiArgs};

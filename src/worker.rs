@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tagfleet_core::netguard::UrlPolicy;
-use tagfleet_core::{Pseudonymiser, Secrets};
+use tagfleet_contracts::{Pseudonymiser, Secrets};
+use tagfleet_io::netguard::UrlPolicy;
 use tagfleet_worker::https::HttpsFetcher;
 use tagfleet_worker::{FileRoots, Pipeline, PipelineConfig, Sources, Tenants};
 use tokio_util::sync::CancellationToken;

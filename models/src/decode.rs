@@ -10,7 +10,7 @@ use std::io::Cursor;
 use image::{
     DynamicImage, ImageDecoder, ImageError as ImgError, ImageFormat, ImageReader, Limits, RgbImage,
 };
-use tagfleet_core::{ErrorKind, ImageError};
+use tagfleet_contracts::{ErrorKind, ImageError};
 
 /// Default refusal thresholds.
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50 * 1024 * 1024;

@@ -1,6 +1,6 @@
 //! Model outputs to results: top-k tags over a threshold, normalised embeddings.
 
-use tagfleet_core::schema::Tag;
+use tagfleet_contracts::schema::Tag;
 
 /// Softmax over `logits`, then the `top_k` labels whose probability is at least
 /// `threshold`, most confident first.

@@ -19,9 +19,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use tagfleet_core::StoreError;
-use tagfleet_core::job::JobState;
-use tagfleet_core::keys::{is_valid_id, job_results_prefix};
+use tagfleet_contracts::job::JobState;
+use tagfleet_contracts::keys::{is_valid_id, job_results_prefix};
+use tagfleet_io::StoreError;
 use utoipa::OpenApi;
 
 use crate::error::{ApiError, ErrorBody};
@@ -455,7 +455,7 @@ impl utoipa::Modify for BearerAuth {
           create_schedule, list_schedules, get_schedule, delete_schedule, erase_data),
     components(schemas(JobSpec, Source, ManifestFormat, JobView, JobPage, Counts, Retried,
                        Schedule, ScheduleSpec, ErrorBody, JobState, Erased,
-                       tagfleet_core::Analysis, tagfleet_core::TaskOptions)),
+                       tagfleet_contracts::Analysis, tagfleet_contracts::TaskOptions)),
     modifiers(&BearerAuth),
     tags((name = "jobs", description = "Batch jobs"), (name = "schedules", description = "Recurring jobs"),
          (name = "erasure", description = "The right to erasure"))

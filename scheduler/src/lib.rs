@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tagfleet_core::schema::ProgressMessage;
-use tagfleet_core::{Delivery, ObjectStore, Queue, retention};
+use tagfleet_contracts::schema::ProgressMessage;
+use tagfleet_io::{Delivery, ObjectStore, Queue};
 use tokio_util::sync::CancellationToken;
 
 pub use api::{Service, router};
@@ -85,7 +85,7 @@ pub async fn run_background(
                     Ok(n) => tracing::info!(jobs = n, "expired jobs erased"),
                     Err(e) => tracing::warn!(error = %e, "erasing expired jobs failed"),
                 }
-                match retention::sweep(store.as_ref(), retention, std::time::SystemTime::now()).await {
+                match tagfleet_io::sweep(store.as_ref(), retention, std::time::SystemTime::now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(objects = n, "swept objects past their retention"),
                     Err(e) => tracing::warn!(error = %e, "sweeping failed"),

@@ -8,7 +8,7 @@ use prometheus::{
     HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, exponential_buckets,
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
 };
-use tagfleet_core::job::JobState;
+use tagfleet_contracts::job::JobState;
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register_int_counter_vec!(Opts::new(name, help), labels).expect("metric registers once")

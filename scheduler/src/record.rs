@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tagfleet_core::job::JobState;
+use tagfleet_contracts::TaskId;
+use tagfleet_contracts::job::JobState;
+use tagfleet_contracts::schema::TaskPlan;
 use utoipa::ToSchema;
 
 use crate::spec::JobSpec;
@@ -100,28 +102,6 @@ impl Round {
     }
 }
 
-/// The task id of task `n` (1-based) of `round`.
-pub fn task_id(round: usize, n: usize) -> String {
-    if round == 0 {
-        format!("t{n:06}")
-    } else {
-        format!("r{round}-t{n:06}")
-    }
-}
-
-/// The round and task number a task id names.
-pub fn parse_task_id(id: &str) -> Option<(usize, u32)> {
-    let (round, rest) = match id.strip_prefix('r') {
-        Some(rest) => {
-            let (round, rest) = rest.split_once('-')?;
-            (round.parse().ok()?, rest)
-        }
-        None => (0, id),
-    };
-    let n = rest.strip_prefix('t')?.parse().ok()?;
-    Some((round, n))
-}
-
 /// Everything the scheduler keeps about a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -165,10 +145,22 @@ impl JobRecord {
         Ok(record)
     }
 
+    /// What every task of this job shares.
+    pub fn task_plan(&self) -> TaskPlan {
+        TaskPlan {
+            job_id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            analyses: self.spec.analyses.clone(),
+            model: self.model.clone(),
+            options: self.spec.options.clone(),
+            output: self.spec.output.clone(),
+        }
+    }
+
     /// Counts one finished task; false when it was counted before (a redelivery) or is
     /// not a task of this job.
     pub fn count(&mut self, task_id: &str, ok: u64, failed: u64, now: DateTime<Utc>) -> bool {
-        let Some((round, n)) = parse_task_id(task_id) else {
+        let Ok(TaskId { round, n }) = task_id.parse() else {
             return false;
         };
         let Some(r) = self.rounds.get_mut(round) else {
@@ -268,7 +260,7 @@ mod tests {
                 source: Source::Urls {
                     urls: vec!["https://a.example/x.jpg".into()],
                 },
-                analyses: vec![tagfleet_core::Analysis::Tags],
+                analyses: vec![tagfleet_contracts::Analysis::Tags],
                 model: None,
                 options: Default::default(),
                 output: None,
@@ -287,14 +279,6 @@ mod tests {
             source_withheld: false,
             results_delivered: false,
         }
-    }
-
-    #[test]
-    fn task_ids_round_trip() {
-        assert_eq!(parse_task_id(&task_id(0, 7)), Some((0, 7)));
-        assert_eq!(parse_task_id(&task_id(2, 31)), Some((2, 31)));
-        assert_eq!(parse_task_id("x1"), None);
-        assert_eq!(parse_task_id("r-t1"), None);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use serde::{Deserialize, Serialize};
-use tagfleet_core::{ObjectStore, StoreError};
+use tagfleet_contracts::keys::{Area, Key};
+use tagfleet_io::{ObjectStore, StoreError};
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
@@ -72,7 +73,7 @@ fn parse_tz(name: &str) -> Result<Tz, Invalid> {
 
 impl Schedule {
     fn key(&self) -> String {
-        schedule_key(&self.tenant, &self.id)
+        Key::schedule(&self.tenant, &self.id).to_string()
     }
 
     /// The first occurrence after the last firing (or creation).
@@ -98,10 +99,6 @@ impl Schedule {
     }
 }
 
-fn schedule_key(tenant: &str, id: &str) -> String {
-    format!("schedules/{tenant}/{id}.json")
-}
-
 pub struct Schedules {
     store: Arc<dyn ObjectStore>,
     all: Mutex<BTreeMap<(String, String), Schedule>>,
@@ -117,7 +114,7 @@ impl Schedules {
 
     pub async fn load(&self) -> Result<usize, StoreError> {
         let mut all = BTreeMap::new();
-        for object in self.store.list("schedules/").await? {
+        for object in self.store.list(Area::Schedules.prefix()).await? {
             let body = match self.store.get(&object.key).await {
                 Ok(body) => body,
                 Err(StoreError::NotFound(_)) => continue,
@@ -207,7 +204,7 @@ impl Schedules {
             return Err(ApiError::NotFound("schedule"));
         }
         self.store
-            .delete(&schedule_key(tenant, id))
+            .delete(&Key::schedule(tenant, id).to_string())
             .await
             .map_err(|e| ApiError::Unavailable(format!("deleting the schedule: {e}")))?;
         self.all.lock().await.remove(&key);
@@ -217,7 +214,7 @@ impl Schedules {
     /// Deletes every schedule of a tenant; returns how many there were.
     pub async fn erase_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
         let mut deleted = 0;
-        for object in self.store.list(&format!("schedules/{tenant}/")).await? {
+        for object in self.store.list(&Area::Schedules.of_tenant(tenant)).await? {
             self.store.delete(&object.key).await?;
             deleted += 1;
         }

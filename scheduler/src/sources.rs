@@ -5,14 +5,13 @@
 use std::collections::HashMap;
 
 use aws_sdk_s3::error::DisplayErrorContext;
-use tagfleet_core::netguard::{UrlError, UrlPolicy};
+use tagfleet_io::netguard::{UrlError, UrlPolicy};
 
-use crate::spec::{Invalid, ManifestFormat, Source, split_s3};
+use tagfleet_contracts::S3Location;
+use tagfleet_contracts::manifest::{self, ManifestFormat};
+use tagfleet_contracts::refs::{IMAGE_SUFFIXES, ends_with_any};
 
-/// Suffixes taken from an S3 prefix when the job names none.
-pub const IMAGE_SUFFIXES: [&str; 9] = [
-    ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif",
-];
+use crate::spec::{Invalid, Source};
 
 /// Largest manifest read from S3.
 const MAX_MANIFEST_BYTES: i64 = 256 << 20;
@@ -79,7 +78,9 @@ impl SourceReader {
     }
 
     async fn list_prefix(&self, uri: &str, suffixes: &[String]) -> Result<Vec<String>, Invalid> {
-        let (bucket, prefix) = split_s3(uri).map_err(|r| Invalid::new("source.uri", r))?;
+        let location =
+            S3Location::parse(uri).map_err(|e| Invalid::new("source.uri", e.to_string()))?;
+        let (bucket, prefix) = (location.bucket(), location.key());
         let suffixes: Vec<String> = if suffixes.is_empty() {
             IMAGE_SUFFIXES.iter().map(|s| s.to_string()).collect()
         } else {
@@ -102,8 +103,7 @@ impl SourceReader {
             })?;
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
-                let lower = key.to_ascii_lowercase();
-                if suffixes.iter().any(|s| lower.ends_with(s.as_str())) {
+                if ends_with_any(key, &suffixes) {
                     refs.push(format!("s3://{bucket}/{key}"));
                     if refs.len() > self.max_refs {
                         return Ok(refs);
@@ -115,12 +115,13 @@ impl SourceReader {
     }
 
     async fn read_manifest(&self, uri: &str) -> Result<String, Invalid> {
-        let (bucket, key) = split_s3(uri).map_err(|r| Invalid::new("source.uri", r))?;
+        let location =
+            S3Location::parse_object(uri).map_err(|e| Invalid::new("source.uri", e.to_string()))?;
         let object = self
             .client("source.uri")?
             .get_object()
-            .bucket(bucket)
-            .key(key)
+            .bucket(location.bucket())
+            .key(location.key())
             .send()
             .await
             .map_err(|e| {
@@ -173,69 +174,13 @@ impl SourceReader {
     }
 }
 
-/// The refs of a manifest text.
+/// The refs of a manifest text, or the line at fault in `field`.
 pub fn parse_manifest(
     text: &str,
     format: ManifestFormat,
     field: &str,
 ) -> Result<Vec<String>, Invalid> {
-    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
-    let format = match (format, first) {
-        (ManifestFormat::Auto, Some(l)) if l.starts_with('{') => ManifestFormat::Jsonl,
-        (ManifestFormat::Auto, Some(l)) if l.contains(',') => ManifestFormat::Csv,
-        (ManifestFormat::Auto, _) => ManifestFormat::Lines,
-        (f, _) => f,
-    };
-    let line_error = |n: usize, reason: &str| Invalid::new(field, format!("line {n}: {reason}"));
-    match format {
-        ManifestFormat::Lines | ManifestFormat::Auto => Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect()),
-        ManifestFormat::Jsonl => {
-            let mut refs = Vec::new();
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let value: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|_| line_error(i + 1, "not a JSON object"))?;
-                let r = value
-                    .get("ref")
-                    .and_then(|r| r.as_str())
-                    .ok_or_else(|| line_error(i + 1, "no string field \"ref\""))?;
-                refs.push(r.to_owned());
-            }
-            Ok(refs)
-        }
-        ManifestFormat::Csv => {
-            let mut reader = csv::ReaderBuilder::new()
-                .has_headers(true)
-                .flexible(true)
-                .from_reader(text.as_bytes());
-            let headers = reader
-                .headers()
-                .map_err(|e| line_error(1, &e.to_string()))?
-                .clone();
-            let column = headers
-                .iter()
-                .position(|h| h.trim() == "ref")
-                .ok_or_else(|| line_error(1, "the header has no \"ref\" column"))?;
-            let mut refs = Vec::new();
-            for (i, record) in reader.records().enumerate() {
-                let record = record.map_err(|e| line_error(i + 2, &e.to_string()))?;
-                let r = record
-                    .get(column)
-                    .map(str::trim)
-                    .filter(|r| !r.is_empty())
-                    .ok_or_else(|| line_error(i + 2, "no ref"))?;
-                refs.push(r.to_owned());
-            }
-            Ok(refs)
-        }
-    }
+    manifest::parse(text, format).map_err(|e| Invalid::new(field, e.to_string()))
 }
 
 #[cfg(test)]
@@ -248,34 +193,6 @@ mod tests {
             urls: UrlPolicy::default(),
             max_refs: 3,
         }
-    }
-
-    #[test]
-    fn manifests_in_every_format_give_the_same_refs() {
-        let want = vec!["s3://b/a.jpg".to_owned(), "s3://b/c d.png".to_owned()];
-        let lines = "s3://b/a.jpg\n# a comment\n\ns3://b/c d.png\n";
-        let jsonl = "{\"ref\":\"s3://b/a.jpg\"}\n{\"ref\":\"s3://b/c d.png\",\"sku\":7}\n";
-        let csv = "sku,ref\n1,s3://b/a.jpg\n2,\"s3://b/c d.png\"\n";
-        for text in [lines, jsonl, csv] {
-            assert_eq!(
-                parse_manifest(text, ManifestFormat::Auto, "f").unwrap(),
-                want,
-                "{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn bad_manifest_lines_are_named() {
-        let e = parse_manifest(
-            "{\"ref\":\"s3://b/a\"}\n{\"x\":1}\n",
-            ManifestFormat::Auto,
-            "f",
-        )
-        .unwrap_err();
-        assert!(e.reason.starts_with("line 2:"), "{e}");
-        let e = parse_manifest("sku,path\n1,x\n", ManifestFormat::Csv, "f").unwrap_err();
-        assert!(e.reason.contains("\"ref\" column"), "{e}");
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 //! Every refusal names the field at fault and why, so a 400 is actionable.
 
 use serde::{Deserialize, Serialize};
-use tagfleet_core::schema::{Analysis, TaskOptions};
+use tagfleet_contracts::S3Location;
+pub use tagfleet_contracts::manifest::ManifestFormat;
+use tagfleet_contracts::schema::{Analysis, TaskOptions};
 use utoipa::ToSchema;
 
 /// What to analyse and how.
@@ -23,7 +25,8 @@ pub struct JobSpec {
     /// access). With `options.retain: false` results go only there; otherwise also to
     /// the service's store, for `GET /v1/jobs/{id}/results`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub output: Option<S3Location>,
 }
 
 fn default_analyses() -> Vec<Analysis> {
@@ -56,19 +59,6 @@ pub enum Source {
     Urls { urls: Vec<String> },
     /// A local folder: only `tagfleet run` (the embedded mode) reads folders.
     Dir { path: String },
-}
-
-/// How a manifest is written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ManifestFormat {
-    /// JSON Lines when the first line starts with `{`, CSV when it holds a comma,
-    /// otherwise one ref per line.
-    #[default]
-    Auto,
-    Lines,
-    Jsonl,
-    Csv,
 }
 
 /// Why a request was refused: the field and the reason, and the valid values when the
@@ -144,17 +134,14 @@ impl JobSpec {
             }
         };
         self.options.validate().map_err(|e| match e {
-            tagfleet_core::schema::SchemaError::Option { field, reason } => {
+            tagfleet_contracts::schema::SchemaError::Option { field, reason } => {
                 Invalid::new(format!("options.{field}"), reason)
             }
             other => Invalid::new("options", other.to_string()),
         })?;
-        if let Some(output) = &self.output {
-            split_s3(output).map_err(|r| Invalid::new("output", r))?;
-        }
         match &self.source {
             Source::S3Prefix { uri, suffixes } => {
-                split_s3(uri).map_err(|r| Invalid::new("source.uri", r))?;
+                S3Location::parse(uri).map_err(|e| Invalid::new("source.uri", e.to_string()))?;
                 if suffixes.iter().any(|s| s.is_empty()) {
                     return Err(Invalid::new("source.suffixes", "an empty suffix"));
                 }
@@ -173,10 +160,8 @@ impl JobSpec {
                     ));
                 }
                 (Some(uri), None) => {
-                    let (_, key) = split_s3(uri).map_err(|r| Invalid::new("source.uri", r))?;
-                    if key.is_empty() || key.ends_with('/') {
-                        return Err(Invalid::new("source.uri", "names a prefix, not an object"));
-                    }
+                    S3Location::parse_object(uri)
+                        .map_err(|e| Invalid::new("source.uri", e.to_string()))?;
                 }
                 (None, Some(_)) => {}
             },
@@ -200,18 +185,6 @@ impl JobSpec {
         }
         Ok(model)
     }
-}
-
-/// `s3://bucket/key-or-prefix` into its bucket and key.
-pub fn split_s3(uri: &str) -> Result<(&str, &str), String> {
-    let rest = uri
-        .strip_prefix("s3://")
-        .ok_or_else(|| format!("expected s3://bucket/prefix, got {uri:?}"))?;
-    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err("the bucket name is empty".into());
-    }
-    Ok((bucket, key))
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use crate::common;
 use crate::common::fleet::{Fleet, http_get, write_secrets};
 use crate::common::*;
 use aws_sdk_s3::types::ServerSideEncryption;
-use tagfleet_core::ObjectStore;
+use tagfleet_contracts::keys::job_results_prefix;
+use tagfleet_io::ObjectStore;
 
 const TENANT: &str = "acme";
 
@@ -123,10 +124,7 @@ async fn same_tags_as_embedded(kind: &str) {
     );
 
     // Every result object was written with server-side encryption.
-    let objects = store
-        .list(&format!("results/{TENANT}/{job}/"))
-        .await
-        .unwrap();
+    let objects = store.list(&job_results_prefix(TENANT, &job)).await.unwrap();
     assert_eq!(objects.len(), 3);
     for o in &objects {
         let head = store
@@ -273,7 +271,7 @@ fn forty_four_photos(photos: &Path) {
 }
 
 async fn wait_for_first_result(
-    store: &tagfleet_core::store::S3Store,
+    store: &tagfleet_io::store::S3Store,
     prefix: &str,
     worker: &common::fleet::Worker,
 ) {
@@ -307,7 +305,7 @@ async fn survives(kind: &str, signal: &str) {
     ];
     let mut first = fleet.worker(&dir.path().join("first.log"), &slow);
     first.wait_ready().await;
-    let prefix = format!("results/{TENANT}/{job}/");
+    let prefix = job_results_prefix(TENANT, &job);
     wait_for_first_result(&store, &prefix, &first).await;
     first.signal(signal);
     let status = first.wait_exit(Duration::from_secs(60)).await;
@@ -387,8 +385,8 @@ async fn wait_for_dead_letters(count: impl AsyncFn() -> u64, worker: &common::fl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_dead_letters_poison_messages_after_the_delivery_limit() {
-    use tagfleet_core::Queue;
-    use tagfleet_core::queue::{RabbitOptions, RabbitQueue};
+    use tagfleet_io::Queue;
+    use tagfleet_io::queue::{RabbitOptions, RabbitQueue};
     let dir = tempfile::tempdir().unwrap();
     let (photos, keys) = setup(dir.path());
     let fleet = Fleet::new("amqp", &keys, &photos);
@@ -416,9 +414,9 @@ async fn rabbitmq_dead_letters_poison_messages_after_the_delivery_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_dead_letters_poison_messages_after_the_receive_limit() {
-    use tagfleet_core::Queue;
-    use tagfleet_core::aws::Endpoint;
-    use tagfleet_core::queue::{SqsOptions, SqsQueue};
+    use tagfleet_io::Queue;
+    use tagfleet_io::aws::Endpoint;
+    use tagfleet_io::queue::{SqsOptions, SqsQueue};
     let dir = tempfile::tempdir().unwrap();
     let (photos, keys) = setup(dir.path());
     let fleet = Fleet::new("sqs", &keys, &photos);
@@ -461,7 +459,7 @@ async fn broker_restart_mid_job_the_worker_reconnects_and_finishes() {
         &["--max-batch", "1", "--max-tasks-in-flight", "1"],
     );
     worker.wait_ready().await;
-    let prefix = format!("results/{TENANT}/{job}/");
+    let prefix = job_results_prefix(TENANT, &job);
     wait_for_first_result(&store, &prefix, &worker).await;
 
     let script = common::fleet::service_env("TAGFLEET_TEST_SERVICES_SCRIPT");

@@ -11,7 +11,8 @@ use crate::common::fleet::{
 };
 use crate::common::*;
 use serde_json::{Value, json};
-use tagfleet_core::ObjectStore;
+use tagfleet_contracts::keys::{Area, Key, job_results_prefix};
+use tagfleet_io::ObjectStore;
 
 const ACME: &str = "acme";
 const ACME_TOKEN: &str = "acme-token-31c0";
@@ -107,7 +108,7 @@ async fn no_ref_file_name_or_exif_reaches_logs_objects_or_disk_and_all_is_encryp
 
     // Everything the fleet wrote: result objects and job records, names and bodies.
     let mut written = String::new();
-    for prefix in ["results/", "jobs/"] {
+    for prefix in [Area::Results.prefix(), Area::Jobs.prefix()] {
         for object in store.list(prefix).await.unwrap() {
             written.push_str(&object.key);
             written.push_str(&String::from_utf8_lossy(
@@ -195,7 +196,7 @@ async fn results_past_their_retention_are_never_served_and_then_swept() {
     let expiry = created + chrono::Duration::seconds(8);
     let wait = (expiry - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(300)).await;
-    let results_prefix = format!("results/{ACME}/{id}/");
+    let results_prefix = job_results_prefix(ACME, &id);
     assert!(
         !store.list(&results_prefix).await.unwrap().is_empty(),
         "not swept yet"
@@ -217,7 +218,7 @@ async fn results_past_their_retention_are_never_served_and_then_swept() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = store.list(&results_prefix).await.unwrap().len()
-            + store.list(&format!("jobs/{ACME}/")).await.unwrap().len();
+            + store.list(&Area::Jobs.of_tenant(ACME)).await.unwrap().len();
         if left == 0 {
             break;
         }
@@ -349,14 +350,14 @@ async fn erasing_a_tenant_deletes_all_its_data_at_once() {
     // schedule of acme's, and of each job only a tombstone without counts or source.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        store.list(&format!("results/{ACME}/")).await.unwrap(),
+        store.list(&Area::Results.of_tenant(ACME)).await.unwrap(),
         vec![]
     );
     assert_eq!(
-        store.list(&format!("schedules/{ACME}/")).await.unwrap(),
+        store.list(&Area::Schedules.of_tenant(ACME)).await.unwrap(),
         vec![]
     );
-    for object in store.list(&format!("jobs/{ACME}/")).await.unwrap() {
+    for object in store.list(&Area::Jobs.of_tenant(ACME)).await.unwrap() {
         let body = String::from_utf8(store.get(&object.key).await.unwrap()).unwrap();
         assert_eq!(body, r#"{"state":"cancelled","erased":true}"#);
     }
@@ -398,7 +399,7 @@ async fn a_job_that_keeps_nothing_leaves_nothing_in_our_bucket() {
         &[&scheduler, &worker],
     )
     .await;
-    let results_prefix = format!("results/{ACME}/{id}/");
+    let results_prefix = job_results_prefix(ACME, &id);
     assert!(!store.list(&results_prefix).await.unwrap().is_empty());
     let path = format!("/v1/jobs/{id}/results");
     let (code, body) = http(scheduler.port, "GET", &path, Some(ACME_TOKEN), None).unwrap();
@@ -417,7 +418,7 @@ async fn a_job_that_keeps_nothing_leaves_nothing_in_our_bucket() {
     assert!(again.contains("read once"), "{again}");
     // The record keeps counts, not the source, and a retry has nothing to go on.
     let record =
-        String::from_utf8(store.get(&format!("jobs/{ACME}/{id}.json")).await.unwrap()).unwrap();
+        String::from_utf8(store.get(&Key::job(ACME, &id).to_string()).await.unwrap()).unwrap();
     assert!(!record.contains("private/"), "{record}");
     assert!(record.contains("\"done\":3"), "{record}");
 
@@ -438,10 +439,10 @@ async fn a_job_that_keeps_nothing_leaves_nothing_in_our_bucket() {
     .await;
     assert_eq!(job["counts"]["done"], 3, "{job}");
     assert_eq!(
-        store.list(&format!("results/{ACME}/{id}/")).await.unwrap(),
+        store.list(&job_results_prefix(ACME, &id)).await.unwrap(),
         vec![]
     );
-    let client = store.elsewhere(&output).unwrap();
+    let client = store.elsewhere(&output.parse().unwrap());
     let objects = client.list(&format!("{id}/")).await.unwrap();
     let mut lines = 0;
     for object in &objects {
@@ -533,8 +534,8 @@ async fn a_real_store_enforces_the_shape_of_our_lifecycle_rule() {
             .unwrap();
         let out = shell.wait_with_output().unwrap();
         outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
-        let ours =
-            store.list("results/").await.unwrap().len() + store.list("jobs/").await.unwrap().len();
+        let ours = store.list(Area::Results.prefix()).await.unwrap().len()
+            + store.list(Area::Jobs.prefix()).await.unwrap().len();
         if ours == 0 {
             break;
         }

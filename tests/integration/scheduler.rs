@@ -11,7 +11,8 @@ use crate::common::fleet::{
 };
 use crate::common::*;
 use serde_json::{Value, json};
-use tagfleet_core::ObjectStore;
+use tagfleet_contracts::keys::{Area, job_results_prefix};
+use tagfleet_io::ObjectStore;
 
 const ACME: &str = "acme";
 const ACME_TOKEN: &str = "acme-token-6f1d";
@@ -471,7 +472,7 @@ async fn a_redelivered_task_does_not_inflate_the_counts() {
         "analyses": ["tags"], "model": "efficientnet-lite0@1",
         "items": [{"ref": keys_sorted[0]}, {"ref": keys_sorted[1]}],
     });
-    let queue = tagfleet_core::queue::RabbitQueue::connect(tagfleet_core::queue::RabbitOptions {
+    let queue = tagfleet_io::queue::RabbitQueue::connect(tagfleet_io::queue::RabbitOptions {
         url: service_env("TAGFLEET_TEST_AMQP_URL"),
         queue: fleet.queue_name.clone(),
         delivery_limit: 3,
@@ -479,7 +480,7 @@ async fn a_redelivered_task_does_not_inflate_the_counts() {
     })
     .await
     .unwrap();
-    use tagfleet_core::Queue;
+    use tagfleet_io::Queue;
     queue
         .publish(serde_json::to_vec(&duplicate).unwrap())
         .await
@@ -553,7 +554,7 @@ async fn cancelling_a_running_job_erases_every_result() {
     assert_eq!(code, 201, "{job}");
     assert_eq!(job["counts"]["total"], 80);
     let id = job["id"].as_str().unwrap().to_owned();
-    let results_prefix = format!("results/{ACME}/{id}/");
+    let results_prefix = job_results_prefix(ACME, &id);
     // Cancel once some results exist and the job is still running.
     let deadline = Instant::now() + Duration::from_secs(120);
     while store.list(&results_prefix).await.unwrap().is_empty() {
@@ -871,8 +872,14 @@ async fn every_bad_request_is_refused_with_its_reason_and_leaves_nothing() {
         None,
     );
     assert_eq!(schedules, json!([]));
-    assert!(store.list("jobs/").await.unwrap().is_empty());
-    assert!(store.list("schedules/").await.unwrap().is_empty());
+    assert!(store.list(Area::Jobs.prefix()).await.unwrap().is_empty());
+    assert!(
+        store
+            .list(Area::Schedules.prefix())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
     assert!(
         text.contains("tagfleet_scheduler_tasks_published_total 0"),

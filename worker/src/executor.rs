@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
-use tagfleet_core::schema::{Analysis, ResultLine, SCHEMA_VERSION, Status};
-use tagfleet_core::{ErrorKind, ImageError};
+use tagfleet_contracts::schema::{Analysis, ResultLine, SCHEMA_VERSION, Status};
+use tagfleet_contracts::{ErrorKind, ImageError};
 use tagfleet_models::postprocess::{l2_normalised, top_k_tags};
 use tagfleet_models::preprocess::Crop;
 use tagfleet_models::spec::InputSpec;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tagfleet_core::{ErrorKind, ImageError};
+use tagfleet_contracts::{ErrorKind, ImageError, S3Location};
 
 /// Where `file://` refs may point.
 #[derive(Debug, Clone, Default)]
@@ -55,9 +55,9 @@ pub async fn fetch(
     if let Some(path) = reference.strip_prefix("file://") {
         return fetch_file(path, &sources.roots, max_bytes).await;
     }
-    if let Some(location) = reference.strip_prefix("s3://") {
+    if reference.starts_with("s3://") {
         return match &sources.s3 {
-            Some(client) => fetch_s3(client, location, max_bytes).await,
+            Some(client) => fetch_s3(client, reference, max_bytes).await,
             None => Err(ImageError::new(
                 ErrorKind::Fetch,
                 "this worker has no S3 access for s3:// refs",
@@ -89,18 +89,16 @@ pub(crate) fn too_large(size: u64, max_bytes: u64) -> ImageError {
 
 async fn fetch_s3(
     client: &aws_sdk_s3::Client,
-    location: &str,
+    reference: &str,
     max_bytes: u64,
 ) -> Result<Vec<u8>, ImageError> {
     let fetch_error = |message: String| ImageError::new(ErrorKind::Fetch, message);
-    let (bucket, key) = location
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(|| fetch_error("s3 ref names no bucket and key".into()))?;
+    let location = S3Location::parse_object(reference)
+        .map_err(|e| fetch_error(format!("invalid s3 ref: {e}")))?;
     let object = client
         .get_object()
-        .bucket(bucket)
-        .key(key)
+        .bucket(location.bucket())
+        .key(location.key())
         .send()
         .await
         .map_err(|e| {

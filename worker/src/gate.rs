@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tagfleet_core::job::JobHead;
-use tagfleet_core::keys::job_key;
-use tagfleet_core::{ObjectStore, StoreError};
+use tagfleet_contracts::job::JobHead;
+use tagfleet_contracts::keys::Key;
+use tagfleet_io::{ObjectStore, StoreError};
 use tokio::sync::Mutex;
 
 /// How long a job's state is trusted before it is read again, by default.
@@ -39,7 +39,7 @@ impl JobGate {
         {
             return *admits;
         }
-        let admits = match self.store.get(&job_key(tenant, job_id)).await {
+        let admits = match self.store.get(&Key::job(tenant, job_id).to_string()).await {
             Ok(body) => JobHead::from_json(&body).is_none_or(|head| head.state.accepts_tasks()),
             Err(StoreError::NotFound(_)) => true,
             Err(StoreError::Expired(_)) => false,
@@ -60,7 +60,7 @@ impl JobGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tagfleet_core::store::FsStore;
+    use tagfleet_io::store::FsStore;
 
     #[tokio::test]
     async fn cancelled_jobs_are_refused_and_unknown_ones_admitted() {
@@ -71,14 +71,17 @@ mod tests {
         assert!(gate.admits("acme", "j1").await, "no record: run");
         store
             .put(
-                &job_key("acme", "j1"),
+                &Key::job("acme", "j1").to_string(),
                 br#"{"state":"running","id":"j1"}"#.to_vec(),
             )
             .await
             .unwrap();
         assert!(gate.admits("acme", "j1").await);
         store
-            .put(&job_key("acme", "j1"), br#"{"state":"cancelled"}"#.to_vec())
+            .put(
+                &Key::job("acme", "j1").to_string(),
+                br#"{"state":"cancelled"}"#.to_vec(),
+            )
             .await
             .unwrap();
         assert!(!gate.admits("acme", "j1").await);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use tagfleet_core::netguard::{UrlError, UrlPolicy};
-use tagfleet_core::{ErrorKind, ImageError};
+use tagfleet_contracts::{ErrorKind, ImageError};
+use tagfleet_io::netguard::{UrlError, UrlPolicy};
 
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 5;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender, bounded};
-use tagfleet_core::schema::SchemaError;
-use tagfleet_core::{Delivery, ObjectStore, Queue, TaskMessage};
+use tagfleet_contracts::TaskMessage;
+use tagfleet_contracts::schema::SchemaError;
+use tagfleet_io::{Delivery, ObjectStore, Queue};
 use tagfleet_models::{Backend, DecodeLimits, ModelSpec};
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
@@ -49,7 +50,7 @@ pub struct PipelineConfig {
     pub job_check_interval: Duration,
     /// Where jobs' own output locations are written from (the S3 client and encryption
     /// of the worker's store); without it, tasks with an output fail their write.
-    pub outputs: Option<tagfleet_core::store::S3Store>,
+    pub outputs: Option<tagfleet_io::store::S3Store>,
 }
 
 /// Everything a worker needs to run.

@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
-use tagfleet_core::{ErrorKind, ImageError};
+use tagfleet_contracts::{ErrorKind, ImageError};
 use tagfleet_models::preprocess::Crop;
 use tagfleet_models::{DecodeLimits, Decoded, Preprocessor, spec::InputSpec};
 

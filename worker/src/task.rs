@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tagfleet_core::{Delivery, ImageError, Pseudonymiser, ResultLine, TaskMessage};
+use tagfleet_contracts::{ImageError, Pseudonymiser, ResultLine, TaskMessage};
+use tagfleet_io::Delivery;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// The tenants this worker serves, each with its pseudonym key.
@@ -165,8 +166,8 @@ pub struct Completed {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use tagfleet_core::TenantKey;
-    use tagfleet_core::schema::{Analysis, SCHEMA_VERSION, TaskItem, TaskOptions};
+    use tagfleet_contracts::TenantKey;
+    use tagfleet_contracts::schema::{Analysis, SCHEMA_VERSION, TaskItem, TaskOptions};
 
     /// `n` work items of one task, for stage tests.
     pub(crate) fn works(n: usize) -> Vec<Work> {
@@ -205,7 +206,7 @@ pub(crate) mod tests {
         let mut done = Vec::new();
         for w in works.iter().rev() {
             let line = w.failed(ImageError::new(
-                tagfleet_core::ErrorKind::Decode,
+                tagfleet_contracts::ErrorKind::Decode,
                 format!("image {}", w.index),
             ));
             done.push(task.complete(w.index, line));
@@ -223,7 +224,7 @@ pub(crate) mod tests {
     fn error_lines_name_the_image_by_pseudonym_only() {
         let w = works(1).pop().unwrap();
         let line = w.failed(ImageError::new(
-            tagfleet_core::ErrorKind::Fetch,
+            tagfleet_contracts::ErrorKind::Fetch,
             "file not found",
         ));
         let json = serde_json::to_string(&line).unwrap();

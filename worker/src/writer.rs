@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_channel::Receiver;
-use tagfleet_core::keys::result_key;
-use tagfleet_core::schema::{ProgressMessage, ResultLine, SCHEMA_VERSION, Status};
-use tagfleet_core::store::S3Store;
-use tagfleet_core::{ErrorKind, ObjectStore, Queue};
+use tagfleet_contracts::ErrorKind;
+use tagfleet_contracts::keys::{Key, output_key};
+use tagfleet_contracts::schema::{ProgressMessage, ResultLine, SCHEMA_VERSION, Status};
+use tagfleet_io::store::S3Store;
+use tagfleet_io::{ObjectStore, Queue};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
@@ -138,7 +139,7 @@ async fn write_and_ack(
 ) -> Event {
     let msg = &task.msg;
     let lines = task.take_lines();
-    let key = result_key(&msg.tenant, &msg.job_id, &msg.task_id);
+    let key = Key::result(&msg.tenant, &msg.job_id, &msg.task_id).to_string();
     let mut body = Vec::new();
     for line in &lines {
         serde_json::to_writer(&mut body, line).expect("result lines serialise");
@@ -191,7 +192,7 @@ async fn write_and_ack(
     }
 }
 
-fn progress_of(msg: &tagfleet_core::TaskMessage, lines: &[ResultLine]) -> Vec<u8> {
+fn progress_of(msg: &tagfleet_contracts::TaskMessage, lines: &[ResultLine]) -> Vec<u8> {
     let failed = lines.iter().filter(|l| l.status == Status::Error).count() as u32;
     ProgressMessage {
         v: SCHEMA_VERSION,
@@ -209,18 +210,14 @@ fn progress_of(msg: &tagfleet_core::TaskMessage, lines: &[ResultLine]) -> Vec<u8
 async fn write(
     store: &dyn ObjectStore,
     outputs: Option<&S3Store>,
-    msg: &tagfleet_core::TaskMessage,
+    msg: &tagfleet_contracts::TaskMessage,
     key: &str,
     body: &[u8],
 ) -> Result<(), String> {
     if let Some(location) = &msg.output {
         let base = outputs.ok_or("this worker has no S3 access for output locations")?;
-        let output = base.elsewhere(location)?;
-        output
-            .put(
-                &format!("{}/{}.jsonl", msg.job_id, msg.task_id),
-                body.to_vec(),
-            )
+        base.elsewhere(location)
+            .put(&output_key(&msg.job_id, &msg.task_id), body.to_vec())
             .await
             .map_err(|e| format!("writing to the output location: {e}"))?;
     }

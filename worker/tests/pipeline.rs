@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tagfleet_core::keys::result_key;
-use tagfleet_core::queue::MemoryQueue;
-use tagfleet_core::schema::{
+use tagfleet_contracts::keys::Key;
+use tagfleet_contracts::schema::{
     Analysis, ResultLine, SCHEMA_VERSION, Status, TaskItem, TaskMessage, TaskOptions,
 };
-use tagfleet_core::store::FsStore;
-use tagfleet_core::{ErrorKind, ObjectStore, Pseudonymiser, Queue, TenantKey};
+use tagfleet_contracts::{ErrorKind, Pseudonymiser, TenantKey};
+use tagfleet_io::queue::MemoryQueue;
+use tagfleet_io::store::FsStore;
+use tagfleet_io::{ObjectStore, Queue};
 use tagfleet_models::gpu_preprocess;
 use tagfleet_models::preprocess::Crop;
 use tagfleet_models::{
@@ -151,7 +152,7 @@ impl Harness {
     async fn lines(&self, task_id: &str) -> Vec<ResultLine> {
         let body = self
             .store
-            .get(&result_key("acme", "job1", task_id))
+            .get(&Key::result("acme", "job1", task_id).to_string())
             .await
             .unwrap();
         String::from_utf8(body)

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tagfleet_core::ObjectStore;
-use tagfleet_core::aws::Endpoint;
-use tagfleet_core::store::{S3Options, S3Store};
+use tagfleet_contracts::S3Location;
+use tagfleet_contracts::keys::job_results_prefix;
+use tagfleet_io::ObjectStore;
+use tagfleet_io::aws::Endpoint;
+use tagfleet_io::store::{S3Options, S3Store};
 
 use super::repo;
 
@@ -194,7 +196,8 @@ impl Fleet {
     }
 
     pub async fn store(&self) -> S3Store {
-        let mut options = S3Options::from_url(&format!("s3://{}/fleet", self.bucket)).unwrap();
+        let location = S3Location::parse(&format!("s3://{}/fleet", self.bucket)).unwrap();
+        let mut options = S3Options::at(location);
         options.endpoint = Endpoint {
             url: Some(service_env("TAGFLEET_TEST_S3_ENDPOINT")),
             region: None,
@@ -215,7 +218,7 @@ impl Fleet {
         tasks: usize,
         worker: &Worker,
     ) -> Vec<serde_json::Value> {
-        let prefix = format!("results/{tenant}/{job}/");
+        let prefix = job_results_prefix(tenant, &job);
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let objects = store.list(&prefix).await.unwrap();

@@ -15,7 +15,9 @@ use aws_sdk_s3::types::{
 
 use super::{ObjectMeta, ObjectStore, StoreError};
 use crate::aws::{Endpoint, sdk_config};
-use crate::retention::{SWEPT_PREFIXES, is_expired};
+use tagfleet_contracts::S3Location;
+use tagfleet_contracts::keys::Area;
+use tagfleet_contracts::retention::is_expired;
 
 /// Lifecycle rules this store owns are named with this prefix; others are left alone.
 const RULE_PREFIX: &str = "tagfleet-expire-";
@@ -33,9 +35,8 @@ pub enum Encryption {
 /// Where and how to store.
 #[derive(Debug, Clone)]
 pub struct S3Options {
-    pub bucket: String,
-    /// Key prefix inside the bucket (empty, or ending in `/`).
-    pub prefix: String,
+    /// The bucket, and the folder inside it that holds the store's keys.
+    pub location: S3Location,
     pub endpoint: Endpoint,
     /// Path-style addressing (`host/bucket/key`), which most compatible servers need.
     pub path_style: bool,
@@ -44,28 +45,15 @@ pub struct S3Options {
 }
 
 impl S3Options {
-    /// Parses `s3://bucket[/prefix]`.
-    pub fn from_url(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| format!("{url:?} is not an s3:// URL"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("{url:?} names no bucket"));
-        }
-        let prefix = prefix.trim_matches('/');
-        Ok(Self {
-            bucket: bucket.to_owned(),
-            prefix: if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
-            },
+    /// A store at `location` with the default endpoint, encryption and no retention.
+    pub fn at(location: S3Location) -> Self {
+        Self {
+            location,
             endpoint: Endpoint::default(),
             path_style: false,
             encryption: Encryption::default(),
             retention: None,
-        })
+        }
     }
 }
 
@@ -73,21 +61,26 @@ impl S3Options {
 pub struct S3Store {
     client: Client,
     options: S3Options,
+    /// `options.location`'s folder, prepended to every store key.
+    prefix: String,
 }
 
 impl S3Store {
-    /// The same client and encryption at another location (`s3://bucket/prefix`), such as
-    /// a client's own output; no retention applies there, it is the client's.
-    pub fn elsewhere(&self, url: &str) -> Result<Self, String> {
-        let location = S3Options::from_url(url)?;
+    /// The same client and encryption at another location, such as a client's own
+    /// output; no retention applies there, it is the client's.
+    pub fn elsewhere(&self, location: &S3Location) -> Self {
         let mut options = self.options.clone();
-        options.bucket = location.bucket;
-        options.prefix = location.prefix;
+        options.location = location.clone();
         options.retention = None;
-        Ok(Self {
-            client: self.client.clone(),
+        Self::with_client(self.client.clone(), options)
+    }
+
+    fn with_client(client: Client, options: S3Options) -> Self {
+        Self {
+            client,
+            prefix: options.location.folder(),
             options,
-        })
+        }
     }
 }
 
@@ -111,10 +104,7 @@ impl S3Store {
         let config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(options.path_style)
             .build();
-        Self {
-            client: Client::from_conf(config),
-            options,
-        }
+        Self::with_client(Client::from_conf(config), options)
     }
 
     pub fn client(&self) -> &Client {
@@ -122,12 +112,12 @@ impl S3Store {
     }
 
     pub fn bucket(&self) -> &str {
-        &self.options.bucket
+        self.options.location.bucket()
     }
 
     /// The full object key of a store key.
     pub fn object_key(&self, key: &str) -> String {
-        format!("{}{key}", self.options.prefix)
+        format!("{}{key}", self.prefix)
     }
 
     /// Creates the bucket if it does not exist (tests and first start-up).
@@ -135,7 +125,7 @@ impl S3Store {
         if self
             .client
             .head_bucket()
-            .bucket(&self.options.bucket)
+            .bucket(self.bucket())
             .send()
             .await
             .is_ok()
@@ -145,7 +135,7 @@ impl S3Store {
         match self
             .client
             .create_bucket()
-            .bucket(&self.options.bucket)
+            .bucket(self.bucket())
             .send()
             .await
         {
@@ -156,7 +146,7 @@ impl S3Store {
             {
                 Ok(())
             }
-            Err(e) => Err(io("creating bucket", &self.options.bucket, e)),
+            Err(e) => Err(io("creating bucket", self.bucket(), e)),
         }
     }
 
@@ -164,7 +154,7 @@ impl S3Store {
     /// rules with the bucket's others, and reads them back. Lifecycle rules count whole
     /// days, so they are the backstop; the sweeper and expiry-aware reads keep the hours.
     pub async fn ensure_lifecycle(&self) -> Result<(), StoreError> {
-        let bucket = &self.options.bucket;
+        let bucket = self.bucket();
         let existing = match self
             .client
             .get_bucket_lifecycle_configuration()
@@ -231,10 +221,10 @@ impl S3Store {
     /// Our lifecycle rules (one per swept prefix) with the given expiration: 1 day in
     /// production; tests give a date in the past to see a real store enforce the shape.
     pub fn lifecycle_rules(&self, expiration: LifecycleExpiration) -> Vec<LifecycleRule> {
-        SWEPT_PREFIXES
+        Area::SWEPT
             .iter()
-            .map(|p| {
-                let prefix = self.object_key(p);
+            .map(|area| {
+                let prefix = self.object_key(area.prefix());
                 LifecycleRule::builder()
                     .id(format!(
                         "{RULE_PREFIX}{}",
@@ -263,7 +253,7 @@ impl ObjectStore for S3Store {
         let mut put = self
             .client
             .put_object()
-            .bucket(&self.options.bucket)
+            .bucket(self.bucket())
             .key(self.object_key(key))
             .body(ByteStream::from(body));
         put = match &self.options.encryption {
@@ -282,7 +272,7 @@ impl ObjectStore for S3Store {
         let out = match self
             .client
             .get_object()
-            .bucket(&self.options.bucket)
+            .bucket(self.bucket())
             .key(self.object_key(key))
             .send()
             .await
@@ -311,7 +301,7 @@ impl ObjectStore for S3Store {
         let mut pages = self
             .client
             .list_objects_v2()
-            .bucket(&self.options.bucket)
+            .bucket(self.bucket())
             .prefix(self.object_key(prefix))
             .into_paginator()
             .send();
@@ -320,7 +310,7 @@ impl ObjectStore for S3Store {
             let page = page.map_err(|e| io("listing", prefix, e))?;
             for object in page.contents() {
                 let Some(full) = object.key() else { continue };
-                let Some(key) = full.strip_prefix(&self.options.prefix) else {
+                let Some(key) = full.strip_prefix(&self.prefix) else {
                     continue;
                 };
                 out.push(ObjectMeta {
@@ -340,29 +330,11 @@ impl ObjectStore for S3Store {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.client
             .delete_object()
-            .bucket(&self.options.bucket)
+            .bucket(self.bucket())
             .key(self.object_key(key))
             .send()
             .await
             .map(drop)
             .map_err(|e| io("deleting", key, e))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn s3_urls_parse_into_bucket_and_prefix() {
-        let o = S3Options::from_url("s3://media/results/2026/").unwrap();
-        assert_eq!(
-            (o.bucket.as_str(), o.prefix.as_str()),
-            ("media", "results/2026/")
-        );
-        let o = S3Options::from_url("s3://media").unwrap();
-        assert_eq!(o.prefix, "");
-        assert!(S3Options::from_url("s3:///x").is_err());
-        assert!(S3Options::from_url("file:///x").is_err());
     }
 }

@@ -21,9 +21,6 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 
 use super::{Delivery, Depth, Queue, QueueError};
 
-/// Deliveries before a message is dead-lettered, unless configured otherwise.
-pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
-
 #[derive(Debug, Clone)]
 pub struct RabbitOptions {
     /// `amqp://` or `amqps://` URL of the broker (with vhost).

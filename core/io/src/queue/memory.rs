@@ -9,10 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Delivery, Queue, QueueError};
-
-/// Deliveries of one message before it is dead-lettered, as RabbitMQ's `x-delivery-limit`.
-pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+use super::{DEFAULT_DELIVERY_LIMIT, Delivery, Queue, QueueError};
 
 #[derive(Debug)]
 struct Message {

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::{S3Location, TaskId};
+
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -27,7 +29,7 @@ pub struct TaskMessage {
     /// The client's own location (`s3://bucket/prefix/`) the results go to; with
     /// `retain: false` they go only there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
+    pub output: Option<S3Location>,
     pub items: Vec<TaskItem>,
 }
 
@@ -51,6 +53,44 @@ impl TaskMessage {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a task message always serialises")
+    }
+}
+
+/// What every task of one job shares. [`TaskPlan::messages`] is the one place refs are
+/// chunked into task messages and task ids are handed out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPlan {
+    pub job_id: String,
+    pub tenant: String,
+    pub analyses: Vec<Analysis>,
+    pub model: String,
+    pub options: TaskOptions,
+    pub output: Option<S3Location>,
+}
+
+impl TaskPlan {
+    /// The task messages of `refs` in round `round` (0 for the job's first publication),
+    /// `chunk_size` refs each.
+    pub fn messages(&self, round: usize, refs: &[String], chunk_size: usize) -> Vec<TaskMessage> {
+        refs.chunks(chunk_size.max(1))
+            .zip(1u32..)
+            .map(|(chunk, n)| TaskMessage {
+                v: SCHEMA_VERSION,
+                job_id: self.job_id.clone(),
+                task_id: TaskId::new(round, n).to_string(),
+                tenant: self.tenant.clone(),
+                analyses: self.analyses.clone(),
+                model: self.model.clone(),
+                options: self.options.clone(),
+                output: self.output.clone(),
+                items: chunk
+                    .iter()
+                    .map(|r| TaskItem {
+                        reference: r.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 }
 

@@ -43,7 +43,7 @@ impl FsStore {
     }
 
     fn is_expired(&self, modified: SystemTime) -> bool {
-        crate::retention::is_expired(modified, self.retention, SystemTime::now())
+        tagfleet_contracts::retention::is_expired(modified, self.retention, SystemTime::now())
     }
 }
 

@@ -13,6 +13,10 @@ pub use memory::MemoryQueue;
 pub use rabbitmq::{RabbitOptions, RabbitQueue};
 pub use sqs::{SqsOptions, SqsQueue};
 
+/// Deliveries of one message before it is dead-lettered (RabbitMQ's `x-delivery-limit`,
+/// SQS's `maxReceiveCount`, the in-memory queue's limit), unless configured otherwise.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
 /// A received message, to be acked or nacked exactly once.
 #[derive(Debug, Clone)]
 pub struct Delivery {

@@ -1,0 +1,113 @@
+//! Creating a job: validate, expand the source, write the record, publish the tasks.
+
+use chrono::Utc;
+use tagfleet_contracts::TaskMessage;
+use tagfleet_contracts::job::JobState;
+
+use super::{JobBook, JobId, gauges::refresh_gauges, unavailable};
+use crate::error::ApiError;
+use crate::metrics;
+use crate::record::{Counts, JobRecord, JobView, RECORD_VERSION, Round};
+use crate::spec::{JobSpec, Source};
+
+impl JobBook {
+    /// Creates a job: validates, expands the source, writes the record, publishes the
+    /// tasks. A refused spec leaves nothing behind.
+    pub async fn create(
+        &self,
+        tenant: &str,
+        spec: JobSpec,
+        schedule_id: Option<String>,
+    ) -> Result<JobView, ApiError> {
+        let model = spec.validate(&self.config.models)?;
+        let refs = self.sources.expand(&spec.source).await?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let now = Utc::now();
+        let mut record = JobRecord {
+            v: RECORD_VERSION,
+            id: id.clone(),
+            tenant: tenant.to_owned(),
+            state: JobState::Queued,
+            spec,
+            model,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            schedule_id,
+            counts: Counts {
+                total: refs.len() as u64,
+                ..Counts::default()
+            },
+            rounds: Vec::new(),
+            error: None,
+            source_withheld: false,
+            results_delivered: false,
+        };
+        let messages = self.messages(&record, 0, &refs);
+        record.rounds.push(Round::new(messages.len() as u32));
+        if !record.spec.options.retain {
+            // Keep nothing: the record holds counts, not where the images were.
+            record.spec.source = Source::Urls { urls: Vec::new() };
+            record.source_withheld = true;
+        }
+        self.write(&record)
+            .await
+            .map_err(|e| unavailable("writing the job record", e))?;
+        let key = (tenant.to_owned(), id.clone());
+        self.jobs.lock().await.insert(key.clone(), record.clone());
+        let view = self.publish(&key, messages, refs.len() as u64).await?;
+        tracing::info!(tenant, job = %id, images = refs.len(), tasks = record.rounds[0].tasks, "job created");
+        Ok(view)
+    }
+
+    /// The task messages of `refs` for round `round` of a job.
+    pub(super) fn messages(
+        &self,
+        record: &JobRecord,
+        round: usize,
+        refs: &[String],
+    ) -> Vec<TaskMessage> {
+        record
+            .task_plan()
+            .messages(round, refs, self.config.chunk_size)
+    }
+
+    /// Publishes with confirms; a failure marks the job failed (its published tasks are
+    /// then skipped by workers) and answers 503.
+    pub(super) async fn publish(
+        &self,
+        key: &JobId,
+        messages: Vec<TaskMessage>,
+        images: u64,
+    ) -> Result<JobView, ApiError> {
+        let tasks = messages.len() as u64;
+        let bodies = messages.iter().map(TaskMessage::to_json).collect();
+        match self.queue.publish_batch(bodies).await {
+            Ok(()) => {
+                metrics::TASKS_PUBLISHED.inc_by(tasks);
+                metrics::IMAGES
+                    .with_label_values(&["submitted"])
+                    .inc_by(images);
+                let jobs = self.jobs.lock().await;
+                refresh_gauges(&jobs);
+                Ok(jobs[key].view(Utc::now()))
+            }
+            Err(e) => {
+                tracing::error!(job = %key.1, error = %e, "publishing the tasks failed");
+                let record = {
+                    let mut jobs = self.jobs.lock().await;
+                    let record = jobs.get_mut(key).expect("the job was just inserted");
+                    record.state = JobState::Failed;
+                    record.error = Some("its tasks could not be published".into());
+                    record.finished_at = Some(Utc::now());
+                    refresh_gauges(&jobs);
+                    jobs[key].clone()
+                };
+                if let Err(e) = self.write(&record).await {
+                    tracing::error!(job = %key.1, error = %e, "writing the failed job record failed");
+                }
+                Err(unavailable("publishing the tasks", e))
+            }
+        }
+    }
+}
