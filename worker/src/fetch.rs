@@ -3,8 +3,15 @@
 //! record; messages never repeat the ref.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use async_channel::{Receiver, Sender};
 use tagfleet_contracts::{ErrorKind, ImageError, S3Location};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::prepare::Fetched;
+use crate::task::{Completed, Timings, Work};
 
 /// Where `file://` refs may point.
 #[derive(Debug, Clone, Default)]
@@ -154,6 +161,47 @@ fn io_reason(e: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
         kind => format!("read failed ({kind})"),
     }
+}
+
+/// The fetch stage: up to `concurrency` fetches at once; a failed fetch is the image's
+/// error line, sent straight to the writer.
+pub(crate) async fn fetch_stage(
+    input: Receiver<Work>,
+    output: Sender<Fetched>,
+    failed: Sender<Completed>,
+    sources: Sources,
+    max_bytes: u64,
+    concurrency: usize,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let sources = Arc::new(sources);
+    let mut fetches = JoinSet::new();
+    while let Ok(mut work) = input.recv().await {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (output, failed, sources) = (output.clone(), failed.clone(), sources.clone());
+        fetches.spawn(async move {
+            work.timings = Timings::start();
+            let result = fetch(work.reference(), &sources, max_bytes).await;
+            work.timings.lap("fetch");
+            drop(slot);
+            let _ = match result {
+                Ok(bytes) => output.send(Fetched { work, bytes }).await.map_err(drop),
+                Err(error) => failed
+                    .send(Completed {
+                        line: work.failed(error),
+                        work,
+                    })
+                    .await
+                    .map_err(drop),
+            };
+        });
+        while fetches.try_join_next().is_some() {}
+    }
+    while fetches.join_next().await.is_some() {}
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod batcher;
 pub mod budget;
+mod consume;
 pub mod executor;
 pub mod fetch;
 pub mod gate;
@@ -10,6 +11,7 @@ pub mod https;
 pub mod metrics;
 pub mod pipeline;
 pub mod prepare;
+mod settle;
 pub mod task;
 pub mod writer;
 

@@ -5,27 +5,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_channel::{Receiver, Sender, bounded};
-use tagfleet_contracts::TaskMessage;
-use tagfleet_contracts::schema::SchemaError;
-use tagfleet_io::{Delivery, ObjectStore, Queue};
+use async_channel::bounded;
+use tagfleet_io::{ObjectStore, Queue};
 use tagfleet_models::{Backend, DecodeLimits, ModelSpec};
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{self, BatchPolicy};
 use crate::budget::PixelBudget;
+use crate::consume::consume;
 use crate::executor;
-use crate::fetch::{Sources, fetch};
+use crate::fetch::{Sources, fetch_stage};
 use crate::gate::JobGate;
 use crate::prepare::{self, Fetched, Preprocessing};
-use crate::task::{Completed, TaskState, Tenants, Timings, Work};
+use crate::task::{Completed, Tenants, Work};
 use crate::writer::{self, Event, Summary};
-
-/// How long one receive call waits for a message before checking for shutdown.
-const RECEIVE_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct PipelineConfig {
@@ -88,16 +84,7 @@ impl Pipeline {
         );
         let threads = config.prepare_threads.max(1);
         let max_batch = config.batch.max_batch.max(1);
-        // Decoded pixels go to the executors when one of them preprocesses on its GPU.
-        let preprocessing = if backends.iter().any(|b| b.preprocesses()) {
-            tracing::info!(
-                budget_mib = config.pixel_budget >> 20,
-                "decode threads hand uint8 pixels to the executors, which preprocess"
-            );
-            Preprocessing::Executors(PixelBudget::new(config.pixel_budget))
-        } else {
-            Preprocessing::Cpu
-        };
+        let preprocessing = preprocessing_for(&backends, config.pixel_budget);
 
         let (work_tx, work_rx) = bounded::<Work>(max_batch * 2);
         let (fetched_tx, fetched_rx) = bounded::<Fetched>(threads * 2);
@@ -135,18 +122,19 @@ impl Pipeline {
             preprocessing,
         );
         let batcher = tokio::spawn(batcher::run(prepared_rx, batch_tx, config.batch));
-        let executors: Vec<_> = backends
-            .into_iter()
-            .map(|backend| {
-                executor::spawn(
-                    backend,
-                    &spec.input,
-                    batch_rx.clone(),
-                    done_tx.clone(),
-                    labels.clone(),
-                )
-            })
-            .collect();
+        let stages = Stages {
+            tasks: vec![consumer, fetcher, batcher],
+            threads: preparers,
+        };
+        let stages = stages.with_threads(backends.into_iter().map(|backend| {
+            executor::spawn(
+                backend,
+                &spec.input,
+                batch_rx.clone(),
+                done_tx.clone(),
+                labels.clone(),
+            )
+        }));
         drop((batch_rx, done_tx));
         let summary = writer::run(
             done_rx,
@@ -157,180 +145,52 @@ impl Pipeline {
             events,
         )
         .await;
+        stages.join().await;
+        summary
+    }
+}
 
-        for task in [consumer, fetcher, batcher] {
+/// Decoded pixels go to the executors when one of them preprocesses on its GPU.
+fn preprocessing_for(backends: &[Box<dyn Backend>], pixel_budget: usize) -> Preprocessing {
+    if backends.iter().any(|b| b.preprocesses()) {
+        tracing::info!(
+            budget_mib = pixel_budget >> 20,
+            "decode threads hand uint8 pixels to the executors, which preprocess"
+        );
+        Preprocessing::Executors(PixelBudget::new(pixel_budget))
+    } else {
+        Preprocessing::Cpu
+    }
+}
+
+/// The stages before the writer: async tasks and OS threads (decode, executors).
+struct Stages {
+    tasks: Vec<JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Stages {
+    fn with_threads(
+        mut self,
+        threads: impl IntoIterator<Item = std::thread::JoinHandle<()>>,
+    ) -> Self {
+        self.threads.extend(threads);
+        self
+    }
+
+    /// Waits for every stage to end (the writer has seen all their output by now).
+    async fn join(self) {
+        for task in self.tasks {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "pipeline stage panicked");
             }
         }
-        let threads: Vec<_> = preparers.into_iter().chain(executors).collect();
+        let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
-        summary
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn consume(
-    queue: Arc<dyn Queue>,
-    gate: Arc<JobGate>,
-    tenants: Tenants,
-    model_id: String,
-    in_flight: Arc<Semaphore>,
-    out: Sender<Work>,
-    shutdown: CancellationToken,
-    exit_when_drained: bool,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let first = tokio::select! {
-            permit = in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = shutdown.cancelled() => break,
-        };
-        // Ask for as many messages as there are free slots: fewer round trips to the broker.
-        let mut permits = vec![first];
-        while let Ok(p) = in_flight.clone().try_acquire_owned() {
-            permits.push(p);
-        }
-        let received = tokio::select! {
-            r = queue.receive(permits.len(), RECEIVE_WAIT) => r,
-            () = shutdown.cancelled() => break,
-        };
-        let deliveries = match received {
-            Ok(deliveries) if deliveries.is_empty() => {
-                if exit_when_drained && queue.is_drained() {
-                    break;
-                }
-                continue;
-            }
-            Ok(deliveries) => deliveries,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "receiving from the queue failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        // Unused permits go back when `permits` drops at the end of this turn.
-        for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
-            let Some(task) = accept(&queue, &gate, &tenants, &model_id, delivery, permit).await
-            else {
-                continue;
-            };
-            crate::metrics::IN_FLIGHT.add(task.msg.items.len() as i64);
-            for work in task.items() {
-                if out.send(work).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Parses and checks a delivery; refused messages are nacked here.
-async fn accept(
-    queue: &Arc<dyn Queue>,
-    gate: &JobGate,
-    tenants: &Tenants,
-    model_id: &str,
-    delivery: Delivery,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Option<Arc<TaskState>> {
-    let refuse = |delivery: Delivery, requeue: bool| async move {
-        let result = if requeue { "requeued" } else { "dead_lettered" };
-        crate::metrics::MESSAGES.with_label_values(&[result]).inc();
-        if let Err(e) = queue.nack(&delivery, requeue).await {
-            tracing::error!(error = %e, "nack failed");
-        }
-    };
-    let msg = match TaskMessage::from_json(&delivery.body) {
-        Ok(msg) => msg,
-        Err(e) => {
-            tracing::warn!(error = %loggable(&e), "dead-lettering a malformed task message");
-            refuse(delivery, false).await;
-            return None;
-        }
-    };
-    if msg.model != model_id {
-        // Another worker of the fleet may serve that model.
-        tracing::warn!(job = %msg.job_id, task = %msg.task_id, wanted = %msg.model, serving = %model_id, "returning a task for another model");
-        refuse(delivery, true).await;
-        return None;
-    }
-    let Some(pseudonymiser) = tenants.get(&msg.tenant).cloned() else {
-        tracing::warn!(job = %msg.job_id, task = %msg.task_id, tenant = %msg.tenant, "dead-lettering a task of an unknown tenant");
-        refuse(delivery, false).await;
-        return None;
-    };
-    if !gate.admits(&msg.tenant, &msg.job_id).await {
-        tracing::debug!(job = %msg.job_id, task = %msg.task_id, "skipping a task of a cancelled job");
-        crate::metrics::MESSAGES
-            .with_label_values(&["skipped"])
-            .inc();
-        if let Err(e) = queue.ack(&delivery).await {
-            tracing::warn!(error = %e, "ack of a skipped task failed");
-        }
-        return None;
-    }
-    Some(TaskState::new(
-        msg,
-        delivery,
-        model_id.to_owned(),
-        pseudonymiser,
-        permit,
-    ))
-}
-
-/// A schema error fit for logs: serde quotes offending values, which could be refs.
-fn loggable(e: &SchemaError) -> String {
-    let text = e.to_string();
-    if text.contains('"') {
-        "the message does not match the task schema".into()
-    } else {
-        text
-    }
-}
-
-async fn fetch_stage(
-    input: Receiver<Work>,
-    output: Sender<Fetched>,
-    failed: Sender<Completed>,
-    sources: Sources,
-    max_bytes: u64,
-    concurrency: usize,
-) {
-    let slots = Arc::new(Semaphore::new(concurrency));
-    let sources = Arc::new(sources);
-    let mut fetches = JoinSet::new();
-    while let Ok(mut work) = input.recv().await {
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let (output, failed, sources) = (output.clone(), failed.clone(), sources.clone());
-        fetches.spawn(async move {
-            work.timings = Timings::start();
-            let result = fetch(work.reference(), &sources, max_bytes).await;
-            work.timings.lap("fetch");
-            drop(slot);
-            let _ = match result {
-                Ok(bytes) => output.send(Fetched { work, bytes }).await.map_err(drop),
-                Err(error) => failed
-                    .send(Completed {
-                        line: work.failed(error),
-                        work,
-                    })
-                    .await
-                    .map_err(drop),
-            };
-        });
-        while fetches.try_join_next().is_some() {}
-    }
-    while fetches.join_next().await.is_some() {}
 }

@@ -1,5 +1,6 @@
-//! The end of the pipeline: collect each task's lines, write them as one JSON Lines object
-//! at the task's deterministic key, and only then ack the message.
+//! The end of the pipeline: collect each task's lines and write them as one JSON Lines
+//! object at the task's deterministic key (and the job's own output, when it has one);
+//! then the message is settled ([`crate::settle`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,12 +9,14 @@ use std::time::Duration;
 use async_channel::Receiver;
 use tagfleet_contracts::ErrorKind;
 use tagfleet_contracts::keys::{Key, output_key};
-use tagfleet_contracts::schema::{ProgressMessage, ResultLine, SCHEMA_VERSION, Status};
+use tagfleet_contracts::schema::{ResultLine, Status};
 use tagfleet_io::store::S3Store;
 use tagfleet_io::{ObjectStore, Queue};
+
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
+use crate::settle::Settler;
 use crate::task::{Completed, TaskState};
 
 /// Attempts at writing one result object before the message goes back to the queue.
@@ -75,6 +78,7 @@ pub async fn run(
     outputs: Option<S3Store>,
     events: Option<UnboundedSender<Event>>,
 ) -> Summary {
+    let settler = Arc::new(Settler::new(queue, progress));
     let mut writes = JoinSet::new();
     let mut summary = Summary::default();
     let emit = |event: Event| {
@@ -93,7 +97,7 @@ pub async fn run(
                 crate::metrics::observe_stages(&line.timings_ms);
                 emit(Event::Image { error });
                 if work.task.complete(work.index, line) {
-                    writes.spawn(write_and_ack(work.task, store.clone(), queue.clone(), progress.clone(), outputs.clone()));
+                    writes.spawn(finish(work.task, store.clone(), outputs.clone(), settler.clone()));
                 }
             }
             Some(done) = writes.join_next(), if !writes.is_empty() => {
@@ -127,15 +131,15 @@ fn record(
     }
 }
 
-/// Writes the task's lines, reports the task on the progress queue, then acks; returns
-/// what happened as the event to report. A crash between any two steps means redelivery:
-/// the write lands on the same key and the scheduler counts the task once.
-async fn write_and_ack(
+/// Writes the task's result object, retrying a few times, then settles its message:
+/// reported and acked once the object is durable, back to the queue when it is not. A
+/// crash between any two steps means redelivery: the write lands on the same key and the
+/// scheduler counts the task once.
+async fn finish(
     task: Arc<TaskState>,
     store: Arc<dyn ObjectStore>,
-    queue: Arc<dyn Queue>,
-    progress: Option<Arc<dyn Queue>>,
     outputs: Option<S3Store>,
+    settler: Arc<Settler>,
 ) -> Event {
     let msg = &task.msg;
     let lines = task.take_lines();
@@ -153,23 +157,7 @@ async fn write_and_ack(
                 crate::metrics::STAGE_SECONDS
                     .with_label_values(&["write"])
                     .observe(started.elapsed().as_secs_f64());
-                if let Some(progress) = &progress
-                    && let Err(e) = progress.publish(progress_of(msg, &lines)).await
-                {
-                    tracing::warn!(job = %msg.job_id, task = %msg.task_id, error = %e, "reporting progress failed");
-                    break;
-                }
-                crate::metrics::MESSAGES.with_label_values(&["acked"]).inc();
-                if let Err(e) = queue.ack(&task.delivery).await {
-                    // The result is durable; a redelivery rewrites the same key.
-                    tracing::warn!(job = %msg.job_id, task = %msg.task_id, error = %e, "ack failed after write");
-                }
-                return Event::TaskWritten {
-                    job_id: msg.job_id.clone(),
-                    task_id: msg.task_id.clone(),
-                    key,
-                    lines,
-                };
+                return settler.written(&task, key, lines).await;
             }
             Err(e) => {
                 tracing::warn!(job = %msg.job_id, task = %msg.task_id, attempt, error = %e, "writing result failed");
@@ -180,29 +168,7 @@ async fn write_and_ack(
             }
         }
     }
-    crate::metrics::MESSAGES
-        .with_label_values(&["requeued"])
-        .inc();
-    if let Err(e) = queue.nack(&task.delivery, true).await {
-        tracing::error!(job = %msg.job_id, task = %msg.task_id, error = %e, "returning message failed");
-    }
-    Event::TaskFailed {
-        job_id: msg.job_id.clone(),
-        task_id: msg.task_id.clone(),
-    }
-}
-
-fn progress_of(msg: &tagfleet_contracts::TaskMessage, lines: &[ResultLine]) -> Vec<u8> {
-    let failed = lines.iter().filter(|l| l.status == Status::Error).count() as u32;
-    ProgressMessage {
-        v: SCHEMA_VERSION,
-        tenant: msg.tenant.clone(),
-        job_id: msg.job_id.clone(),
-        task_id: msg.task_id.clone(),
-        ok: lines.len() as u32 - failed,
-        failed,
-    }
-    .to_json()
+    settler.unwritten(&task).await
 }
 
 /// Writes a task's result object where its job wants it: our store, unless the job keeps
