@@ -1,6 +1,7 @@
 //! Skips the tasks of jobs that must not run any more: the scheduler marks a cancelled job
-//! (or one that failed to start, or expired) in its job record, and queued tasks of such a
-//! job are acked unprocessed. Records are read at most once per job every few seconds.
+//! (or one that failed to start, or expired) in the job's small state object, and queued
+//! tasks of such a job are acked unprocessed. It is read at most once per job every few
+//! seconds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,7 +40,11 @@ impl JobGate {
         {
             return *admits;
         }
-        let admits = match self.store.get(&Key::job(tenant, job_id).to_string()).await {
+        let admits = match self
+            .store
+            .get(&Key::job_state(tenant, job_id).to_string())
+            .await
+        {
             Ok(body) => JobHead::from_json(&body).is_none_or(|head| head.state.accepts_tasks()),
             Err(StoreError::NotFound(_)) => true,
             Err(StoreError::Expired(_)) => false,
@@ -71,7 +76,7 @@ mod tests {
         assert!(gate.admits("acme", "j1").await, "no record: run");
         store
             .put(
-                &Key::job("acme", "j1").to_string(),
+                &Key::job_state("acme", "j1").to_string(),
                 br#"{"state":"running","id":"j1"}"#.to_vec(),
             )
             .await
@@ -79,7 +84,7 @@ mod tests {
         assert!(gate.admits("acme", "j1").await);
         store
             .put(
-                &Key::job("acme", "j1").to_string(),
+                &Key::job_state("acme", "j1").to_string(),
                 br#"{"state":"cancelled"}"#.to_vec(),
             )
             .await

@@ -58,8 +58,10 @@ impl JobState {
     }
 }
 
-/// The part of a job record a worker reads; the rest belongs to the scheduler.
-#[derive(Debug, Clone, Deserialize)]
+/// A job's state object (`keys::Key::JobState`): all a worker reads of a job, to skip
+/// the tasks of jobs that must not run any more. The scheduler writes it with the job's
+/// record; the record itself can be large and belongs to the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobHead {
     pub state: JobState,
 }
@@ -67,5 +69,9 @@ pub struct JobHead {
 impl JobHead {
     pub fn from_json(body: &[u8]) -> Option<Self> {
         serde_json::from_slice(body).ok()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a job state always serialises")
     }
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! results/<tenant>/<job>/<task>.jsonl    one task's result lines
 //! jobs/<tenant>/<job>.json               a job record (or its erasure tombstone)
+//! jobs/<tenant>/<job>/state.json         the job's state, all a worker reads of a job
 //! schedules/<tenant>/<schedule>.json     a cron schedule
 //! ```
 
@@ -58,6 +59,10 @@ pub enum Key {
     },
     /// A job record.
     Job { tenant: String, job: String },
+    /// A job's state object: small, so workers can read it often (a record can hold a
+    /// whole inline manifest). Under the job's own folder, so sweeping and erasing the
+    /// tenant's job records take it too.
+    JobState { tenant: String, job: String },
     /// A cron schedule.
     Schedule { tenant: String, schedule: String },
 }
@@ -73,6 +78,13 @@ impl Key {
 
     pub fn job(tenant: &str, job: &str) -> Self {
         Key::Job {
+            tenant: tenant.to_owned(),
+            job: job.to_owned(),
+        }
+    }
+
+    pub fn job_state(tenant: &str, job: &str) -> Self {
+        Key::JobState {
             tenant: tenant.to_owned(),
             job: job.to_owned(),
         }
@@ -99,6 +111,7 @@ impl Key {
         match (area, parts.as_slice()) {
             (Area::Results, [tenant, job, task]) => Some(Key::result(tenant, job, task)),
             (Area::Jobs, [tenant, job]) => Some(Key::job(tenant, job)),
+            (Area::Jobs, [tenant, job, STATE]) => Some(Key::job_state(tenant, job)),
             (Area::Schedules, [tenant, schedule]) => Some(Key::schedule(tenant, schedule)),
             _ => None,
         }
@@ -107,16 +120,17 @@ impl Key {
     pub fn area(&self) -> Area {
         match self {
             Key::Result { .. } => Area::Results,
-            Key::Job { .. } => Area::Jobs,
+            Key::Job { .. } | Key::JobState { .. } => Area::Jobs,
             Key::Schedule { .. } => Area::Schedules,
         }
     }
 
     pub fn tenant(&self) -> &str {
         match self {
-            Key::Result { tenant, .. } | Key::Job { tenant, .. } | Key::Schedule { tenant, .. } => {
-                tenant
-            }
+            Key::Result { tenant, .. }
+            | Key::Job { tenant, .. }
+            | Key::JobState { tenant, .. }
+            | Key::Schedule { tenant, .. } => tenant,
         }
     }
 }
@@ -128,10 +142,14 @@ impl fmt::Display for Key {
         match self {
             Key::Result { tenant, job, task } => write!(f, "{prefix}{tenant}/{job}/{task}{suffix}"),
             Key::Job { tenant, job } => write!(f, "{prefix}{tenant}/{job}{suffix}"),
+            Key::JobState { tenant, job } => write!(f, "{prefix}{tenant}/{job}/{STATE}{suffix}"),
             Key::Schedule { tenant, schedule } => write!(f, "{prefix}{tenant}/{schedule}{suffix}"),
         }
     }
 }
+
+/// The name of a job's state object in its folder.
+const STATE: &str = "state";
 
 /// The prefix under which all results of one job live.
 pub fn job_results_prefix(tenant: &str, job: &str) -> String {
@@ -175,6 +193,10 @@ mod tests {
         );
         assert_eq!(Key::job("acme", "j1").to_string(), "jobs/acme/j1.json");
         assert_eq!(
+            Key::job_state("acme", "j1").to_string(),
+            "jobs/acme/j1/state.json"
+        );
+        assert_eq!(
             Key::schedule("acme", "s1").to_string(),
             "schedules/acme/s1.json"
         );
@@ -186,6 +208,7 @@ mod tests {
         for key in [
             Key::result("acme", "j1", "r2-t000031"),
             Key::job("acme", "j1"),
+            Key::job_state("acme", "j1"),
             Key::schedule("a.b", "nightly"),
         ] {
             assert_eq!(Key::parse(&key.to_string()), Some(key.clone()), "{key}");
@@ -194,6 +217,7 @@ mod tests {
         for foreign in [
             "jobs/acme/j1.jsonl",
             "jobs/acme/x/j1.json",
+            "jobs/acme/j1/other.json",
             "results/acme/j1.jsonl",
             "results/acme/../j1/t1.jsonl",
             "config/acme.toml",

@@ -96,16 +96,18 @@ impl JobBook {
         };
         let mut objects = 0;
         for (t, id) in &ids {
-            // The tombstone first: from here on workers skip the job's tasks.
-            self.store
-                .put(&Key::job(t, id).to_string(), TOMBSTONE.to_vec())
-                .await?;
+            // The tombstones first: from here on workers skip the job's tasks.
+            for key in [Key::job_state(t, id), Key::job(t, id)] {
+                self.store.put(&key.to_string(), TOMBSTONE.to_vec()).await?;
+            }
             objects += self.erase_results(t, id).await?;
         }
         for area in Area::SWEPT {
             for object in self.store.list(&area.of_tenant(tenant)).await? {
                 let tombstone = match Key::parse(&object.key) {
-                    Some(Key::Job { tenant, job }) => ids.contains(&(tenant, job)),
+                    Some(Key::Job { tenant, job } | Key::JobState { tenant, job }) => {
+                        ids.contains(&(tenant, job))
+                    }
                     _ => false,
                 };
                 if !tombstone {

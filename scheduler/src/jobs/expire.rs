@@ -30,7 +30,9 @@ impl JobBook {
         };
         for (tenant, id) in &due {
             self.erase_results(tenant, id).await?;
-            self.store.delete(&Key::job(tenant, id).to_string()).await?;
+            for key in [Key::job(tenant, id), Key::job_state(tenant, id)] {
+                self.store.delete(&key.to_string()).await?;
+            }
         }
         // Expired jobs are remembered for one more retention, then forgotten.
         let mut jobs = self.jobs.lock().await;

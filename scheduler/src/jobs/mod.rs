@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tagfleet_contracts::Secrets;
-use tagfleet_contracts::job::JobState;
+use tagfleet_contracts::job::{JobHead, JobState};
 use tagfleet_contracts::keys::{Area, Key};
 use tagfleet_contracts::retention::is_expired;
 use tagfleet_io::{ObjectStore, Queue, StoreError};
@@ -62,8 +62,8 @@ pub struct JobBook {
     writing: Mutex<()>,
 }
 
-/// What replaces the record of an erased job: workers skip its tasks, and nothing of the
-/// job but its id remains.
+/// What replaces the record and the state object of an erased job: workers skip its
+/// tasks (it reads as `cancelled`), and nothing of the job but its id remains.
 pub(crate) const TOMBSTONE: &[u8] = br#"{"state":"cancelled","erased":true}"#;
 
 /// A page of the tenant's jobs, newest first.
@@ -119,15 +119,16 @@ impl JobBook {
     pub async fn load(&self) -> Result<usize, StoreError> {
         let mut loaded = BTreeMap::new();
         for object in self.store.list(Area::Jobs.prefix()).await? {
+            let Some(Key::Job { tenant, job }) = Key::parse(&object.key) else {
+                continue; // state objects follow their records
+            };
             let body = match self.store.get(&object.key).await {
                 Ok(body) => body,
                 Err(StoreError::Expired(_) | StoreError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
             if body == TOMBSTONE {
-                if let Some(Key::Job { tenant, job }) = Key::parse(&object.key) {
-                    self.erased.lock().await.insert((tenant, job));
-                }
+                self.erased.lock().await.insert((tenant, job));
                 continue;
             }
             match JobRecord::from_json(&body) {
@@ -149,11 +150,21 @@ impl JobBook {
         Ok(count)
     }
 
+    /// Writes a job's record, then its state object (what workers read).
     async fn write(&self, record: &JobRecord) -> Result<(), StoreError> {
         self.store
             .put(
                 &Key::job(&record.tenant, &record.id).to_string(),
                 record.to_json(),
+            )
+            .await?;
+        let head = JobHead {
+            state: record.state,
+        };
+        self.store
+            .put(
+                &Key::job_state(&record.tenant, &record.id).to_string(),
+                head.to_json(),
             )
             .await
     }
