@@ -1,0 +1,165 @@
+//! The HTTP API, versioned under `/v1`, plus `/healthz`, `/readyz`, `/metrics` and the
+//! OpenAPI document at `/openapi.json` (generated from the handlers below).
+//!
+//! Every `/v1` request carries `Authorization: Bearer <token>`; the token names the tenant.
+//! A tenant sees only its own jobs and schedules: another tenant's id answers 404, exactly
+//! like an id that does not exist. Each request is logged once (time, tenant, route
+//! template, status, bytes, duration), never with its query string or body.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tagfleet_contracts::keys::is_valid_id;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::jobs::JobBook;
+use crate::metrics;
+use crate::schedules::Schedules;
+use crate::spec::Invalid;
+
+/// Everything the handlers share.
+pub struct Service {
+    pub book: JobBook,
+    pub schedules: Schedules,
+    pub ready: AtomicBool,
+}
+
+type Shared = Arc<Service>;
+
+/// The tenant a request authenticated as.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+mod jobs;
+mod openapi;
+mod schedules;
+
+pub use openapi::ApiDoc;
+
+/// The API router. `max_body` bounds request bodies (inline manifests are the big ones).
+pub fn router(service: Shared, max_body: usize) -> Router {
+    let v1 = Router::new()
+        .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
+        .route("/v1/jobs/{id}/results", get(jobs::job_results))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
+        .route(
+            "/v1/schedules",
+            post(schedules::create_schedule).get(schedules::list_schedules),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            get(schedules::get_schedule).delete(schedules::delete_schedule),
+        )
+        .route("/v1/data", axum::routing::delete(schedules::erase_data));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .layer(middleware::from_fn_with_state(
+            service.clone(),
+            authenticate_and_log,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(service)
+}
+
+/// Authenticates `/v1` requests, then logs and counts every request.
+async fn authenticate_and_log(
+    State(service): State<Shared>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let tenant = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| service.book.secrets().authenticate(token.trim()))
+        .map(str::to_owned);
+    let response = match (&tenant, route.starts_with("/v1/")) {
+        (None, true) => ApiError::Unauthorized.into_response(),
+        (Some(t), _) => {
+            request.extensions_mut().insert(Tenant(t.clone()));
+            next.run(request).await
+        }
+        (None, false) => next.run(request).await,
+    };
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    // Streamed bodies (results) have no size yet.
+    let bytes = axum::body::HttpBody::size_hint(response.body())
+        .exact()
+        .map_or("-".to_owned(), |b| b.to_string());
+    metrics::HTTP_REQUESTS
+        .with_label_values(&[&route, &status.to_string()])
+        .inc();
+    metrics::HTTP_SECONDS
+        .with_label_values(&[&route])
+        .observe(elapsed.as_secs_f64());
+    if route.starts_with("/v1/") {
+        tracing::info!(
+            target: "tagfleet::access",
+            tenant = %tenant.as_deref().unwrap_or("-"),
+            method = %method,
+            route = %route,
+            status,
+            bytes = %bytes,
+            duration_ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1e3),
+            "request"
+        );
+    }
+    response
+}
+
+async fn readyz(State(service): State<Shared>) -> (StatusCode, &'static str) {
+    if service.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+async fn metrics_text() -> Response {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&prometheus::gather())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
+            "the request body is over the limit ({e}); send big manifests by S3 uri"
+        )),
+        _ => ApiError::Invalid(Invalid::new("body", e.body_text())),
+    })
+}
+
+/// An id from the path; a malformed one cannot name anything.
+fn checked(id: &str, what: &'static str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(what))
+    }
+}
