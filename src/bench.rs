@@ -16,10 +16,10 @@ use tagfleet_models::gpu_preprocess::GpuPreprocessor;
 use tagfleet_models::preprocess::Crop;
 use tagfleet_models::{Backend, DecodeLimits, Decoded, Preprocessor, decode};
 
-use crate::backends::{Sse, StoreArgs};
 use crate::bench_fleet;
 use crate::engine::{self, EngineArgs, PreprocessOn};
 use crate::inputs;
+use crate::io_args::{Sse, StoreArgs};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {

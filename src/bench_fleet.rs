@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use tagfleet_contracts::TenantKey;
 use tagfleet_contracts::keys::job_results_prefix;
 
-use crate::backends::StoreArgs;
+use crate::io_args::StoreArgs;
 
 const TENANT: &str = "bench";
 

@@ -6,8 +6,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tagfleet_contracts::keys::{Area, is_valid_id};
 
-use crate::backends::StoreArgs;
 use crate::client::ApiArgs;
+use crate::io_args::StoreArgs;
 
 #[derive(Debug, Args)]
 pub struct EraseArgs {
@@ -55,7 +55,7 @@ pub async fn main(args: EraseArgs) -> anyhow::Result<i32> {
     let opened = StoreArgs {
         store: store.clone(),
         s3_endpoint: args.store_args.s3_endpoint.clone(),
-        sse: crate::backends::Sse::Aes256,
+        sse: crate::io_args::Sse::Aes256,
         sse_kms_key_id: None,
         retention_hours: 24,
         retention_secs: None,

@@ -111,7 +111,7 @@ fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut inputs = Inputs::default();
     let entries = manifest::parse(&text, ManifestFormat::Auto)
-        .with_context(|| format!("reading manifest {}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
     for (n, entry) in entries.into_iter().enumerate() {
         if allow_s3 && entry.starts_with("s3://") {
             S3Location::parse_object(&entry)

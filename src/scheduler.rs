@@ -17,7 +17,7 @@ use tagfleet_scheduler::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::{QueueArgs, StoreArgs};
+use crate::io_args::{QueueArgs, StoreArgs};
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
@@ -126,7 +126,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         shutdown.clone(),
     ));
 
-    let signal = crate::worker::stop_signal().await;
+    let signal = crate::signals::stop_signal().await;
     tracing::info!(signal, "stopping the scheduler");
     shutdown.cancel();
     background

@@ -8,9 +8,9 @@ use clap::Args;
 use tagfleet_contracts::keys::is_valid_id;
 use tagfleet_io::aws::{Endpoint, sdk_config};
 
-use crate::backends::QueueArgs;
 use crate::client::{self, ApiArgs};
 use crate::inputs;
+use crate::io_args::QueueArgs;
 use crate::pipeline_args::TaskArgs;
 use tagfleet_scheduler::SourceReader;
 use tagfleet_scheduler::spec::Source;

@@ -14,9 +14,9 @@ use tagfleet_worker::https::HttpsFetcher;
 use tagfleet_worker::{FileRoots, Pipeline, PipelineConfig, Sources, Tenants};
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::{QueueArgs, StoreArgs};
 use crate::engine::EngineArgs;
 use crate::http::{self, Readiness};
+use crate::io_args::{QueueArgs, StoreArgs};
 use crate::pipeline_args::PipelineArgs;
 
 #[derive(Debug, Args)]
@@ -132,7 +132,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
             tracing::error!(?summary, "the pipeline stopped by itself");
             return Ok(1);
         }
-        signal = stop_signal() => tracing::info!(signal, "stopping: finishing the work in flight"),
+        signal = crate::signals::stop_signal() => tracing::info!(signal, "stopping: finishing the work in flight"),
     }
     readiness.set(false);
     shutdown.cancel();
@@ -155,16 +155,6 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// Waits for SIGTERM or SIGINT; returns its name.
-pub async fn stop_signal() -> &'static str {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    }
 }
 
 /// The pseudonym key of every tenant in the secrets file.

@@ -1,5 +1,6 @@
-//! Turning `--queue` and `--store` URLs into the backends behind the `Queue` and
-//! `ObjectStore` traits. Shared by `worker` and `submit`.
+//! The `--queue` and `--store` flags, and turning them into the queues and stores behind
+//! the `Queue` and `ObjectStore` traits. Shared by `worker`, `scheduler`, `submit`,
+//! `erase` and the bench.
 
 use std::path::PathBuf;
 use std::sync::Arc;
