@@ -12,7 +12,7 @@ use tagfleet_io::queue::{RabbitOptions, RabbitQueue};
 use tagfleet_io::store::FsStore;
 use tagfleet_io::{ObjectStore, Queue};
 use tagfleet_scheduler::spec::{JobSpec, ManifestFormat, Source};
-use tagfleet_scheduler::{BookConfig, JobBook, SourceReader};
+use tagfleet_scheduler::{SchedulerConfig, Service};
 
 /// The refs/s the scheduler should reach into RabbitMQ on a 2-core machine.
 const TARGET_REFS_PER_SECOND: f64 = 50_000.0;
@@ -38,19 +38,17 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(dir.path().to_path_buf(), None)?);
     let stanza = tagfleet_contracts::secrets::new_tenant("bench").stanza;
-    let book = JobBook::new(
+    let scheduler = Service::new(
         store,
         rabbit.clone() as Arc<dyn Queue>,
         Secrets::parse(&stanza).map_err(anyhow::Error::msg)?,
-        SourceReader {
-            s3: None,
-            urls: UrlPolicy::default(),
-            max_refs: refs.max(1),
-        },
-        BookConfig {
+        None,
+        SchedulerConfig {
             models: vec!["efficientnet-lite0@1".into()],
             chunk_size,
             retention: tagfleet_contracts::retention::DEFAULT_RETENTION,
+            max_job_images: refs.max(1),
+            urls: UrlPolicy::default(),
         },
     );
     let mut manifest = String::with_capacity(refs * 48);
@@ -72,8 +70,8 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
         output: None,
     };
     let started = Instant::now();
-    let job = book
-        .create("bench", spec, None)
+    let job = scheduler
+        .create_job("bench", spec)
         .await
         .map_err(|e| anyhow::anyhow!("creating the job: {e}"))?;
     let seconds = started.elapsed().as_secs_f64();

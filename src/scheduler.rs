@@ -4,17 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
-use tagfleet_scheduler::{
-    BookConfig, Intervals, JobBook, Schedules, Service, SourceReader, router, run_background,
-};
+use tagfleet_scheduler::{Intervals, SchedulerConfig, Service, router, run_background};
 use tokio_util::sync::CancellationToken;
 
 use crate::io_args::{QueueArgs, StoreArgs};
@@ -80,27 +76,19 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
     let opened = args.store.open(args.queue.region.clone()).await?;
     let queue = args.queue.open(1).await?;
     let progress = args.queue.open_progress(256).await?;
-    let sources = SourceReader {
-        s3: opened.s3.as_ref().map(|s| s.client().clone()),
-        urls,
-        max_refs: args.max_job_images,
-    };
-    let book = JobBook::new(
+    let service = Service::new(
         opened.store.clone(),
         queue,
         secrets,
-        sources,
-        BookConfig {
+        opened.s3.as_ref().map(|s| s.client().clone()),
+        SchedulerConfig {
             models: args.models.clone(),
             chunk_size: args.chunk_size as usize,
             retention: args.store.retention(),
+            max_job_images: args.max_job_images,
+            urls,
         },
     );
-    let service = Arc::new(Service {
-        book,
-        schedules: Schedules::new(opened.store.clone()),
-        ready: AtomicBool::new(false),
-    });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

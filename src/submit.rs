@@ -5,15 +5,15 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
+use tagfleet_contracts::S3Location;
 use tagfleet_contracts::keys::is_valid_id;
 use tagfleet_io::aws::{Endpoint, sdk_config};
+use tagfleet_io::listing;
 
 use crate::client::{self, ApiArgs};
 use crate::inputs;
 use crate::io_args::QueueArgs;
 use crate::pipeline_args::TaskArgs;
-use tagfleet_scheduler::SourceReader;
-use tagfleet_scheduler::spec::Source;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -94,7 +94,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<i32> {
 
 async fn collect_refs(args: &SubmitArgs) -> anyhow::Result<Vec<String>> {
     if args.source.starts_with("s3://") {
-        // The scheduler's own listing: paginated, image suffixes only.
+        // The listing an s3_prefix job gets from the scheduler: image suffixes only.
         let endpoint = Endpoint {
             url: args.s3_endpoint.clone(),
             region: args.queue.region.clone(),
@@ -102,19 +102,15 @@ async fn collect_refs(args: &SubmitArgs) -> anyhow::Result<Vec<String>> {
         let config = aws_sdk_s3::config::Builder::from(&sdk_config(&endpoint).await)
             .force_path_style(args.s3_endpoint.is_some())
             .build();
-        let reader = SourceReader {
-            s3: Some(aws_sdk_s3::Client::from_conf(config)),
-            urls: Default::default(),
-            max_refs: usize::MAX,
-        };
-        let source = Source::S3Prefix {
-            uri: args.source.clone(),
-            suffixes: Vec::new(),
-        };
-        return reader
-            .expand(&source)
+        let prefix = S3Location::parse(&args.source).with_context(|| args.source.clone())?;
+        let client = aws_sdk_s3::Client::from_conf(config);
+        let refs = listing::image_refs(&client, &prefix, &[], usize::MAX)
             .await
-            .map_err(|e| anyhow::anyhow!("{}: {}", args.source, e.reason));
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.source))?;
+        if refs.is_empty() {
+            bail!("{}: no images found", args.source);
+        }
+        return Ok(refs);
     }
     let inputs = inputs::collect_refs(std::path::Path::new(&args.source))?;
     Ok(inputs.items.into_iter().map(|i| i.reference).collect())

@@ -4,11 +4,11 @@
 
 pub mod api;
 pub mod error;
-pub mod jobs;
+mod jobs;
 pub mod metrics;
 pub mod record;
 pub mod schedules;
-pub mod sources;
+mod sources;
 pub mod spec;
 
 use std::sync::Arc;
@@ -19,10 +19,7 @@ use tagfleet_contracts::schema::ProgressMessage;
 use tagfleet_io::{Delivery, ObjectStore, Queue};
 use tokio_util::sync::CancellationToken;
 
-pub use api::{Service, router};
-pub use jobs::{BookConfig, JobBook};
-pub use schedules::Schedules;
-pub use sources::SourceReader;
+pub use api::{SchedulerConfig, Service, router};
 
 /// How often the background work runs.
 #[derive(Debug, Clone)]

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 
 use aws_sdk_s3::error::DisplayErrorContext;
+use tagfleet_io::listing;
 use tagfleet_io::netguard::{UrlError, UrlPolicy};
 
 use tagfleet_contracts::S3Location;
 use tagfleet_contracts::manifest::{self, ManifestFormat};
-use tagfleet_contracts::refs::{IMAGE_SUFFIXES, ends_with_any};
 
 use crate::spec::{Invalid, Source};
 
@@ -80,38 +80,14 @@ impl SourceReader {
     async fn list_prefix(&self, uri: &str, suffixes: &[String]) -> Result<Vec<String>, Invalid> {
         let location =
             S3Location::parse(uri).map_err(|e| Invalid::new("source.uri", e.to_string()))?;
-        let (bucket, prefix) = (location.bucket(), location.key());
-        let suffixes: Vec<String> = if suffixes.is_empty() {
-            IMAGE_SUFFIXES.iter().map(|s| s.to_string()).collect()
-        } else {
-            suffixes.iter().map(|s| s.to_ascii_lowercase()).collect()
-        };
-        let mut pages = self
-            .client("source.uri")?
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        let mut refs = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                Invalid::new(
-                    "source.uri",
-                    format!("listing failed: {}", DisplayErrorContext(&e)),
-                )
-            })?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                if ends_with_any(key, &suffixes) {
-                    refs.push(format!("s3://{bucket}/{key}"));
-                    if refs.len() > self.max_refs {
-                        return Ok(refs);
-                    }
-                }
-            }
-        }
-        Ok(refs)
+        listing::image_refs(
+            self.client("source.uri")?,
+            &location,
+            suffixes,
+            self.max_refs,
+        )
+        .await
+        .map_err(|e| Invalid::new("source.uri", e))
     }
 
     async fn read_manifest(&self, uri: &str) -> Result<String, Invalid> {

@@ -68,7 +68,7 @@ impl S3Location {
 
     /// The location of `key` in `bucket`.
     pub fn new(bucket: &str, key: &str) -> Result<Self, LocationError> {
-        Self::parse(&format!("s3://{bucket}/{key}"))
+        Self::parse(&uri(bucket, key))
     }
 
     pub fn bucket(&self) -> &str {
@@ -102,8 +102,15 @@ impl S3Location {
 
 impl fmt::Display for S3Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.key)
+        f.write_str(&uri(&self.bucket, &self.key))
     }
+}
+
+/// The `s3://` ref of an object as a listing names it. Not every key S3 accepts is a
+/// valid [`S3Location`] (`a//b`, `a/../b`): such refs are kept, and fail as one image
+/// when they are read, instead of vanishing from a job.
+pub fn uri(bucket: &str, key: &str) -> String {
+    format!("s3://{bucket}/{key}")
 }
 
 impl FromStr for S3Location {

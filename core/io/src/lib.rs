@@ -4,6 +4,7 @@
 //! defined in `tagfleet-contracts`.
 
 pub mod aws;
+pub mod listing;
 pub mod netguard;
 pub mod queue;
 pub mod store;

@@ -18,20 +18,82 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use tagfleet_contracts::Secrets;
 use tagfleet_contracts::keys::is_valid_id;
+use tagfleet_io::netguard::UrlPolicy;
+use tagfleet_io::{ObjectStore, Queue};
 use utoipa::OpenApi;
 
 use crate::error::ApiError;
-use crate::jobs::JobBook;
+use crate::jobs::{BookConfig, JobBook};
 use crate::metrics;
+use crate::record::JobView;
 use crate::schedules::Schedules;
+use crate::sources::SourceReader;
 use crate::spec::Invalid;
+use crate::spec::JobSpec;
 
-/// Everything the handlers share.
+/// The scheduler: its job book and schedules, shared by the handlers and the background
+/// work. Built by [`Service::new`]; served by [`router`] and [`crate::run_background`].
 pub struct Service {
-    pub book: JobBook,
-    pub schedules: Schedules,
-    pub ready: AtomicBool,
+    pub(crate) book: JobBook,
+    pub(crate) schedules: Schedules,
+    pub(crate) ready: AtomicBool,
+}
+
+/// How a scheduler turns jobs into tasks and what it accepts.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Models the fleet serves, `name@version`; the first is the default.
+    pub models: Vec<String>,
+    /// Refs per task message.
+    pub chunk_size: usize,
+    /// How long results and job records are kept.
+    pub retention: std::time::Duration,
+    /// Refs one job may hold at most.
+    pub max_job_images: usize,
+    /// Which addresses image URLs may point to.
+    pub urls: UrlPolicy,
+}
+
+impl Service {
+    /// A scheduler keeping its records in `store` and publishing tasks to `queue`; `s3`
+    /// lists and reads S3 sources (without it they are refused). Not ready until
+    /// [`crate::run_background`] has loaded the store.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        queue: Arc<dyn Queue>,
+        secrets: Secrets,
+        s3: Option<aws_sdk_s3::Client>,
+        config: SchedulerConfig,
+    ) -> Arc<Self> {
+        let sources = SourceReader {
+            s3,
+            urls: config.urls,
+            max_refs: config.max_job_images,
+        };
+        let book = JobBook::new(
+            store.clone(),
+            queue,
+            secrets,
+            sources,
+            BookConfig {
+                models: config.models,
+                chunk_size: config.chunk_size,
+                retention: config.retention,
+            },
+        );
+        Arc::new(Self {
+            book,
+            schedules: Schedules::new(store),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Creates a job for `tenant`, as `POST /v1/jobs` does.
+    pub async fn create_job(&self, tenant: &str, spec: JobSpec) -> Result<JobView, ApiError> {
+        self.book.create(tenant, spec, None).await
+    }
 }
 
 type Shared = Arc<Service>;
