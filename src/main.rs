@@ -6,8 +6,6 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
-mod bench_fleet;
-mod bench_publish;
 mod client;
 mod engine;
 mod erase;

@@ -1,0 +1,242 @@
+//! The throughput bounds: decode and preprocess on one thread, the engine on ready
+//! tensors (and from pixels, with GPU preprocessing), the kernel alone, and what they
+//! allow together.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tagfleet_models::gpu_preprocess::GpuPreprocessor;
+use tagfleet_models::preprocess::Crop;
+use tagfleet_models::{Backend, DecodeLimits, Decoded, Device, Preprocessor, decode};
+
+use super::cpu::{process_cpu, thread_cpu};
+use crate::engine::{self, EngineArgs, Model};
+
+/// What the bounds measurement found.
+pub struct Bounds {
+    pub device: Device,
+    /// Whether the executor preprocesses on its GPU.
+    pub on_gpu: bool,
+    pub engine_rate: f64,
+    pub pixels_rate: Option<f64>,
+    pub kernel_rate: Option<f64>,
+    pub decode_rate: f64,
+    /// Images/s the host allows at most.
+    pub bound: f64,
+}
+
+/// Measures each bound for about `budget`, printing as it goes.
+pub fn measure(
+    engine_args: &EngineArgs,
+    model: &Model,
+    photos: &[(std::path::PathBuf, Vec<u8>)],
+    max_batch: usize,
+    budget: Duration,
+    has_gpu: bool,
+) -> anyhow::Result<Bounds> {
+    let cores = engine::cores();
+    // Decode (+ preprocess), one thread: CPU-seconds per image.
+    let bytes: Vec<&[u8]> = photos.iter().map(|(_, b)| b.as_slice()).collect();
+    let (decode_cpu, _) = measure_prepare(&bytes, None, budget);
+    let mut pre = Preprocessor::new(&model.spec.input);
+    let (prepare_cpu, tensors) = measure_prepare(&bytes, Some(&mut pre), budget);
+    println!(
+        "decode              {:8.2} ms CPU per image (one thread)",
+        decode_cpu * 1e3
+    );
+    println!(
+        "decode+preprocess   {:8.2} ms CPU per image (one thread)",
+        prepare_cpu * 1e3
+    );
+
+    // The engine alone on ready tensors, at the chosen batch size; with GPU preprocessing
+    // also on decoded pixels, upload and kernel included.
+    let mut backends = engine_args.backends(model)?;
+    let backend = backends.first_mut().expect("at least one backend");
+    let device = backend.device();
+    let on_gpu = backend.preprocesses();
+    let (engine_rate, infer_cpu) = measure_engine(backend.as_mut(), &tensors, max_batch, budget)?;
+    println!(
+        "engine              {engine_rate:8.1} images/s, {:.2} ms CPU per image ({} threads)",
+        infer_cpu * 1e3,
+        engine_args.threads()
+    );
+    let decoded: Vec<Decoded> = bytes
+        .iter()
+        .map(|b| decode(b, DecodeLimits::default()).expect("photos were checked"))
+        .collect();
+    let pixels_rate = if on_gpu {
+        let rate = measure_pixels(backend.as_mut(), &pre, &decoded, max_batch, budget)?;
+        println!("engine from pixels  {rate:8.1} images/s (upload + GPU preprocessing + model)");
+        Some(rate)
+    } else {
+        None
+    };
+    drop(backends);
+    // The kernel alone wherever there is a GPU, even when ONNX Runtime has no CUDA.
+    let kernel_rate = has_gpu
+        .then(|| measure_kernel(&model.spec.input, &pre, &decoded, max_batch, budget))
+        .flatten();
+    if let Some(rate) = kernel_rate {
+        println!("GPU preprocessing   {rate:8.1} images/s (upload + kernel on cuda:0)");
+    }
+
+    // On the CPU decode and inference share the cores; on a GPU they run side by side and
+    // the slower of the two is the bound.
+    let (decode_rate, bound) = match pixels_rate {
+        _ if matches!(device, Device::Cpu) => {
+            let bound = cores as f64 / (prepare_cpu + infer_cpu);
+            println!(
+                "bound               {bound:8.1} images/s = {cores} cores / (decode+preprocess + inference CPU-s per image)"
+            );
+            (cores as f64 / prepare_cpu, bound)
+        }
+        Some(rate) => gpu_bound(&device, rate, cores as f64 / decode_cpu, "decode"),
+        None => gpu_bound(
+            &device,
+            engine_rate,
+            cores as f64 / prepare_cpu,
+            "decode+preprocess",
+        ),
+    };
+    Ok(Bounds {
+        device,
+        on_gpu,
+        engine_rate,
+        pixels_rate,
+        kernel_rate,
+        decode_rate,
+        bound,
+    })
+}
+
+/// On a GPU decode and the engine run side by side: the slower is the bound. Returns the
+/// decode rate and the bound.
+fn gpu_bound(device: &Device, gpu_rate: f64, decode_rate: f64, what: &str) -> (f64, f64) {
+    let bound = gpu_rate.min(decode_rate);
+    println!(
+        "bound               {bound:8.1} images/s = min(engine on {device}, {what} on {} cores = {decode_rate:.1})",
+        engine::cores()
+    );
+    (decode_rate, bound)
+}
+
+/// Decodes the photos round-robin on this thread for about `budget`, and preprocesses
+/// them when given a preprocessor; returns CPU-seconds per image and, with a
+/// preprocessor, one tensor per photo.
+fn measure_prepare(
+    photos: &[&[u8]],
+    mut pre: Option<&mut Preprocessor>,
+    budget: Duration,
+) -> (f64, Vec<Vec<f32>>) {
+    let mut prepare = |bytes: &[u8]| {
+        let decoded: Decoded = decode(bytes, DecodeLimits::default()).expect("photos were checked");
+        pre.as_deref_mut().map(|pre| {
+            let mut tensor = vec![0.0; pre.tensor_len()];
+            pre.run(&decoded, &mut tensor);
+            tensor
+        })
+    };
+    let tensors: Vec<Vec<f32>> = photos.iter().filter_map(|b| prepare(b)).collect();
+    let start = Instant::now();
+    let cpu0 = thread_cpu();
+    let mut n = 0usize;
+    while start.elapsed() < budget || n < photos.len() {
+        std::hint::black_box(prepare(photos[n % photos.len()]));
+        n += 1;
+    }
+    ((thread_cpu() - cpu0) / n as f64, tensors)
+}
+
+/// Runs `run_batch` once to warm up, then for about `budget`; returns images/s and
+/// process CPU-seconds per image.
+fn repeat_batches(
+    batch: usize,
+    budget: Duration,
+    mut run_batch: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    run_batch().context("warm-up batch")?;
+    let start = Instant::now();
+    let cpu0 = process_cpu();
+    let mut images = 0usize;
+    while start.elapsed() < budget || images == 0 {
+        run_batch()?;
+        images += batch;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok((images as f64 / wall, (process_cpu() - cpu0) / images as f64))
+}
+
+/// `batch` of the decoded photos, round-robin, each with the model's crop.
+fn pixel_batch<'a>(
+    decoded: &'a [Decoded],
+    pre: &Preprocessor,
+    batch: usize,
+) -> Vec<(&'a Decoded, Crop)> {
+    decoded
+        .iter()
+        .cycle()
+        .take(batch)
+        .map(|d| (d, pre.crop_box(d.width(), d.height())))
+        .collect()
+}
+
+/// The engine alone on full batches of ready tensors: images/s and CPU-seconds per image.
+fn measure_engine(
+    backend: &mut dyn Backend,
+    tensors: &[Vec<f32>],
+    batch: usize,
+    budget: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let input: Vec<f32> = tensors
+        .iter()
+        .cycle()
+        .take(batch)
+        .flatten()
+        .copied()
+        .collect();
+    repeat_batches(batch, budget, || {
+        backend.run(&input, batch, false).context("engine batch")?;
+        Ok(())
+    })
+}
+
+/// Full batches of decoded pixels through GPU preprocessing and the model: images/s.
+fn measure_pixels(
+    backend: &mut dyn Backend,
+    pre: &Preprocessor,
+    decoded: &[Decoded],
+    batch: usize,
+    budget: Duration,
+) -> anyhow::Result<f64> {
+    let images = pixel_batch(decoded, pre, batch);
+    let (rate, _) = repeat_batches(batch, budget, || {
+        backend
+            .run_pixels(&images, false)
+            .context("engine batch from pixels")?;
+        Ok(())
+    })?;
+    Ok(rate)
+}
+
+/// Full batches through the GPU preprocessing kernel alone on GPU 0, upload included:
+/// images/s, or `None` (said on stderr) where the kernel cannot run.
+fn measure_kernel(
+    input: &tagfleet_models::spec::InputSpec,
+    pre: &Preprocessor,
+    decoded: &[Decoded],
+    batch: usize,
+    budget: Duration,
+) -> Option<f64> {
+    let mut gpu = GpuPreprocessor::new(0, input)
+        .inspect_err(|e| eprintln!("GPU preprocessing not measured: {e}"))
+        .ok()?;
+    let images = pixel_batch(decoded, pre, batch);
+    repeat_batches(batch, budget, || {
+        gpu.run(&images)?;
+        Ok(())
+    })
+    .inspect_err(|e| eprintln!("GPU preprocessing failed: {e:#}"))
+    .ok()
+    .map(|(rate, _)| rate)
+}
