@@ -112,18 +112,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
     let key = TenantKey::load_or_create(&key_file)
         .with_context(|| format!("tenant key {}", key_file.display()))?;
     let pseudonymiser = Pseudonymiser::new(key);
-
-    let retention = Duration::from_secs(args.retention_hours.saturating_mul(3600));
-    let store = FsStore::new(&args.out, Some(retention))
-        .with_context(|| format!("creating results folder {}", args.out.display()))?;
-    let swept = tagfleet_io::sweep(&store, retention, SystemTime::now()).await?;
-    if swept > 0 {
-        tracing::info!(
-            deleted = swept,
-            retention_hours = args.retention_hours,
-            "deleted expired results"
-        );
-    }
+    let store = open_store(args).await?;
 
     let backends = args.engine.backends(&model)?;
     let queue = Arc::new(MemoryQueue::default());
@@ -161,7 +150,35 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         backends,
         config,
     };
+    let start = Instant::now();
+    let (summary, written) = watch(pipeline, inputs.items.len() as u64).await?;
+    Ok(RunReport {
+        summary,
+        elapsed: start.elapsed(),
+        lines: named(written, inputs, &pseudonymiser),
+        job_id,
+    })
+}
 
+/// The results folder, with what is past the retention deleted first.
+async fn open_store(args: &RunArgs) -> anyhow::Result<FsStore> {
+    let retention = Duration::from_secs(args.retention_hours.saturating_mul(3600));
+    let store = FsStore::new(&args.out, Some(retention))
+        .with_context(|| format!("creating results folder {}", args.out.display()))?;
+    let swept = tagfleet_io::sweep(&store, retention, SystemTime::now()).await?;
+    if swept > 0 {
+        tracing::info!(
+            deleted = swept,
+            retention_hours = args.retention_hours,
+            "deleted expired results"
+        );
+    }
+    Ok(store)
+}
+
+/// Runs the pipeline to the end (or to Ctrl-C and what was in flight), showing progress;
+/// returns its summary and the lines of every task written.
+async fn watch(pipeline: Pipeline, images: u64) -> anyhow::Result<(Summary, Vec<ResultLine>)> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -170,11 +187,9 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
             on_signal.cancel();
         }
     });
-
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let start = Instant::now();
     let run = tokio::spawn(pipeline.run(shutdown, Some(events_tx)));
-    let mut progress = Progress::new(inputs.items.len() as u64);
+    let mut progress = Progress::new(images);
     let mut written = Vec::new();
     while let Some(event) = events_rx.recv().await {
         match event {
@@ -186,10 +201,17 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         }
     }
     let summary = run.await.context("the pipeline stopped unexpectedly")?;
-    let elapsed = start.elapsed();
     progress.finish();
+    Ok((summary, written))
+}
 
-    // Join pseudonyms back to the user's own names, on the user's side, with their key.
+/// Joins pseudonyms back to the user's own names, on the user's side, with their key;
+/// sorted by name.
+fn named(
+    written: Vec<ResultLine>,
+    inputs: &Inputs,
+    pseudonymiser: &Pseudonymiser,
+) -> Vec<(String, ResultLine)> {
     let by_pseudonym: HashMap<String, &str> = inputs
         .items
         .iter()
@@ -198,23 +220,12 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
     let mut lines: Vec<(String, ResultLine)> = written
         .into_iter()
         .map(|l| {
-            (
-                by_pseudonym
-                    .get(&l.image)
-                    .copied()
-                    .unwrap_or("?")
-                    .to_owned(),
-                l,
-            )
+            let name = by_pseudonym.get(&l.image).copied().unwrap_or("?");
+            (name.to_owned(), l)
         })
         .collect();
     lines.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(RunReport {
-        summary,
-        elapsed,
-        lines,
-        job_id,
-    })
+    lines
 }
 
 /// A bar on a terminal; plain lines every few seconds otherwise.

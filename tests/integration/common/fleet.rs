@@ -218,7 +218,7 @@ impl Fleet {
         tasks: usize,
         worker: &Worker,
     ) -> Vec<serde_json::Value> {
-        let prefix = job_results_prefix(tenant, &job);
+        let prefix = job_results_prefix(tenant, job);
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let objects = store.list(&prefix).await.unwrap();
