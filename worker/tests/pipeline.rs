@@ -176,7 +176,11 @@ async fn redelivery_rewrites_the_same_key() {
     let summary = h.run(vec![ort()], 4).await;
     assert_eq!(summary.tasks_written, 1);
 
-    let objects = h.store.list("results/").await.unwrap();
+    let objects = h
+        .store
+        .list(tagfleet_contracts::keys::Area::Results.prefix())
+        .await
+        .unwrap();
     assert_eq!(
         objects.len(),
         1,
