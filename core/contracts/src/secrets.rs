@@ -1,5 +1,6 @@
 //! The tenants secrets file, shared by the scheduler (bearer tokens, pseudonym keys for
-//! retries) and the workers (pseudonym keys). In Kubernetes it is mounted from a Secret.
+//! retries, allow-lists, quotas) and the workers (pseudonym keys, allow-lists). In
+//! Kubernetes it is mounted from a Secret.
 //!
 //! ```toml
 //! [tenants.acme]
@@ -7,7 +8,19 @@
 //! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! # The pseudonym key: at least 16 bytes, hex.
 //! key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+//! # S3 folders the tenant's jobs may read images and manifests from, and write their
+//! # own outputs to. None listed: no S3 access at all.
+//! sources = ["s3://media/acme/"]
+//! outputs = ["s3://acme-exports/tagfleet/"]
+//!
+//! [tenants.acme.quotas]   # optional; these are the defaults
+//! schedules = 50
+//! jobs_in_flight = 100
+//! images_in_flight = 5000000
 //! ```
+//!
+//! The fleet acts with one cloud role for every tenant, so the allow-lists are what
+//! stops one tenant from using the fleet to reach another's data (a confused deputy).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +29,7 @@ use std::path::Path;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::S3Location;
 use crate::keys::is_valid_id;
 use crate::pseudonym::TenantKey;
 
@@ -24,6 +38,11 @@ use crate::pseudonym::TenantKey;
 pub struct TenantSecrets {
     token_sha256: Option<[u8; 32]>,
     pub key: TenantKey,
+    /// Folders the tenant's jobs may read from.
+    pub sources: Vec<S3Location>,
+    /// Folders the tenant's jobs may write their own outputs to.
+    pub outputs: Vec<S3Location>,
+    pub quotas: Quotas,
 }
 
 impl fmt::Debug for TenantSecrets {
@@ -31,7 +50,75 @@ impl fmt::Debug for TenantSecrets {
         f.debug_struct("TenantSecrets")
             .field("has_token", &self.token_sha256.is_some())
             .field("key", &self.key)
+            .field("sources", &self.sources)
+            .field("outputs", &self.outputs)
+            .field("quotas", &self.quotas)
             .finish()
+    }
+}
+
+/// What one tenant may hold at once; over it, a request is refused (429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Cron schedules.
+    pub schedules: usize,
+    /// Jobs not yet ended.
+    pub jobs_in_flight: usize,
+    /// Images of jobs not yet ended.
+    pub images_in_flight: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            schedules: 50,
+            jobs_in_flight: 100,
+            images_in_flight: 5_000_000,
+        }
+    }
+}
+
+/// Why a tenant may not use an S3 location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("not a location this tenant may use")]
+    NotAllowed,
+    #[error("the fleet's own store is never a source or an output")]
+    FleetStore,
+}
+
+/// Which way a location is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+impl TenantSecrets {
+    /// Whether this tenant may read (sources) or write (outputs) at `location`: it must
+    /// lie inside one of the tenant's folders for that access, and neither inside nor
+    /// around `fleet_store`, the folder holding the fleet's results, jobs and schedules.
+    pub fn check(
+        &self,
+        location: &S3Location,
+        access: Access,
+        fleet_store: Option<&S3Location>,
+    ) -> Result<(), Denied> {
+        if let Some(store) = fleet_store
+            && (location.is_within(store) || store.is_within(location))
+        {
+            return Err(Denied::FleetStore);
+        }
+        let allowed = match access {
+            Access::Read => &self.sources,
+            Access::Write => &self.outputs,
+        };
+        if allowed.iter().any(|folder| location.is_within(folder)) {
+            Ok(())
+        } else {
+            Err(Denied::NotAllowed)
+        }
     }
 }
 
@@ -64,6 +151,22 @@ struct File {
 struct Entry {
     token_sha256: Option<String>,
     key: String,
+    #[serde(default)]
+    sources: Vec<String>,
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    quotas: Quotas,
+}
+
+/// The folders of an allow-list, each a valid `s3://` location.
+fn folders(name: &str, field: &str, uris: &[String]) -> Result<Vec<S3Location>, String> {
+    uris.iter()
+        .enumerate()
+        .map(|(i, uri)| {
+            S3Location::parse(uri).map_err(|e| format!("tenants.{name}.{field}[{i}]: {e}"))
+        })
+        .collect()
 }
 
 impl Secrets {
@@ -104,7 +207,18 @@ impl Secrets {
                         })
                 })
                 .transpose()?;
-            tenants.insert(name, TenantSecrets { token_sha256, key });
+            let sources = folders(&name, "sources", &entry.sources)?;
+            let outputs = folders(&name, "outputs", &entry.outputs)?;
+            tenants.insert(
+                name,
+                TenantSecrets {
+                    token_sha256,
+                    key,
+                    sources,
+                    outputs,
+                    quotas: entry.quotas,
+                },
+            );
         }
         if tenants.is_empty() {
             return Err("no [tenants.<name>] entries".into());
@@ -202,8 +316,98 @@ mod tests {
         );
     }
 
+    fn tenant(extra: &str) -> TenantSecrets {
+        let text = format!("[tenants.acme]\nkey = \"{}\"\n{extra}", "ab".repeat(16));
+        Secrets::parse(&text).unwrap().get("acme").unwrap().clone()
+    }
+
+    fn at(uri: &str) -> S3Location {
+        S3Location::parse(uri).unwrap()
+    }
+
+    #[test]
+    fn a_tenant_reads_and_writes_only_inside_its_own_folders() {
+        let acme = tenant("sources = [\"s3://media/acme\"]\noutputs = [\"s3://exports/acme/\"]\n");
+        let store = at("s3://fleet/tagfleet/");
+        let check = |uri: &str, access| acme.check(&at(uri), access, Some(&store));
+        assert_eq!(check("s3://media/acme/a.jpg", Access::Read), Ok(()));
+        assert_eq!(check("s3://media/acme/", Access::Read), Ok(()));
+        assert_eq!(
+            check("s3://media/acme2/a.jpg", Access::Read),
+            Err(Denied::NotAllowed)
+        );
+        assert_eq!(check("s3://media/", Access::Read), Err(Denied::NotAllowed));
+        assert_eq!(
+            check("s3://exports/acme/j", Access::Read),
+            Err(Denied::NotAllowed)
+        );
+        assert_eq!(check("s3://exports/acme/j", Access::Write), Ok(()));
+        assert_eq!(
+            check("s3://media/acme/x", Access::Write),
+            Err(Denied::NotAllowed)
+        );
+    }
+
+    #[test]
+    fn the_fleet_store_is_never_a_source_or_output_whatever_the_list_says() {
+        let greedy = tenant("sources = [\"s3://fleet\"]\noutputs = [\"s3://fleet\"]\n");
+        let store = at("s3://fleet/tagfleet");
+        for uri in [
+            "s3://fleet/tagfleet/jobs/",
+            "s3://fleet/tagfleet/results/globex/j1/",
+            "s3://fleet/",
+            "s3://fleet",
+        ] {
+            for access in [Access::Read, Access::Write] {
+                assert_eq!(
+                    greedy.check(&at(uri), access, Some(&store)),
+                    Err(Denied::FleetStore),
+                    "{uri}"
+                );
+            }
+        }
+        assert_eq!(
+            greedy.check(
+                &at("s3://fleet/elsewhere/a.jpg"),
+                Access::Read,
+                Some(&store)
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn no_allow_list_no_s3_access_and_quotas_default() {
+        let plain = tenant("");
+        assert_eq!(
+            plain.check(&at("s3://media/a.jpg"), Access::Read, None),
+            Err(Denied::NotAllowed)
+        );
+        assert_eq!(plain.quotas, Quotas::default());
+        let custom = tenant("[tenants.acme.quotas]\nschedules = 2\n");
+        assert_eq!(custom.quotas.schedules, 2);
+        assert_eq!(
+            custom.quotas.jobs_in_flight,
+            Quotas::default().jobs_in_flight
+        );
+    }
+
     #[test]
     fn errors_name_the_tenant_and_field() {
+        let bad_source = format!(
+            "[tenants.acme]\nkey = \"{}\"\nsources = [\"s3://media/a\", \"media/b\"]\n",
+            "ab".repeat(16)
+        );
+        assert!(
+            Secrets::parse(&bad_source)
+                .unwrap_err()
+                .contains("tenants.acme.sources[1]")
+        );
+        let bad_quota = format!(
+            "[tenants.acme]\nkey = \"{}\"\n[tenants.acme.quotas]\njobs = 3\n",
+            "ab".repeat(16)
+        );
+        assert!(Secrets::parse(&bad_quota).unwrap_err().contains("jobs"));
         let short = "[tenants.acme]\nkey = \"0011\"\n";
         assert!(
             Secrets::parse(short)
