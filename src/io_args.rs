@@ -174,12 +174,19 @@ impl StoreArgs {
         }
     }
 
-    /// How to reach the store when it is on S3 (`None` for a folder).
-    pub fn s3_options(&self, region: Option<String>) -> anyhow::Result<Option<S3Options>> {
+    /// The store's folder when it is on S3 (`None` for a folder on disk).
+    pub fn s3_location(&self) -> anyhow::Result<Option<S3Location>> {
         if !self.store.starts_with("s3://") {
             return Ok(None);
         }
-        let location = S3Location::parse(&self.store).context("--store")?;
+        Ok(Some(S3Location::parse(&self.store).context("--store")?))
+    }
+
+    /// How to reach the store when it is on S3 (`None` for a folder).
+    pub fn s3_options(&self, region: Option<String>) -> anyhow::Result<Option<S3Options>> {
+        let Some(location) = self.s3_location()? else {
+            return Ok(None);
+        };
         Ok(Some(S3Options {
             endpoint: self.endpoint(region),
             path_style: self.s3_endpoint.is_some(),

@@ -87,6 +87,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
             retention: args.store.retention(),
             max_job_images: args.max_job_images,
             urls,
+            fleet_store: args.store.s3_location()?,
         },
     );
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tagfleet_contracts::{Pseudonymiser, Secrets};
+use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
 use tagfleet_worker::https::HttpsFetcher;
 use tagfleet_worker::{FileRoots, Pipeline, PipelineConfig, Sources, Tenants};
@@ -93,6 +93,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
         roots,
         s3: opened.s3.as_ref().map(|s| s.client().clone()),
         https: Some(HttpsFetcher::new(policy, args.url_ca_file.as_deref())?),
+        fleet_store: args.store.s3_location()?,
     };
 
     tagfleet_worker::gpu::spawn_sampler(Duration::from_secs(5));
@@ -157,13 +158,9 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The pseudonym key of every tenant in the secrets file.
+/// Every tenant of the secrets file: its pseudonym key and allow-lists.
 fn load_tenants(path: &Path) -> anyhow::Result<Tenants> {
     let secrets = Secrets::load(path).context("--secrets")?;
-    let mut tenants = Tenants::default();
-    for (name, tenant) in secrets.iter() {
-        tenants.insert(name, Pseudonymiser::new(tenant.key.clone()));
-    }
     tracing::info!(tenants = secrets.len(), "tenant keys loaded");
-    Ok(tenants)
+    Ok(Tenants::from_secrets(&secrets))
 }

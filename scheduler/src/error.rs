@@ -14,6 +14,9 @@ pub enum ApiError {
     Invalid(#[from] Invalid),
     #[error("missing or unknown bearer token")]
     Unauthorized,
+    /// A location the tenant may not use: the field and a fixed reason.
+    #[error("{0}")]
+    Forbidden(Invalid),
     #[error("no such {0}")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -32,7 +35,7 @@ pub enum ApiError {
 pub struct ErrorBody {
     /// What went wrong, in words.
     pub error: String,
-    /// The request field at fault (400 only), e.g. `options.top_k`.
+    /// The request field at fault (400 and 403), e.g. `options.top_k`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// The valid values, when the field is a closed choice.
@@ -41,10 +44,26 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
+    /// The same error with its field named inside `parent` (`output` -> `job.output`).
+    pub fn within(self, parent: &str) -> Self {
+        match self {
+            ApiError::Invalid(mut e) => {
+                e.field = format!("{parent}.{}", e.field);
+                ApiError::Invalid(e)
+            }
+            ApiError::Forbidden(mut e) => {
+                e.field = format!("{parent}.{}", e.field);
+                ApiError::Forbidden(e)
+            }
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
@@ -58,7 +77,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match &self {
-            ApiError::Invalid(invalid) => ErrorBody {
+            ApiError::Invalid(invalid) | ApiError::Forbidden(invalid) => ErrorBody {
                 error: invalid.to_string(),
                 field: Some(invalid.field.clone()),
                 valid: invalid.valid.clone(),

@@ -1,16 +1,22 @@
 //! Expanding a job's source into image refs: an S3 prefix (paginated listing, filtered by
 //! suffix), a manifest (in S3 or inline; lines, JSON Lines or CSV) or https URLs (checked
 //! against the SSRF guard before any connection).
+//!
+//! Every S3 location a source names, and every `s3://` ref in a manifest, is checked
+//! against the tenant's `sources` allow-list before any S3 call: the fleet reads with one
+//! role for all tenants, so this check is what keeps a tenant inside its own data. Answers
+//! never carry object contents or the S3 client's error text, only a fixed reason.
 
 use std::collections::HashMap;
 
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use tagfleet_contracts::S3Location;
+use tagfleet_contracts::manifest::{self, ManifestFormat};
+use tagfleet_contracts::secrets::{Access, TenantSecrets};
 use tagfleet_io::listing;
 use tagfleet_io::netguard::{UrlError, UrlPolicy};
 
-use tagfleet_contracts::S3Location;
-use tagfleet_contracts::manifest::{self, ManifestFormat};
-
+use crate::error::ApiError;
 use crate::spec::{Invalid, Source};
 
 /// Largest manifest read from S3.
@@ -21,42 +27,57 @@ pub struct SourceReader {
     pub urls: UrlPolicy,
     /// Refs one job may hold at most.
     pub max_refs: usize,
+    /// The folder of the fleet's own store (results, jobs, schedules), when on S3: never
+    /// a source, whatever an allow-list says.
+    pub fleet_store: Option<S3Location>,
 }
 
 impl SourceReader {
-    /// Every ref of the source, in order. An empty source is refused.
-    pub async fn expand(&self, source: &Source) -> Result<Vec<String>, Invalid> {
-        let refs = match source {
-            Source::S3Prefix { uri, suffixes } => self.list_prefix(uri, suffixes).await?,
+    /// Every ref of the source, in order, read as `tenant` may. An empty source is
+    /// refused; so is any S3 location outside the tenant's `sources` (403).
+    pub async fn expand(
+        &self,
+        source: &Source,
+        tenant: &TenantSecrets,
+    ) -> Result<Vec<String>, ApiError> {
+        // Listed refs are inside the checked prefix; refs a tenant wrote are checked
+        // one by one, once their number is known to be within bounds.
+        let (refs, written_in) = match source {
+            Source::S3Prefix { uri, suffixes } => {
+                let location = S3Location::parse(uri)
+                    .map_err(|e| Invalid::new("source.uri", e.to_string()))?;
+                self.fence(tenant, &location, Access::Read, "source.uri")?;
+                (self.list_prefix(&location, suffixes).await?, None)
+            }
             Source::Manifest {
                 uri: Some(uri),
                 format,
                 ..
             } => {
-                let text = self.read_manifest(uri).await?;
-                let refs = parse_manifest(&text, *format, "source.uri")?;
-                self.check_refs(&refs, "source.uri").await?;
-                refs
+                let location = S3Location::parse_object(uri)
+                    .map_err(|e| Invalid::new("source.uri", e.to_string()))?;
+                self.fence(tenant, &location, Access::Read, "source.uri")?;
+                let text = self.read_manifest(&location).await?;
+                (
+                    parse_manifest(&text, *format, "source.uri")?,
+                    Some("source.uri"),
+                )
             }
             Source::Manifest {
                 inline: Some(text),
                 format,
                 ..
-            } => {
-                let refs = parse_manifest(text, *format, "source.inline")?;
-                self.check_refs(&refs, "source.inline").await?;
-                refs
-            }
-            Source::Urls { urls } => {
-                self.check_refs(urls, "source.urls").await?;
-                urls.clone()
-            }
+            } => (
+                parse_manifest(text, *format, "source.inline")?,
+                Some("source.inline"),
+            ),
+            Source::Urls { urls } => (urls.clone(), Some("source.urls")),
             Source::Manifest { .. } | Source::Dir { .. } => {
-                return Err(Invalid::new("source", "not a source the scheduler reads"));
+                return Err(Invalid::new("source", "not a source the scheduler reads").into());
             }
         };
         if refs.is_empty() {
-            return Err(Invalid::new("source", "no images found"));
+            return Err(Invalid::new("source", "no images found").into());
         }
         if refs.len() > self.max_refs {
             return Err(Invalid::new(
@@ -66,9 +87,26 @@ impl SourceReader {
                     refs.len(),
                     self.max_refs
                 ),
-            ));
+            )
+            .into());
+        }
+        if let Some(field) = written_in {
+            self.check_refs(&refs, field, tenant).await?;
         }
         Ok(refs)
+    }
+
+    /// Refuses, with 403 naming `field`, a location the tenant may not use.
+    pub fn fence(
+        &self,
+        tenant: &TenantSecrets,
+        location: &S3Location,
+        access: Access,
+        field: &str,
+    ) -> Result<(), ApiError> {
+        tenant
+            .check(location, access, self.fleet_store.as_ref())
+            .map_err(|denied| ApiError::Forbidden(Invalid::new(field, denied.to_string())))
     }
 
     fn client(&self, field: &str) -> Result<&aws_sdk_s3::Client, Invalid> {
@@ -77,22 +115,22 @@ impl SourceReader {
             .ok_or_else(|| Invalid::new(field, "this scheduler has no S3 access"))
     }
 
-    async fn list_prefix(&self, uri: &str, suffixes: &[String]) -> Result<Vec<String>, Invalid> {
-        let location =
-            S3Location::parse(uri).map_err(|e| Invalid::new("source.uri", e.to_string()))?;
+    async fn list_prefix(
+        &self,
+        location: &S3Location,
+        suffixes: &[String],
+    ) -> Result<Vec<String>, ApiError> {
         listing::image_refs(
             self.client("source.uri")?,
-            &location,
+            location,
             suffixes,
             self.max_refs,
         )
         .await
-        .map_err(|e| Invalid::new("source.uri", e))
+        .map_err(|e| refusal("source.uri", "listing the prefix", e.code.as_deref()))
     }
 
-    async fn read_manifest(&self, uri: &str) -> Result<String, Invalid> {
-        let location =
-            S3Location::parse_object(uri).map_err(|e| Invalid::new("source.uri", e.to_string()))?;
+    async fn read_manifest(&self, location: &S3Location) -> Result<String, ApiError> {
         let object = self
             .client("source.uri")?
             .get_object()
@@ -100,42 +138,52 @@ impl SourceReader {
             .key(location.key())
             .send()
             .await
-            .map_err(|e| {
-                Invalid::new(
-                    "source.uri",
-                    format!("reading the manifest failed: {}", DisplayErrorContext(&e)),
-                )
-            })?;
+            .map_err(|e| refusal("source.uri", "reading the manifest", e.code()))?;
         if object.content_length().unwrap_or(0) > MAX_MANIFEST_BYTES {
             return Err(Invalid::new(
                 "source.uri",
                 format!("the manifest is over {MAX_MANIFEST_BYTES} bytes"),
-            ));
+            )
+            .into());
         }
         let bytes = object
             .body
             .collect()
             .await
-            .map_err(|e| Invalid::new("source.uri", format!("reading the manifest: {e}")))?
+            .map_err(|_| refusal("source.uri", "reading the manifest", None))?
             .into_bytes();
         String::from_utf8(bytes.to_vec())
-            .map_err(|_| Invalid::new("source.uri", "the manifest is not UTF-8 text"))
+            .map_err(|_| Invalid::new("source.uri", "the manifest is not UTF-8 text").into())
     }
 
-    /// Refs must be s3:// or https:// (file:// only reaches a worker's configured roots);
-    /// every https host must resolve to allowed addresses only. Hosts are resolved once.
-    async fn check_refs(&self, refs: &[String], field: &str) -> Result<(), Invalid> {
+    /// Refs must be `s3://` objects inside the tenant's sources, or `https://` URLs whose
+    /// host resolves to allowed addresses only (hosts are resolved once). `file://` refs
+    /// are read only by `tagfleet run`. Reasons name the item, never its text.
+    async fn check_refs(
+        &self,
+        refs: &[String],
+        field: &str,
+        tenant: &TenantSecrets,
+    ) -> Result<(), ApiError> {
         let mut hosts: HashMap<(String, u16), Result<(), UrlError>> = HashMap::new();
         for (i, r) in refs.iter().enumerate() {
             let at = |reason: String| Invalid::new(field, format!("item {}: {reason}", i + 1));
-            if r.starts_with("s3://") || r.starts_with("file:///") {
+            if r.starts_with("s3://") {
+                let location = S3Location::parse_object(r).map_err(|e| at(e.to_string()))?;
+                tenant
+                    .check(&location, Access::Read, self.fleet_store.as_ref())
+                    .map_err(|denied| ApiError::Forbidden(at(denied.to_string())))?;
                 continue;
             }
+            if r.starts_with("file://") {
+                return Err(at(
+                    "file:// refs are read only by `tagfleet run`; the fleet reads s3:// and https:// refs"
+                        .into(),
+                )
+                .into());
+            }
             if !r.starts_with("https://") {
-                let shown: String = r.chars().take(16).collect();
-                return Err(at(format!(
-                    "refs are s3://, https:// or file:/// locations, not {shown:?}…"
-                )));
+                return Err(at("refs are s3:// or https:// locations".into()).into());
             }
             let host = self.urls.check_form(r).map_err(|e| at(e.to_string()))?;
             if !hosts.contains_key(&host) {
@@ -143,10 +191,25 @@ impl SourceReader {
                 hosts.insert(host.clone(), checked);
             }
             if let Some(Err(e)) = hosts.get(&host) {
-                return Err(at(e.to_string()));
+                return Err(at(e.to_string()).into());
             }
         }
         Ok(())
+    }
+}
+
+/// A failed S3 call as the tenant may see it: a fixed reason per cause, never the S3
+/// client's text (it can carry role ARNs, account ids and keys). The cause is logged.
+fn refusal(field: &str, doing: &str, code: Option<&str>) -> ApiError {
+    tracing::warn!(field, code = code.unwrap_or("-"), "{doing} failed");
+    match code {
+        Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => {
+            Invalid::new(field, "no such object or bucket").into()
+        }
+        Some("AccessDenied" | "AllAccessDisabled" | "InvalidAccessKeyId") => {
+            ApiError::Forbidden(Invalid::new(field, "the fleet may not read there"))
+        }
+        _ => ApiError::Unavailable(format!("{doing} failed; try again later")),
     }
 }
 
@@ -168,51 +231,98 @@ mod tests {
             s3: None,
             urls: UrlPolicy::default(),
             max_refs: 3,
+            fleet_store: Some(S3Location::parse("s3://fleet/tagfleet").unwrap()),
+        }
+    }
+
+    fn acme() -> TenantSecrets {
+        let text = format!(
+            "[tenants.acme]\nkey = \"{}\"\nsources = [\"s3://media/acme/\", \"s3://fleet\"]\n",
+            "ab".repeat(16)
+        );
+        tagfleet_contracts::Secrets::parse(&text)
+            .unwrap()
+            .get("acme")
+            .unwrap()
+            .clone()
+    }
+
+    async fn refusal_of(source: Source) -> (u16, String) {
+        let e = reader().expand(&source, &acme()).await.unwrap_err();
+        (e.status().as_u16(), e.to_string())
+    }
+
+    fn inline(text: &str) -> Source {
+        Source::Manifest {
+            uri: None,
+            inline: Some(text.into()),
+            format: ManifestFormat::Auto,
         }
     }
 
     #[tokio::test]
     async fn forbidden_urls_and_empty_or_oversized_sources_are_refused() {
-        let r = reader();
         for url in [
             "https://127.0.0.1/a.jpg",
             "https://169.254.169.254/latest/meta-data/iam",
             "https://10.0.0.1/a.jpg",
         ] {
-            let e = r
-                .expand(&Source::Urls {
-                    urls: vec![url.into()],
-                })
-                .await
-                .unwrap_err();
-            assert!(e.reason.contains("address"), "{url}: {e}");
+            let (code, e) = refusal_of(Source::Urls {
+                urls: vec![url.into()],
+            })
+            .await;
+            assert!(code == 400 && e.contains("address"), "{url}: {e}");
         }
-        let e = r
-            .expand(&Source::Manifest {
-                uri: None,
-                inline: Some("\n# nothing\n".into()),
+        let (_, e) = refusal_of(inline("\n# nothing\n")).await;
+        assert_eq!(e, "source: no images found");
+        let four = "s3://media/acme/1.jpg\n".repeat(4);
+        let (_, e) = refusal_of(inline(&four)).await;
+        assert!(e.contains("at most 3"), "{e}");
+        let (code, e) = refusal_of(inline("/etc/passwd\n")).await;
+        assert!(code == 400 && e.contains("item 1"), "{e}");
+        assert!(!e.contains("passwd"), "a refusal never quotes the ref: {e}");
+    }
+
+    #[tokio::test]
+    async fn s3_locations_outside_the_tenants_sources_are_forbidden_before_any_s3_call() {
+        // The reader has no S3 client: a check that reached S3 would answer otherwise.
+        let outside = [
+            Source::S3Prefix {
+                uri: "s3://media/globex/".into(),
+                suffixes: vec![],
+            },
+            Source::S3Prefix {
+                uri: "s3://media/".into(),
+                suffixes: vec![],
+            },
+            Source::Manifest {
+                uri: Some("s3://media/globex/list.csv".into()),
+                inline: None,
                 format: ManifestFormat::Auto,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.reason, "no images found");
-        let e = r
-            .expand(&Source::Manifest {
-                uri: None,
-                inline: Some("s3://b/1\ns3://b/2\ns3://b/3\ns3://b/4\n".into()),
-                format: ManifestFormat::Auto,
-            })
-            .await
-            .unwrap_err();
-        assert!(e.reason.contains("at most 3"), "{e}");
-        let e = r
-            .expand(&Source::Manifest {
-                uri: None,
-                inline: Some("/etc/passwd\n".into()),
-                format: ManifestFormat::Auto,
-            })
-            .await
-            .unwrap_err();
-        assert!(e.reason.contains("item 1"), "{e}");
+            },
+            // The fleet's own store, although acme's list names its whole bucket.
+            Source::S3Prefix {
+                uri: "s3://fleet/tagfleet/jobs/".into(),
+                suffixes: vec![],
+            },
+            inline("s3://media/acme/a.jpg\ns3://media/globex/secret-9931.jpg\n"),
+        ];
+        for source in outside {
+            let (code, e) = refusal_of(source.clone()).await;
+            assert_eq!(code, 403, "{source:?}: {e}");
+            assert!(!e.contains("secret-9931"), "{e}");
+        }
+        let (code, e) = refusal_of(inline("file:///etc/shadow\n")).await;
+        assert!(
+            code == 400 && e.contains("tagfleet run") && !e.contains("shadow"),
+            "{e}"
+        );
+        // Inside its own folder, the check passes and only the missing client is left.
+        let (code, e) = refusal_of(Source::S3Prefix {
+            uri: "s3://media/acme/2026/".into(),
+            suffixes: vec![],
+        })
+        .await;
+        assert!(code == 400 && e.contains("no S3 access"), "{e}");
     }
 }

@@ -106,7 +106,7 @@ async fn accept(
         refuse(delivery, true).await;
         return None;
     }
-    let Some(pseudonymiser) = tenants.get(&msg.tenant).cloned() else {
+    let Some(tenant) = tenants.get(&msg.tenant).cloned() else {
         tracing::warn!(job = %msg.job_id, task = %msg.task_id, tenant = %msg.tenant, "dead-lettering a task of an unknown tenant");
         refuse(delivery, false).await;
         return None;
@@ -125,7 +125,7 @@ async fn accept(
         msg,
         delivery,
         model_id.to_owned(),
-        pseudonymiser,
+        tenant,
         permit,
     ))
 }

@@ -2,35 +2,56 @@
 //! worker's S3 client, `https://` refs behind the SSRF guard. Every failure is an error
 //! record; messages never repeat the ref.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
+use tagfleet_contracts::secrets::Access;
 use tagfleet_contracts::{ErrorKind, ImageError, S3Location};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::prepare::Fetched;
-use crate::task::{Completed, Timings, Work};
+use crate::task::{Completed, Tenant, Timings, Work};
 
 /// Where `file://` refs may point.
 #[derive(Debug, Clone, Default)]
 pub struct FileRoots {
-    roots: Vec<PathBuf>,
+    /// The roots as given (made absolute) and as canonicalised now, so a symlink
+    /// cannot widen them later.
+    given: Vec<PathBuf>,
+    canonical: Vec<PathBuf>,
 }
 
 impl FileRoots {
-    /// Roots are canonicalised now, so a symlink cannot widen them later.
     pub fn new(roots: impl IntoIterator<Item = PathBuf>) -> std::io::Result<Self> {
-        let roots = roots
-            .into_iter()
-            .map(|r| r.canonicalize())
-            .collect::<Result<_, _>>()?;
-        Ok(Self { roots })
+        let mut given = Vec::new();
+        let mut canonical = Vec::new();
+        for root in roots {
+            canonical.push(root.canonicalize()?);
+            given.push(std::path::absolute(&root)?);
+        }
+        Ok(Self { given, canonical })
     }
 
-    fn allows(&self, path: &Path) -> bool {
-        self.roots.iter().any(|root| path.starts_with(root))
+    /// Whether `path`, by its text alone, names something under a root: absolute, no `.`
+    /// or `..` segment. Nothing on disk is touched, so for a path outside the roots the
+    /// answer is the same whether it exists or not.
+    fn allows_text(&self, path: &Path) -> bool {
+        path.is_absolute()
+            && !path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+            && self
+                .given
+                .iter()
+                .chain(&self.canonical)
+                .any(|root| path.starts_with(root))
+    }
+
+    /// Whether a canonical path (symlinks resolved) is under a root.
+    fn allows_canonical(&self, path: &Path) -> bool {
+        self.canonical.iter().any(|root| path.starts_with(root))
     }
 }
 
@@ -40,6 +61,8 @@ pub struct Sources {
     pub roots: FileRoots,
     /// Client for `s3://` refs; without one they are refused.
     pub s3: Option<aws_sdk_s3::Client>,
+    /// The folder of the fleet's own store, when on S3: never read as a source.
+    pub fleet_store: Option<S3Location>,
     /// Client for `https://` refs; without one they are refused.
     pub https: Option<crate::https::HttpsFetcher>,
 }
@@ -53,18 +76,26 @@ impl From<FileRoots> for Sources {
     }
 }
 
-/// Reads the bytes of `reference`, refusing images over `max_bytes` before reading them.
+/// Reads the bytes of `reference` for `tenant`, refusing images over `max_bytes` before
+/// reading them. An `s3://` ref outside the tenant's `sources` is refused before any S3
+/// call: the scheduler checked it already, this is the second line.
 pub async fn fetch(
     reference: &str,
     sources: &Sources,
+    tenant: &Tenant,
     max_bytes: u64,
 ) -> Result<Vec<u8>, ImageError> {
     if let Some(path) = reference.strip_prefix("file://") {
         return fetch_file(path, &sources.roots, max_bytes).await;
     }
     if reference.starts_with("s3://") {
+        let location = S3Location::parse_object(reference)
+            .map_err(|e| ImageError::new(ErrorKind::Fetch, format!("invalid s3 ref: {e}")))?;
+        tenant
+            .check(&location, Access::Read, sources.fleet_store.as_ref())
+            .map_err(|denied| ImageError::new(ErrorKind::Fetch, denied.to_string()))?;
         return match &sources.s3 {
-            Some(client) => fetch_s3(client, reference, max_bytes).await,
+            Some(client) => fetch_s3(client, &location, max_bytes).await,
             None => Err(ImageError::new(
                 ErrorKind::Fetch,
                 "this worker has no S3 access for s3:// refs",
@@ -96,12 +127,10 @@ pub(crate) fn too_large(size: u64, max_bytes: u64) -> ImageError {
 
 async fn fetch_s3(
     client: &aws_sdk_s3::Client,
-    reference: &str,
+    location: &S3Location,
     max_bytes: u64,
 ) -> Result<Vec<u8>, ImageError> {
     let fetch_error = |message: String| ImageError::new(ErrorKind::Fetch, message);
-    let location = S3Location::parse_object(reference)
-        .map_err(|e| fetch_error(format!("invalid s3 ref: {e}")))?;
     let object = client
         .get_object()
         .bucket(location.bucket())
@@ -133,12 +162,16 @@ async fn fetch_s3(
 
 async fn fetch_file(path: &str, roots: &FileRoots, max_bytes: u64) -> Result<Vec<u8>, ImageError> {
     let fetch_error = |message: &str| ImageError::new(ErrorKind::Fetch, message);
-    // Canonicalising resolves `..` and symlinks before the root check.
+    let outside = || fetch_error("file is outside the worker's allowed roots");
+    if !roots.allows_text(Path::new(path)) {
+        return Err(outside());
+    }
+    // Canonicalising resolves symlinks: one inside the roots may still point out.
     let path = tokio::fs::canonicalize(path)
         .await
         .map_err(|e| fetch_error(&io_reason(&e)))?;
-    if !roots.allows(&path) {
-        return Err(fetch_error("file is outside the worker's allowed roots"));
+    if !roots.allows_canonical(&path) {
+        return Err(outside());
     }
     let meta = tokio::fs::metadata(&path)
         .await
@@ -185,7 +218,7 @@ pub(crate) async fn fetch_stage(
         let (output, failed, sources) = (output.clone(), failed.clone(), sources.clone());
         fetches.spawn(async move {
             work.timings = Timings::start();
-            let result = fetch(work.reference(), &sources, max_bytes).await;
+            let result = fetch(work.reference(), &sources, &work.task.tenant, max_bytes).await;
             work.timings.lap("fetch");
             drop(slot);
             let _ = match result {
@@ -206,7 +239,79 @@ pub(crate) async fn fetch_stage(
 
 #[cfg(test)]
 mod tests {
+    use tagfleet_contracts::{Pseudonymiser, Secrets, TenantKey};
+
     use super::*;
+    use crate::task::Tenants;
+
+    /// The embedded mode's tenant: a key, no S3 access.
+    fn local() -> Arc<Tenant> {
+        let key = Pseudonymiser::new(TenantKey::new(vec![7; 32]).unwrap());
+        Tenants::single("local", key).get("local").unwrap().clone()
+    }
+
+    fn acme() -> Arc<Tenant> {
+        let text = format!(
+            "[tenants.acme]\nkey = \"{}\"\nsources = [\"s3://media/acme/\", \"s3://fleet\"]\n",
+            "ab".repeat(16)
+        );
+        Tenants::from_secrets(&Secrets::parse(&text).unwrap())
+            .get("acme")
+            .unwrap()
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn s3_refs_outside_the_tenants_sources_are_refused_before_any_s3_call() {
+        // No S3 client: a ref that passed the check would say so instead.
+        let sources = Sources {
+            fleet_store: Some(S3Location::parse("s3://fleet/tagfleet").unwrap()),
+            ..Sources::default()
+        };
+        let acme = acme();
+        for r in [
+            "s3://media/globex/a.jpg",
+            "s3://media/acme2/a.jpg",
+            "s3://fleet/tagfleet/results/globex/j/t000001.jsonl",
+        ] {
+            let e = fetch(r, &sources, &acme, 100).await.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Fetch);
+            assert!(!e.message.contains("no S3 access"), "{r}: {e}");
+            assert!(!e.message.contains("globex"), "{r}: {e}");
+        }
+        let inside = fetch("s3://media/acme/a.jpg", &sources, &acme, 100)
+            .await
+            .unwrap_err();
+        assert!(inside.message.contains("no S3 access"), "{inside}");
+    }
+
+    #[tokio::test]
+    async fn a_path_outside_the_roots_reads_the_same_whether_it_exists_or_not() {
+        let inside = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("there.jpg"), b"x").unwrap();
+        let roots = Sources::from(FileRoots::new([inside.path().to_path_buf()]).unwrap());
+        let mut answers = Vec::new();
+        for name in ["there.jpg", "not-there.jpg"] {
+            for r in [
+                format!("file://{}/{name}", outside.path().display()),
+                format!("file://{}/../{name}", inside.path().display()),
+            ] {
+                answers.push(fetch(&r, &roots, &local(), 100).await.unwrap_err().message);
+            }
+        }
+        answers.dedup();
+        assert_eq!(answers, ["file is outside the worker's allowed roots"]);
+        // A symlink inside the roots that points out is refused too.
+        std::os::unix::fs::symlink(
+            outside.path().join("there.jpg"),
+            inside.path().join("link.jpg"),
+        )
+        .unwrap();
+        let link = format!("file://{}/link.jpg", inside.path().display());
+        let e = fetch(&link, &roots, &local(), 100).await.unwrap_err();
+        assert_eq!(e.message, "file is outside the worker's allowed roots");
+    }
 
     #[tokio::test]
     async fn reads_files_under_roots_only() {
@@ -219,6 +324,7 @@ mod tests {
         let ok = fetch(
             &format!("file://{}/a.bin", inside.path().display()),
             &roots,
+            &local(),
             100,
         )
         .await;
@@ -229,7 +335,7 @@ mod tests {
             inside.path().display(),
             outside.path().display()
         );
-        let err = fetch(&escape, &roots, 100).await.unwrap_err();
+        let err = fetch(&escape, &roots, &local(), 100).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Fetch);
         assert!(
             !err.message.contains("b.bin"),
@@ -245,6 +351,7 @@ mod tests {
         let big = fetch(
             &format!("file://{}/big.bin", dir.path().display()),
             &roots,
+            &local(),
             999,
         )
         .await;
@@ -252,6 +359,7 @@ mod tests {
         let missing = fetch(
             &format!("file://{}/nope.jpg", dir.path().display()),
             &roots,
+            &local(),
             999,
         )
         .await
@@ -260,7 +368,7 @@ mod tests {
             (missing.kind, missing.message.as_str()),
             (ErrorKind::Fetch, "file not found")
         );
-        let http = fetch("http://example.invalid/x.jpg", &roots, 999)
+        let http = fetch("http://example.invalid/x.jpg", &roots, &local(), 999)
             .await
             .unwrap_err();
         assert!(http.message.contains("\"http\""), "{http}");

@@ -6,28 +6,68 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tagfleet_contracts::{ImageError, Pseudonymiser, ResultLine, TaskMessage};
+use tagfleet_contracts::secrets::{Access, Denied, TenantSecrets};
+use tagfleet_contracts::{ImageError, Pseudonymiser, ResultLine, S3Location, Secrets, TaskMessage};
 use tagfleet_io::Delivery;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// The tenants this worker serves, each with its pseudonym key.
+/// The tenants this worker serves, each with its pseudonym key and allow-lists.
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
-    by_name: HashMap<String, Pseudonymiser>,
+    by_name: HashMap<String, Arc<Tenant>>,
+}
+
+/// One tenant as a worker knows it.
+#[derive(Debug)]
+pub struct Tenant {
+    pub pseudonymiser: Pseudonymiser,
+    /// Its S3 allow-lists; none in the embedded mode, which reads local files only.
+    secrets: Option<TenantSecrets>,
+}
+
+impl Tenant {
+    /// Whether the tenant may read or write at `location` (see [`TenantSecrets::check`]).
+    pub fn check(
+        &self,
+        location: &S3Location,
+        access: Access,
+        fleet_store: Option<&S3Location>,
+    ) -> Result<(), Denied> {
+        match &self.secrets {
+            Some(secrets) => secrets.check(location, access, fleet_store),
+            None => Err(Denied::NotAllowed),
+        }
+    }
 }
 
 impl Tenants {
+    /// One tenant with a key and no S3 access: the embedded mode.
     pub fn single(name: impl Into<String>, pseudonymiser: Pseudonymiser) -> Self {
+        let tenant = Tenant {
+            pseudonymiser,
+            secrets: None,
+        };
         Self {
-            by_name: HashMap::from([(name.into(), pseudonymiser)]),
+            by_name: HashMap::from([(name.into(), Arc::new(tenant))]),
         }
     }
 
-    pub fn insert(&mut self, name: impl Into<String>, pseudonymiser: Pseudonymiser) {
-        self.by_name.insert(name.into(), pseudonymiser);
+    /// Every tenant of a secrets file.
+    pub fn from_secrets(secrets: &Secrets) -> Self {
+        let by_name = secrets
+            .iter()
+            .map(|(name, s)| {
+                let tenant = Tenant {
+                    pseudonymiser: Pseudonymiser::new(s.key.clone()),
+                    secrets: Some(s.clone()),
+                };
+                (name.to_owned(), Arc::new(tenant))
+            })
+            .collect();
+        Self { by_name }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Pseudonymiser> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Tenant>> {
         self.by_name.get(name)
     }
 }
@@ -37,7 +77,7 @@ pub struct TaskState {
     pub msg: TaskMessage,
     pub delivery: Delivery,
     pub model_id: String,
-    pseudonymiser: Pseudonymiser,
+    pub tenant: Arc<Tenant>,
     lines: Mutex<Vec<Option<ResultLine>>>,
     remaining: AtomicUsize,
     /// Held until the task is acked: bounds the messages in flight.
@@ -49,7 +89,7 @@ impl TaskState {
         msg: TaskMessage,
         delivery: Delivery,
         model_id: String,
-        pseudonymiser: Pseudonymiser,
+        tenant: Arc<Tenant>,
         permit: OwnedSemaphorePermit,
     ) -> Arc<Self> {
         let n = msg.items.len();
@@ -57,7 +97,7 @@ impl TaskState {
             msg,
             delivery,
             model_id,
-            pseudonymiser,
+            tenant,
             lines: Mutex::new(vec![None; n]),
             remaining: AtomicUsize::new(n),
             _permit: permit,
@@ -65,7 +105,7 @@ impl TaskState {
     }
 
     pub fn pseudonymiser_key_id(&self) -> &str {
-        self.pseudonymiser.key_id()
+        self.tenant.pseudonymiser.key_id()
     }
 
     /// The work items of this task, one per image.
@@ -112,14 +152,14 @@ impl Work {
 
     /// The image's pseudonym. Refs are canonical when published, so this is stable.
     pub fn pseudonym(&self) -> String {
-        self.task.pseudonymiser.pseudonym(self.reference())
+        self.task.tenant.pseudonymiser.pseudonym(self.reference())
     }
 
     /// The error line for this image.
     pub fn failed(&self, error: ImageError) -> ResultLine {
         let mut line = ResultLine::failed(
             self.pseudonym(),
-            self.task.pseudonymiser.key_id().to_owned(),
+            self.task.tenant.pseudonymiser.key_id().to_owned(),
             self.task.model_id.clone(),
             error,
         );
@@ -195,7 +235,8 @@ pub(crate) mod tests {
             .try_acquire_owned()
             .unwrap();
         let key = Pseudonymiser::new(TenantKey::new(vec![7; 32]).unwrap());
-        let task = TaskState::new(msg, delivery, "m@1".into(), key, permit);
+        let tenant = Tenants::single("t", key).get("t").unwrap().clone();
+        let task = TaskState::new(msg, delivery, "m@1".into(), tenant, permit);
         task.items().collect()
     }
 

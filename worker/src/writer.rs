@@ -10,6 +10,7 @@ use async_channel::Receiver;
 use tagfleet_contracts::ErrorKind;
 use tagfleet_contracts::keys::{Key, output_key};
 use tagfleet_contracts::schema::{ResultLine, Status};
+use tagfleet_contracts::secrets::Access;
 use tagfleet_io::store::S3Store;
 use tagfleet_io::{ObjectStore, Queue};
 
@@ -152,14 +153,18 @@ async fn finish(
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=WRITE_ATTEMPTS {
         let started = std::time::Instant::now();
-        match write(&*store, outputs.as_ref(), msg, &key, &body).await {
+        match write(&*store, outputs.as_ref(), &task, &key, &body).await {
             Ok(()) => {
                 crate::metrics::STAGE_SECONDS
                     .with_label_values(&["write"])
                     .observe(started.elapsed().as_secs_f64());
                 return settler.written(&task, key, lines).await;
             }
-            Err(e) => {
+            Err(WriteError::Refused(reason)) => {
+                tracing::error!(job = %msg.job_id, task = %msg.task_id, reason, "refusing to write the task's output");
+                return settler.refused(&task).await;
+            }
+            Err(WriteError::Failed(e)) => {
                 tracing::warn!(job = %msg.job_id, task = %msg.task_id, attempt, error = %e, "writing result failed");
                 if attempt < WRITE_ATTEMPTS {
                     tokio::time::sleep(delay).await;
@@ -171,27 +176,42 @@ async fn finish(
     settler.unwritten(&task).await
 }
 
+/// Why a result object was not written.
+enum WriteError {
+    /// Writing would break a rule (an output outside the tenant's allow-list): trying
+    /// again cannot help.
+    Refused(String),
+    Failed(String),
+}
+
 /// Writes a task's result object where its job wants it: our store, unless the job keeps
-/// nothing (`retain: false`) and has its own `output`; the client's `output`, when given.
+/// nothing (`retain: false`) and has its own `output`; the client's `output`, when given,
+/// if the tenant may write there (the scheduler checked; this is the second line).
 async fn write(
     store: &dyn ObjectStore,
     outputs: Option<&S3Store>,
-    msg: &tagfleet_contracts::TaskMessage,
+    task: &TaskState,
     key: &str,
     body: &[u8],
-) -> Result<(), String> {
+) -> Result<(), WriteError> {
+    let msg = &task.msg;
     if let Some(location) = &msg.output {
-        let base = outputs.ok_or("this worker has no S3 access for output locations")?;
+        let base = outputs.ok_or_else(|| {
+            WriteError::Refused("this worker has no S3 access for output locations".into())
+        })?;
+        task.tenant
+            .check(location, Access::Write, Some(base.location()))
+            .map_err(|denied| WriteError::Refused(denied.to_string()))?;
         base.elsewhere(location)
             .put(&output_key(&msg.job_id, &msg.task_id), body.to_vec())
             .await
-            .map_err(|e| format!("writing to the output location: {e}"))?;
+            .map_err(|e| WriteError::Failed(format!("writing to the output location: {e}")))?;
     }
     if msg.options.retain || msg.output.is_none() {
         store
             .put(key, body.to_vec())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| WriteError::Failed(e.to_string()))?;
     }
     Ok(())
 }

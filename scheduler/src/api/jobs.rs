@@ -23,6 +23,7 @@ use crate::spec::{self, Invalid, JobSpec};
     responses(
         (status = 201, description = "Job created; its tasks are published", body = JobView),
         (status = 400, description = "The spec is invalid or the source is empty", body = ErrorBody),
+        (status = 403, description = "A location outside the tenant's allow-lists, or the fleet's own store", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 413, description = "Request body too large", body = ErrorBody),
         (status = 503, description = "The store or queue failed", body = ErrorBody)),

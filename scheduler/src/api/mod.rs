@@ -18,8 +18,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tagfleet_contracts::Secrets;
 use tagfleet_contracts::keys::is_valid_id;
+use tagfleet_contracts::{S3Location, Secrets};
 use tagfleet_io::netguard::UrlPolicy;
 use tagfleet_io::{ObjectStore, Queue};
 use utoipa::OpenApi;
@@ -54,6 +54,9 @@ pub struct SchedulerConfig {
     pub max_job_images: usize,
     /// Which addresses image URLs may point to.
     pub urls: UrlPolicy,
+    /// The folder of the fleet's own store when it is on S3: never a tenant's source
+    /// or output.
+    pub fleet_store: Option<S3Location>,
 }
 
 impl Service {
@@ -71,6 +74,7 @@ impl Service {
             s3,
             urls: config.urls,
             max_refs: config.max_job_images,
+            fleet_store: config.fleet_store,
         };
         let book = JobBook::new(
             store.clone(),

@@ -17,7 +17,8 @@ use crate::spec::{self, Invalid};
 
 /// Creates a recurring job.
 #[utoipa::path(post, path = "/v1/schedules", request_body = ScheduleSpec, tag = "schedules",
-    responses((status = 201, body = Schedule), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 201, body = Schedule), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, description = "A location outside the tenant's allow-lists", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn create_schedule(
     State(service): State<Shared>,
@@ -25,6 +26,10 @@ pub(super) async fn create_schedule(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Schedule>), ApiError> {
     let spec: ScheduleSpec = spec::parse(&body_of(body)?)?;
+    service
+        .book
+        .check_locations(&tenant, &spec.job)
+        .map_err(|e| e.within("job"))?;
     let schedule = service
         .schedules
         .create(&service.book, &tenant, spec)

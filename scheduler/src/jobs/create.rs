@@ -1,14 +1,15 @@
 //! Creating a job: validate, expand the source, write the record, publish the tasks.
 
 use chrono::Utc;
-use tagfleet_contracts::TaskMessage;
 use tagfleet_contracts::job::JobState;
+use tagfleet_contracts::secrets::Access;
+use tagfleet_contracts::{S3Location, TaskMessage};
 
 use super::{JobBook, JobId, gauges::refresh_gauges, unavailable};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::record::{Counts, JobRecord, JobView, RECORD_VERSION, Round};
-use crate::spec::{JobSpec, Source};
+use crate::spec::{Invalid, JobSpec, Source};
 
 impl JobBook {
     /// Creates a job: validates, expands the source, writes the record, publishes the
@@ -20,7 +21,11 @@ impl JobBook {
         schedule_id: Option<String>,
     ) -> Result<JobView, ApiError> {
         let model = spec.validate(&self.config.models)?;
-        let refs = self.sources.expand(&spec.source).await?;
+        self.check_locations(tenant, &spec)?;
+        let refs = self
+            .sources
+            .expand(&spec.source, self.tenant(tenant)?)
+            .await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let now = Utc::now();
         let mut record = JobRecord {
@@ -58,6 +63,25 @@ impl JobBook {
         let view = self.publish(&key, messages, refs.len() as u64).await?;
         tracing::info!(tenant, job = %id, images = refs.len(), tasks = record.rounds[0].tasks, "job created");
         Ok(view)
+    }
+
+    /// Refuses (403) a spec whose output, S3 prefix or stored manifest lies outside the
+    /// tenant's allow-lists, without any S3 call. The refs inside a manifest are checked
+    /// when it is read.
+    pub fn check_locations(&self, tenant: &str, spec: &JobSpec) -> Result<(), ApiError> {
+        let secrets = self.tenant(tenant)?;
+        if let Some(output) = &spec.output {
+            self.sources
+                .fence(secrets, output, Access::Write, "output")?;
+        }
+        let stored = match &spec.source {
+            Source::S3Prefix { uri, .. } => S3Location::parse(uri),
+            Source::Manifest { uri: Some(uri), .. } => S3Location::parse_object(uri),
+            _ => return Ok(()),
+        };
+        let location = stored.map_err(|e| Invalid::new("source.uri", e.to_string()))?;
+        self.sources
+            .fence(secrets, &location, Access::Read, "source.uri")
     }
 
     /// The task messages of `refs` for round `round` of a job.

@@ -23,6 +23,7 @@ use tagfleet_contracts::Secrets;
 use tagfleet_contracts::job::{JobHead, JobState};
 use tagfleet_contracts::keys::{Area, Key};
 use tagfleet_contracts::retention::is_expired;
+use tagfleet_contracts::secrets::TenantSecrets;
 use tagfleet_io::{ObjectStore, Queue, StoreError};
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
@@ -104,6 +105,13 @@ impl JobBook {
 
     pub fn secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    /// The secrets of a tenant the book acts for: its key, allow-lists and quotas.
+    pub(crate) fn tenant(&self, tenant: &str) -> Result<&TenantSecrets, ApiError> {
+        self.secrets.get(tenant).ok_or_else(|| {
+            ApiError::Conflict("the tenant is not in the secrets file any more".into())
+        })
     }
 
     pub fn models(&self) -> &[String] {

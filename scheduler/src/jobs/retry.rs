@@ -43,20 +43,23 @@ impl JobBook {
                     .into(),
             ));
         }
-        let key = self
-            .secrets
-            .get(tenant)
-            .ok_or_else(|| ApiError::Conflict("the tenant has no pseudonym key".into()))?;
-        let pseudonymiser = Pseudonymiser::new(key.key.clone());
+        let secrets = self.tenant(tenant)?;
+        let pseudonymiser = Pseudonymiser::new(secrets.key.clone());
+        // The source first, under today's allow-list: a refusal leaves the results as
+        // they were.
+        let source = self
+            .sources
+            .expand(&record.spec.source, secrets)
+            .await
+            .map_err(|e| match e {
+                ApiError::Forbidden(_) => e,
+                other => ApiError::Conflict(format!("re-reading the source: {other}")),
+            })?;
         let failed = self
             .take_error_lines(tenant, id)
             .await
             .map_err(|e| unavailable("reading the results", e))?;
-        let refs: Vec<String> = self
-            .sources
-            .expand(&record.spec.source)
-            .await
-            .map_err(|e| ApiError::Conflict(format!("re-reading the source: {e}")))?
+        let refs: Vec<String> = source
             .into_iter()
             .filter(|r| failed.contains(&pseudonymiser.pseudonym(r)))
             .collect();

@@ -111,6 +111,11 @@ impl S3Store {
         &self.client
     }
 
+    /// The folder this store keeps its keys in.
+    pub fn location(&self) -> &S3Location {
+        &self.options.location
+    }
+
     pub fn bucket(&self) -> &str {
         self.options.location.bucket()
     }
