@@ -5,6 +5,7 @@
 
 mod common;
 
+mod fence;
 mod fleet;
 mod privacy;
 mod run;
