@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tagfleet_contracts::keys::{Area, job_results_prefix};
+use tagfleet_io::store::S3Store;
 use tagfleet_io::{ObjectStore, Queue};
 
 use crate::common::copy_photos;
@@ -52,6 +53,21 @@ fn setup(dir: &Path, bucket: &str) -> (PathBuf, PathBuf) {
     (photos, keys)
 }
 
+/// A fleet whose bucket holds the photos under acme/photos/ and globex/photos/.
+async fn fenced_fleet(dir: &Path) -> (Fleet, S3Store) {
+    let probe = Fleet::new("amqp", dir, dir);
+    let (photos, keys) = setup(dir, &probe.bucket);
+    let fleet = Fleet {
+        keys_dir: keys,
+        file_root: photos.clone(),
+        ..probe
+    };
+    let store = fleet.store().await;
+    upload(&store, &photos, "acme/photos/", 1).await;
+    upload(&store, &photos, "globex/photos/", 1).await;
+    (fleet, store)
+}
+
 fn post_job(scheduler: &Worker, token: &str, spec: Value) -> (u16, Value) {
     api(scheduler.port, "POST", "/v1/jobs", Some(token), Some(spec))
 }
@@ -59,17 +75,8 @@ fn post_job(scheduler: &Worker, token: &str, spec: Value) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_name_another_tenants_data_or_the_fleets_store() {
     let dir = tempfile::tempdir().unwrap();
-    let bucket_probe = Fleet::new("amqp", dir.path(), dir.path());
-    let (photos, keys) = setup(dir.path(), &bucket_probe.bucket);
-    let fleet = Fleet {
-        keys_dir: keys,
-        file_root: photos.clone(),
-        ..bucket_probe
-    };
-    let store = fleet.store().await;
+    let (fleet, store) = fenced_fleet(dir.path()).await;
     let bucket = store.bucket().to_owned();
-    upload(&store, &photos, "acme/photos/", 1).await;
-    upload(&store, &photos, "globex/photos/", 1).await;
     put(
         &store,
         "globex/list.txt",
@@ -212,17 +219,8 @@ async fn a_tenant_cannot_name_another_tenants_data_or_the_fleets_store() {
 async fn a_worker_refuses_refs_and_outputs_outside_the_tasks_tenant_whatever_the_queue_says() {
     use tagfleet_io::queue::{RabbitOptions, RabbitQueue};
     let dir = tempfile::tempdir().unwrap();
-    let bucket_probe = Fleet::new("amqp", dir.path(), dir.path());
-    let (photos, keys) = setup(dir.path(), &bucket_probe.bucket);
-    let fleet = Fleet {
-        keys_dir: keys,
-        file_root: photos.clone(),
-        ..bucket_probe
-    };
-    let store = fleet.store().await;
+    let (fleet, store) = fenced_fleet(dir.path()).await;
     let bucket = store.bucket().to_owned();
-    upload(&store, &photos, "acme/photos/", 1).await;
-    upload(&store, &photos, "globex/photos/", 1).await;
     let queue = RabbitQueue::connect(RabbitOptions {
         url: fleet.queue.clone(),
         queue: fleet.queue_name.clone(),

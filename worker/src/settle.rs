@@ -47,27 +47,20 @@ impl Settler {
     /// The task must not be finished (its output is not the tenant's to write): its
     /// message is dead-lettered now instead of being tried again.
     pub async fn refused(&self, task: &TaskState) -> Event {
-        let msg = &task.msg;
-        crate::metrics::MESSAGES
-            .with_label_values(&["dead_lettered"])
-            .inc();
-        if let Err(e) = self.queue.nack(&task.delivery, false).await {
-            tracing::error!(job = %msg.job_id, task = %msg.task_id, error = %e, "dead-lettering the message failed");
-        }
-        Event::TaskFailed {
-            job_id: msg.job_id.clone(),
-            task_id: msg.task_id.clone(),
-        }
+        self.nack(task, false).await
     }
 
     /// The task did not finish: its message goes back to the queue for another try.
     pub async fn unwritten(&self, task: &TaskState) -> Event {
+        self.nack(task, true).await
+    }
+
+    async fn nack(&self, task: &TaskState, requeue: bool) -> Event {
         let msg = &task.msg;
-        crate::metrics::MESSAGES
-            .with_label_values(&["requeued"])
-            .inc();
-        if let Err(e) = self.queue.nack(&task.delivery, true).await {
-            tracing::error!(job = %msg.job_id, task = %msg.task_id, error = %e, "returning message failed");
+        let outcome = if requeue { "requeued" } else { "dead_lettered" };
+        crate::metrics::MESSAGES.with_label_values(&[outcome]).inc();
+        if let Err(e) = self.queue.nack(&task.delivery, requeue).await {
+            tracing::error!(job = %msg.job_id, task = %msg.task_id, outcome, error = %e, "returning the message failed");
         }
         Event::TaskFailed {
             job_id: msg.job_id.clone(),
