@@ -40,7 +40,8 @@ pub struct WorkerArgs {
     /// separated). Loopback, link-local, private, metadata and other special-purpose
     /// addresses are refused otherwise, on every name resolution and redirect, also when
     /// an IPv6 address carries one for a translator (NAT64 64:ff9b::/96, 6to4,
-    /// IPv4-mapped); an allowed IPv4 range is allowed in those forms too.
+    /// IPv4-mapped); an allowed IPv4 range is allowed in those forms too. No proxy from
+    /// the environment is used: it would resolve names past this check.
     #[arg(long, env = "TAGFLEET_ALLOW_URL_RANGES", value_delimiter = ',')]
     pub allow_url_range: Vec<String>,
 
