@@ -68,6 +68,7 @@ pub struct SchedulerArgs {
 }
 
 pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
+    crate::core_dumps::disable();
     let secrets = Secrets::load(&args.secrets).context("--secrets")?;
     let urls = UrlPolicy::new(&args.allow_url_range)
         .map_err(anyhow::Error::msg)

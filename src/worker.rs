@@ -81,6 +81,7 @@ pub struct WorkerArgs {
 }
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
+    crate::core_dumps::disable();
     let tenants = load_tenants(&args.secrets)?;
     let model = args.engine.load_model()?;
     let backends = args.engine.backends(&model)?;

@@ -6,6 +6,7 @@
 mod common;
 
 mod fleet;
+mod hardening;
 mod privacy;
 mod run;
 mod scheduler;
