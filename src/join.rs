@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use tagfleet_contracts::{Pseudonymiser, TenantKey};
+use tagfleet_contracts::{Pseudonymiser, TenantKey, secrets};
 
 use crate::inputs;
 
@@ -40,7 +40,7 @@ pub struct JoinArgs {
 
 #[derive(Debug, Args)]
 pub struct TenantArgs {
-    /// The tenant's name: letters, digits, - _ .
+    /// The tenant's name: 1 to 128 letters, digits, - _ . (not only dots).
     pub name: String,
 
     /// The secrets file to add it to (created when missing, mode 0600).
@@ -53,26 +53,18 @@ pub struct TenantArgs {
     pub key_out: Option<PathBuf>,
 }
 
-/// Appends a new tenant to the secrets file and prints its bearer token.
+/// Appends a new tenant to the secrets file and prints its bearer token. Nothing is
+/// written unless the whole file, tenant added, loads as the fleet will load it.
 pub fn tenant(args: TenantArgs) -> anyhow::Result<i32> {
     use std::os::unix::fs::OpenOptionsExt;
-    if !tagfleet_contracts::keys::is_valid_id(&args.name) {
-        anyhow::bail!(
-            "{:?}: a tenant name is letters, digits, - _ . only",
-            args.name
-        );
-    }
-    if args.secrets.exists() {
-        let existing = tagfleet_contracts::Secrets::load(&args.secrets)?;
-        if existing.get(&args.name).is_some() {
-            anyhow::bail!(
-                "{} already has a tenant {:?}",
-                args.secrets.display(),
-                args.name
-            );
-        }
-    }
-    let new = tagfleet_contracts::secrets::new_tenant(&args.name);
+    let new = secrets::new_tenant(&args.name).map_err(anyhow::Error::msg)?;
+    let existing = match std::fs::read_to_string(&args.secrets) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", args.secrets.display())),
+    };
+    let appended = secrets::append_tenant(&existing, &new)
+        .map_err(|e| anyhow::anyhow!("{}: {e}; nothing written", args.secrets.display()))?;
     if let Some(path) = &args.key_out {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -88,7 +80,8 @@ pub fn tenant(args: TenantArgs) -> anyhow::Result<i32> {
         .mode(0o600)
         .open(&args.secrets)
         .with_context(|| format!("opening {}", args.secrets.display()))?;
-    write!(file, "\n{}", new.stanza)?;
+    // Appending keeps the file's owner and mode; what goes in is what was checked.
+    file.write_all(&appended.as_bytes()[existing.len()..])?;
     file.sync_all()?;
     println!("{}", new.token);
     Ok(0)

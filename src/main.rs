@@ -7,6 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 mod bench;
 mod client;
+mod core_dumps;
 mod engine;
 mod erase;
 mod http;

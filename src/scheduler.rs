@@ -47,8 +47,10 @@ pub struct SchedulerArgs {
     pub chunk_size: u32,
 
     /// Private address ranges image URLs may point to after all (CIDR, comma separated),
-    /// e.g. an in-cluster image server. Loopback, link-local, private and metadata
-    /// addresses are refused otherwise.
+    /// e.g. an in-cluster image server. Loopback, link-local, private, metadata and other
+    /// special-purpose addresses are refused otherwise, also when an IPv6 address carries
+    /// one for a translator (NAT64 64:ff9b::/96, 6to4, IPv4-mapped); an allowed IPv4
+    /// range is allowed in those forms too.
     #[arg(long, env = "TAGFLEET_ALLOW_URL_RANGES", value_delimiter = ',')]
     pub allow_url_range: Vec<String>,
 
@@ -66,6 +68,7 @@ pub struct SchedulerArgs {
 }
 
 pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
+    crate::core_dumps::disable();
     let secrets = Secrets::load(&args.secrets).context("--secrets")?;
     let urls = UrlPolicy::new(&args.allow_url_range)
         .map_err(anyhow::Error::msg)

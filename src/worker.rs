@@ -37,8 +37,11 @@ pub struct WorkerArgs {
     pub file_roots: Vec<PathBuf>,
 
     /// Private address ranges https:// refs may point to after all (CIDR, comma
-    /// separated). Loopback, link-local, private and metadata addresses are refused
-    /// otherwise, on every name resolution and redirect.
+    /// separated). Loopback, link-local, private, metadata and other special-purpose
+    /// addresses are refused otherwise, on every name resolution and redirect, also when
+    /// an IPv6 address carries one for a translator (NAT64 64:ff9b::/96, 6to4,
+    /// IPv4-mapped); an allowed IPv4 range is allowed in those forms too. No proxy from
+    /// the environment is used: it would resolve names past this check.
     #[arg(long, env = "TAGFLEET_ALLOW_URL_RANGES", value_delimiter = ',')]
     pub allow_url_range: Vec<String>,
 
@@ -78,6 +81,7 @@ pub struct WorkerArgs {
 }
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
+    crate::core_dumps::disable();
     let tenants = load_tenants(&args.secrets)?;
     let model = args.engine.load_model()?;
     let backends = args.engine.backends(&model)?;

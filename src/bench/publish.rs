@@ -37,7 +37,9 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
     );
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(dir.path().to_path_buf(), None)?);
-    let stanza = tagfleet_contracts::secrets::new_tenant("bench").stanza;
+    let stanza = tagfleet_contracts::secrets::new_tenant("bench")
+        .map_err(anyhow::Error::msg)?
+        .stanza;
     let scheduler = Service::new(
         store,
         rabbit.clone() as Arc<dyn Queue>,

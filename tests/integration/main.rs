@@ -7,6 +7,8 @@ mod common;
 
 mod fence;
 mod fleet;
+mod hardening;
 mod privacy;
 mod run;
 mod scheduler;
+mod tenant;

@@ -1,7 +1,8 @@
 //! Fetching `https://` refs behind the SSRF guard. Every name the client resolves (the
 //! first host and every redirect's) goes through [`GuardedResolver`], which refuses the
 //! whole answer when one address is loopback, link-local, private or metadata; address
-//! literals are checked before the request and on every redirect. Error messages never
+//! literals are checked before the request and on every redirect. No proxy is used, not
+//! even one named in the environment: it would resolve names itself. Error messages never
 //! repeat the URL.
 
 use std::net::SocketAddr;
@@ -71,6 +72,9 @@ impl HttpsFetcher {
                     attempt.follow()
                 }
             }))
+            // A proxy from the environment (HTTPS_PROXY, ALL_PROXY) would resolve the names
+            // itself, past the resolver above, and reach whatever they point to.
+            .no_proxy()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .https_only(true);
@@ -167,5 +171,40 @@ mod tests {
             matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
             "nothing connected"
         );
+    }
+
+    /// reqwest takes a proxy from HTTPS_PROXY or ALL_PROXY unless told not to, and a proxy
+    /// resolves names itself: `localhost` would reach the proxy's own loopback. nextest
+    /// runs each test in a process of its own, so the variables set here reach no other
+    /// test.
+    #[tokio::test]
+    async fn a_proxy_named_in_the_environment_is_never_used() {
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+        for (variables, cleared) in [
+            (["ALL_PROXY", "all_proxy"], ["HTTPS_PROXY", "https_proxy"]),
+            (["HTTPS_PROXY", "https_proxy"], ["ALL_PROXY", "all_proxy"]),
+        ] {
+            // SAFETY: this test's process runs no other test, and no thread of this one
+            // reads the environment meanwhile (the client reads it when built, below).
+            unsafe {
+                for name in variables {
+                    std::env::set_var(name, &proxy_url);
+                }
+                for name in cleared.iter().chain(&["NO_PROXY", "no_proxy"]) {
+                    std::env::remove_var(name);
+                }
+            }
+            let fetcher = HttpsFetcher::new(UrlPolicy::default(), None).unwrap();
+            tokio::select! {
+                result = fetcher.fetch("https://localhost:9/a.jpg", 1 << 20) => {
+                    let e = result.unwrap_err();
+                    assert!(e.message.contains("loopback"), "{variables:?}: {e}");
+                }
+                _ = proxy.accept() => panic!("the fetch went through the {variables:?} proxy"),
+            }
+            let late = tokio::time::timeout(Duration::from_millis(300), proxy.accept()).await;
+            assert!(late.is_err(), "the proxy saw a connection ({variables:?})");
+        }
     }
 }

@@ -189,9 +189,7 @@ impl Secrets {
         let mut tenants = BTreeMap::new();
         for (name, entry) in file.tenants {
             if !is_valid_id(&name) {
-                return Err(format!(
-                    "tenants.{name:?}: a tenant name is letters, digits, - _ . only"
-                ));
+                return Err(format!("tenants.{name:?}: {NAME_RULE}"));
             }
             let secret = hex::decode(entry.key.trim())
                 .map_err(|e| format!("tenants.{name}.key: not hex ({e})"))?;
@@ -262,15 +260,23 @@ impl Secrets {
     }
 }
 
+/// The rule [`is_valid_id`] enforces, for error messages.
+const NAME_RULE: &str = "a tenant name is 1 to 128 letters, digits, - _ . (not only dots)";
+
 /// A new tenant: its stanza for the secrets file, its bearer token and its key.
 pub struct NewTenant {
+    pub name: String,
     pub stanza: String,
     pub token: String,
     pub key: TenantKey,
 }
 
-/// A new tenant stanza for the secrets file and the bearer token that goes with it.
-pub fn new_tenant(name: &str) -> NewTenant {
+/// A new tenant stanza for the secrets file and the bearer token that goes with it. Fails
+/// when `name` is not a name the loader accepts.
+pub fn new_tenant(name: &str) -> Result<NewTenant, String> {
+    if !is_valid_id(name) {
+        return Err(format!("{name:?}: {NAME_RULE}"));
+    }
     let token = hex::encode(
         uuid::Uuid::new_v4()
             .as_bytes()
@@ -280,12 +286,40 @@ pub fn new_tenant(name: &str) -> NewTenant {
             .collect::<Vec<u8>>(),
     );
     let key = TenantKey::generate();
+    // Quoted: unquoted, the dot of `acme.x` would make `x` a table inside tenant `acme`.
+    // A valid name holds no quote or backslash, so it needs no escaping.
     let stanza = format!(
-        "[tenants.{name}]\ntoken_sha256 = \"{}\"\nkey = \"{}\"\n",
+        "[tenants.\"{name}\"]\ntoken_sha256 = \"{}\"\nkey = \"{}\"\n",
         hex::encode(Sha256::digest(token.as_bytes())),
         key.secret_hex()
     );
-    NewTenant { stanza, token, key }
+    Ok(NewTenant {
+        name: name.to_owned(),
+        stanza,
+        token,
+        key,
+    })
+}
+
+/// The secrets file `text` with `new` appended (after a line break): checked to load and
+/// to hold the new tenant, so what a caller writes is a file the fleet starts with. Fails
+/// with the reason when the tenant exists already or the result would not load.
+pub fn append_tenant(text: &str, new: &NewTenant) -> Result<String, String> {
+    if let Ok(existing) = Secrets::parse(text)
+        && existing.get(&new.name).is_some()
+    {
+        return Err(format!("there is a tenant {:?} already", new.name));
+    }
+    let appended = format!("{text}\n{}", new.stanza);
+    let secrets = Secrets::parse(&appended)
+        .map_err(|e| format!("with tenant {:?} added, it would not load: {e}", new.name))?;
+    if secrets.get(&new.name).is_none() {
+        return Err(format!(
+            "with tenant {:?} added, it would not hold that tenant",
+            new.name
+        ));
+    }
+    Ok(appended)
 }
 
 #[cfg(test)]
@@ -298,12 +332,12 @@ mod tests {
             stanza: stanza_a,
             token: token_a,
             ..
-        } = new_tenant("acme");
+        } = new_tenant("acme").unwrap();
         let NewTenant {
             stanza: stanza_b,
             token: token_b,
             ..
-        } = new_tenant("globex");
+        } = new_tenant("globex").unwrap();
         let secrets = Secrets::parse(&format!("{stanza_a}\n{stanza_b}")).unwrap();
         assert_eq!(secrets.len(), 2);
         assert_eq!(secrets.authenticate(&token_a), Some("acme"));
@@ -314,6 +348,69 @@ mod tests {
             secrets.get("acme").unwrap().key.id(),
             secrets.get("globex").unwrap().key.id()
         );
+    }
+
+    #[test]
+    fn a_dotted_name_is_quoted_and_stays_one_tenant() {
+        let first = new_tenant("acme").unwrap();
+        let dotted = new_tenant("acme.x").unwrap();
+        let text = append_tenant(&first.stanza, &dotted).unwrap();
+        let secrets = Secrets::parse(&text).unwrap();
+        assert_eq!(secrets.len(), 2);
+        assert_eq!(secrets.authenticate(&dotted.token), Some("acme.x"));
+        assert_eq!(secrets.authenticate(&first.token), Some("acme"));
+        for name in ["-", "_a", "a..b", ".x", "x.", &"a".repeat(128)] {
+            let new = new_tenant(name).unwrap();
+            let text = append_tenant("", &new).unwrap();
+            assert!(Secrets::parse(&text).unwrap().get(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_the_loader_refuses_are_refused_before_any_stanza() {
+        for bad in [
+            "",
+            "a/b",
+            "../x",
+            "..",
+            "a b",
+            "a\"b",
+            "é",
+            &"a".repeat(129),
+        ] {
+            let e = new_tenant(bad).err().unwrap();
+            assert!(e.contains("a tenant name is"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn appending_refuses_a_duplicate_or_a_file_that_would_not_load() {
+        let acme = new_tenant("acme").unwrap();
+        let text = append_tenant("", &acme).unwrap();
+        let again = new_tenant("acme").unwrap();
+        assert!(
+            append_tenant(&text, &again)
+                .unwrap_err()
+                .contains("already")
+        );
+        let other = new_tenant("globex").unwrap();
+        let broken = format!("{text}[tenants.acme.quotas]\nschedules = \"many\"\n");
+        assert!(append_tenant(&broken, &other).is_err());
+        assert!(append_tenant("not toml", &other).is_err());
+        // Loads as it is, but no [tenants."globex"] table can extend an inline table.
+        let inline = format!(
+            "tenants = {{ acme = {{ key = \"{}\" }} }}\n",
+            "ab".repeat(16)
+        );
+        assert_eq!(Secrets::parse(&inline).unwrap().len(), 1);
+        assert!(
+            append_tenant(&inline, &other)
+                .unwrap_err()
+                .contains("would not load")
+        );
+        let appended = append_tenant(&text, &other).unwrap();
+        assert!(appended.starts_with(&text));
+        assert_eq!(Secrets::parse(&appended).unwrap().len(), 2);
     }
 
     fn tenant(extra: &str) -> TenantSecrets {
