@@ -57,8 +57,7 @@ pub async fn main(args: EraseArgs) -> anyhow::Result<i32> {
         s3_endpoint: args.store_args.s3_endpoint.clone(),
         sse: crate::io_args::Sse::Aes256,
         sse_kms_key_id: None,
-        retention_hours: 24,
-        retention_secs: None,
+        retention: Default::default(),
     }
     .open(args.store_args.region.clone())
     .await?;

@@ -7,5 +7,6 @@ mod common;
 
 mod fleet;
 mod privacy;
+mod privacy_edges;
 mod run;
 mod scheduler;

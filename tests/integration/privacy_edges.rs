@@ -1,0 +1,208 @@
+//! The privacy promises at the fleet's edges, against the real services: queues keep refs
+//! no longer than the retention.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::fleet::{Fleet, service_env, write_secrets};
+use crate::common::*;
+use serde_json::{Value, json};
+use tagfleet_io::Queue;
+
+const ACME: &str = "acme";
+const ACME_TOKEN: &str = "acme-token-5e21";
+
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let photos = dir.join("photos");
+    copy_photos(
+        &photos,
+        &[
+            ("chelsea.png", "chelsea.png"),
+            ("coffee.png", "coffee.png"),
+            ("rocket.jpg", "rocket.jpg"),
+        ],
+    );
+    let keys = dir.join("keys");
+    write_secrets(&keys, &[(ACME, &"ab".repeat(32), Some(ACME_TOKEN))]);
+    (photos, keys)
+}
+
+/// A task message as it travels, for a job of acme's, created `age_secs` ago (`None`:
+/// written before messages carried a creation time).
+fn task(job: &str, photos: &Path, age_secs: Option<i64>) -> Vec<u8> {
+    let mut msg = json!({
+        "v": 1, "job_id": job, "task_id": "t000001", "tenant": ACME,
+        "analyses": ["tags"], "model": "efficientnet-lite0@1",
+        "items": [{"ref": format!("file://{}/chelsea.png", photos.display())}],
+    });
+    if let Some(age) = age_secs {
+        msg["created_at"] = json!(chrono::Utc::now() - chrono::Duration::seconds(age));
+    }
+    msg.to_string().into_bytes()
+}
+
+/// The arguments RabbitMQ holds for `queue`, from its management API.
+async fn rabbit_arguments(queue: &str) -> Value {
+    let url = format!(
+        "{}/api/queues/%2f/{queue}",
+        service_env("TAGFLEET_TEST_RABBITMQ_MGMT")
+    );
+    let answer: Value = reqwest::Client::new()
+        .get(&url)
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["arguments"].clone()
+}
+
+/// Both dead-letter queues (tasks and progress) drop what they hold after the retention
+/// the processes run with, and a task nobody takes leaves the task queue after as long.
+/// An existing dead-letter queue declared without the TTL (by an older version) stops the
+/// process with an error that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_keeps_messages_no_longer_than_the_retention() {
+    use tagfleet_io::queue::{RabbitOptions, RabbitQueue};
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    fleet.store().await;
+    let mut scheduler = fleet.scheduler(
+        &dir.path().join("scheduler.log"),
+        &["--retention-secs", "3"],
+    );
+    scheduler.wait_ready().await;
+    for queue in [
+        format!("{}.dlq", fleet.queue_name),
+        format!("{}.progress.dlq", fleet.queue_name),
+    ] {
+        let args = rabbit_arguments(&queue).await;
+        assert_eq!(args["x-message-ttl"], 3000, "{queue}: {args}");
+    }
+
+    let options = RabbitOptions {
+        url: fleet.queue.clone(),
+        queue: fleet.queue_name.clone(),
+        delivery_limit: 3,
+        prefetch: 1,
+        message_ttl: Some(Duration::from_secs(3)),
+    };
+    let consumer = RabbitQueue::connect(options.clone()).await.unwrap();
+    consumer
+        .publish(task("j1", &photos, Some(0)))
+        .await
+        .unwrap();
+    let delivery = consumer
+        .receive(1, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .pop()
+        .expect("the task comes back");
+    consumer.nack(&delivery, false).await.unwrap();
+    drop(consumer);
+    // Left alone in the task queue (no consumer): it expires there, then in the
+    // dead-letter queue.
+    let queue = RabbitQueue::connect(options).await.unwrap();
+    let dlq = queue.options().dead_letter_queue();
+    queue.publish(task("j2", &photos, Some(0))).await.unwrap();
+    let (mut seen_dead, mut seen_waiting) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting = queue.message_count(&fleet.queue_name).await.unwrap();
+        let dead = queue.message_count(&dlq).await.unwrap();
+        seen_dead = seen_dead.max(dead);
+        seen_waiting = seen_waiting.max(waiting);
+        if waiting + dead == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} waiting, {dead} dead-lettered after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen_dead >= 1 && seen_waiting == 1,
+        "{seen_dead} {seen_waiting}"
+    );
+    drop(scheduler);
+
+    // A dead-letter queue from before, without a TTL: the scheduler says what to do.
+    let upgrade = Fleet::new("amqp", &keys, &photos);
+    let old = &upgrade.queue_name;
+    let before = RabbitQueue::connect(RabbitOptions {
+        url: fleet.queue.clone(),
+        queue: old.clone(),
+        delivery_limit: 3,
+        prefetch: 1,
+        message_ttl: None,
+    })
+    .await
+    .unwrap();
+    let mut upgraded = upgrade.scheduler(&dir.path().join("upgrade.log"), &[]);
+    let status = upgraded.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let logs = upgraded.logs();
+    assert!(
+        logs.contains(&format!("queue {old}.dlq")) && logs.contains("delete_queue"),
+        "{logs}"
+    );
+    before.delete().await.unwrap();
+    queue.delete().await.unwrap();
+}
+
+/// SQS keeps a message in the task queue and its dead-letter queue (4 days by default)
+/// no longer than the retention, on the progress queues too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_queues_keep_messages_no_longer_than_the_retention() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("sqs", &keys, &photos);
+    fleet.store().await;
+    let mut scheduler = fleet.scheduler(
+        &dir.path().join("scheduler.log"),
+        &["--retention-secs", "300"],
+    );
+    scheduler.wait_ready().await;
+    let endpoint = tagfleet_io::aws::Endpoint {
+        url: Some(service_env("TAGFLEET_TEST_SQS_ENDPOINT")),
+        region: None,
+    };
+    let sqs = aws_sdk_sqs::Client::new(&tagfleet_io::aws::sdk_config(&endpoint).await);
+    let name = &fleet.queue_name;
+    for queue in [
+        name.clone(),
+        format!("{name}-dlq"),
+        format!("{name}-progress"),
+        format!("{name}-progress-dlq"),
+    ] {
+        let url = sqs
+            .get_queue_url()
+            .queue_name(&queue)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap_or_default();
+        assert_eq!(
+            attributes
+                .get(&QueueAttributeName::MessageRetentionPeriod)
+                .map(String::as_str),
+            Some("300"),
+            "{queue}"
+        );
+    }
+}
