@@ -119,6 +119,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
             exit_when_drained: false,
             progress: Some(progress),
             job_check_interval: Duration::from_millis(args.job_check_interval_ms),
+            max_task_age: Some(args.store.retention()),
             outputs: opened.s3.clone(),
         },
     };

@@ -1,16 +1,19 @@
-//! The privacy promises at the fleet's edges, against the real services: queues keep refs
-//! no longer than the retention.
+//! The privacy promises at the fleet's edges, against the real services: tasks of expired
+//! or erased jobs never run, and queues keep refs no longer than the retention.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::fleet::{Fleet, service_env, write_secrets};
+use crate::common::fleet::{Fleet, Worker, http_get, service_env, write_secrets};
 use crate::common::*;
 use serde_json::{Value, json};
-use tagfleet_io::Queue;
+use tagfleet_contracts::keys::{Key, job_results_prefix};
+use tagfleet_io::{ObjectStore, Queue};
 
 const ACME: &str = "acme";
 const ACME_TOKEN: &str = "acme-token-5e21";
+/// What the scheduler's erasure and `erase --store` leave of a job.
+const TOMBSTONE: &str = r#"{"state":"cancelled","erased":true}"#;
 
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let photos = dir.join("photos");
@@ -39,6 +42,124 @@ fn task(job: &str, photos: &Path, age_secs: Option<i64>) -> Vec<u8> {
         msg["created_at"] = json!(chrono::Utc::now() - chrono::Duration::seconds(age));
     }
     msg.to_string().into_bytes()
+}
+
+/// The value of `tagfleet_worker_messages_total{result="…"}` on a worker's /metrics.
+fn settled(worker: &Worker, result: &str) -> u64 {
+    let (_, text) = http_get(worker.port, "/metrics").expect("the worker serves /metrics");
+    let series = format!("tagfleet_worker_messages_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn tagfleet(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tagfleet"))
+        .args(args)
+        .env_remove("TAGFLEET_LOG")
+        .output()
+        .unwrap()
+}
+
+/// `erase --store` leaves tombstones, so a queued task of an erased job is skipped; a task
+/// older than the retention, or of unknown age, whose job the store does not know (its
+/// record expired and was swept) is refused unprocessed, acked and counted, not
+/// dead-lettered; `submit` straight to the queue still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_expired_or_erased_jobs_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+
+    // A job of acme's as a scheduler left it, erased with no scheduler running.
+    let erased = "erased1";
+    for (key, body) in [
+        (Key::job(ACME, erased), r#"{"v":1,"state":"running"}"#),
+        (Key::job_state(ACME, erased), r#"{"state":"running"}"#),
+        (Key::result(ACME, erased, "t000001"), "{}\n"),
+    ] {
+        store
+            .put(&key.to_string(), body.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let out = tagfleet(&[
+        "erase",
+        "--tenant",
+        ACME,
+        "--store",
+        &format!("s3://{}/fleet", fleet.bucket),
+        "--s3-endpoint",
+        &service_env("TAGFLEET_TEST_S3_ENDPOINT"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for key in [Key::job(ACME, erased), Key::job_state(ACME, erased)] {
+        let body = store.get(&key.to_string()).await.unwrap();
+        assert_eq!(String::from_utf8(body).unwrap(), TOMBSTONE, "{key}");
+    }
+    assert_eq!(
+        store.list(&job_results_prefix(ACME, erased)).await.unwrap(),
+        vec![]
+    );
+
+    let retention = ["--retention-hours", "1"];
+    let mut worker = fleet.worker(
+        &dir.path().join("worker.log"),
+        &[retention[0], retention[1], "--job-check-interval-ms", "200"],
+    );
+    worker.wait_ready().await;
+    let queue = tagfleet_io::queue::RabbitQueue::connect(tagfleet_io::queue::RabbitOptions {
+        url: fleet.queue.clone(),
+        queue: fleet.queue_name.clone(),
+        delivery_limit: 3,
+        prefetch: 1,
+        message_ttl: Some(Duration::from_secs(3600)),
+    })
+    .await
+    .unwrap();
+    let refused = [
+        task(erased, &photos, Some(5)),
+        task("old1", &photos, Some(2 * 3600)),
+        task("legacy1", &photos, None),
+    ];
+    queue.publish_batch(refused.to_vec()).await.unwrap();
+    // Behind them in the queue: a job published straight to it, with no record.
+    let fresh = fleet.submit(&photos, ACME, &retention);
+    let lines = fleet
+        .wait_for_results(&store, ACME, &fresh, 1, &worker)
+        .await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (settled(&worker, "skipped"), settled(&worker, "expired")) != (1, 2) {
+        assert!(
+            Instant::now() < deadline,
+            "skipped {} and expired {}:\n{}",
+            settled(&worker, "skipped"),
+            settled(&worker, "expired"),
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for job in [erased, "old1", "legacy1"] {
+        assert_eq!(
+            store.list(&job_results_prefix(ACME, job)).await.unwrap(),
+            vec![],
+            "{job} ran"
+        );
+    }
+    let dlq = queue.options().dead_letter_queue();
+    assert_eq!(
+        queue.message_count(&dlq).await.unwrap(),
+        0,
+        "acked, not dead-lettered"
+    );
+    assert_eq!(queue.message_count(&fleet.queue_name).await.unwrap(), 0);
 }
 
 /// The arguments RabbitMQ holds for `queue`, from its management API.

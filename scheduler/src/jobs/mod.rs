@@ -62,9 +62,8 @@ pub struct JobBook {
     writing: Mutex<()>,
 }
 
-/// What replaces the record and the state object of an erased job: workers skip its
-/// tasks (it reads as `cancelled`), and nothing of the job but its id remains.
-pub(crate) const TOMBSTONE: &[u8] = br#"{"state":"cancelled","erased":true}"#;
+/// What replaces the record and the state object of an erased job.
+pub(crate) use tagfleet_contracts::job::TOMBSTONE;
 
 /// A page of the tenant's jobs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
