@@ -1,10 +1,12 @@
 //! The privacy promises at the fleet's edges, against the real services: tasks of expired
-//! or erased jobs never run, and queues keep refs no longer than the retention.
+//! or erased jobs never run, queues keep refs no longer than the retention, and
+//! deliver-once results go to one read only.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::fleet::{Fleet, Worker, http_get, service_env, write_secrets};
+use crate::common::fleet::{Fleet, Worker, create_job, http, http_get, service_env};
+use crate::common::fleet::{upload, wait_state, write_secrets};
 use crate::common::*;
 use serde_json::{Value, json};
 use tagfleet_contracts::keys::{Key, job_results_prefix};
@@ -326,4 +328,70 @@ async fn sqs_queues_keep_messages_no_longer_than_the_retention() {
             "{queue}"
         );
     }
+}
+
+/// With `retain: false` the results go to exactly one read, even when many arrive at
+/// once: the others are told why they get nothing, and the results are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_once_results_go_to_one_of_many_concurrent_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    // Many small result objects: a read takes a while, and reads overlap.
+    let prefix = upload(&store, &photos, "private/", 6).await;
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &["--chunk-size", "1"]);
+    let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
+    scheduler.wait_ready().await;
+    worker.wait_ready().await;
+    let id = create_job(
+        &scheduler,
+        ACME_TOKEN,
+        json!({"source": {"kind": "s3_prefix", "uri": prefix}, "options": {"retain": false}}),
+    );
+    wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["succeeded"],
+        &[&scheduler, &worker],
+    )
+    .await;
+    assert_eq!(
+        store
+            .list(&job_results_prefix(ACME, &id))
+            .await
+            .unwrap()
+            .len(),
+        18
+    );
+
+    let path = format!("/v1/jobs/{id}/results");
+    let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let (start, path, port) = (start.clone(), path.clone(), scheduler.port);
+            std::thread::spawn(move || {
+                start.wait();
+                http(port, "GET", &path, Some(ACME_TOKEN), None).expect("an answer")
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = reads.into_iter().map(|r| r.join().unwrap()).collect();
+    let served: Vec<&(u16, String)> = answers.iter().filter(|(code, _)| *code == 200).collect();
+    assert_eq!(served.len(), 1, "{answers:?}");
+    assert_eq!(served[0].1.lines().count(), 18);
+    for (code, body) in answers.iter().filter(|(code, _)| *code != 200) {
+        match code {
+            409 => assert!(body.contains("another request is reading"), "{body}"),
+            410 => assert!(body.contains("read once"), "{body}"),
+            _ => panic!("{code}: {body}"),
+        }
+    }
+    assert_eq!(
+        store.list(&job_results_prefix(ACME, &id)).await.unwrap(),
+        vec![]
+    );
+    let (code, body) = http(scheduler.port, "GET", &path, Some(ACME_TOKEN), None).unwrap();
+    assert_eq!(code, 410, "{body}");
 }
