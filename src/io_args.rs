@@ -243,6 +243,10 @@ impl StoreArgs {
         }
         if let Some(options) = self.s3_options(region)? {
             let store = S3Store::connect(options).await;
+            store
+                .ensure_unversioned()
+                .await
+                .context("checking that the results bucket keeps no old versions")?;
             if let Err(e) = store.ensure_lifecycle().await {
                 // The sweeper and expiry-aware reads still keep the retention.
                 tracing::warn!(error = %e, "could not set the 1-day lifecycle rule on the bucket");

@@ -1,6 +1,6 @@
 //! The privacy promises at the fleet's edges, against the real services: tasks of expired
-//! or erased jobs never run, queues keep refs no longer than the retention, and
-//! deliver-once results go to one read only.
+//! or erased jobs never run, queues keep refs no longer than the retention, deliver-once
+//! results go to one read only, and a bucket that keeps deleted data is refused.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -394,4 +394,61 @@ async fn deliver_once_results_go_to_one_of_many_concurrent_reads() {
     );
     let (code, body) = http(scheduler.port, "GET", &path, Some(ACME_TOKEN), None).unwrap();
     assert_eq!(code, 410, "{body}");
+}
+
+/// A results bucket with versioning on would keep every deleted result as a noncurrent
+/// version: the scheduler refuses it at start-up and says what to do. Suspended, it is
+/// taken, and our lifecycle rules (still two) also expire noncurrent versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_results_bucket_is_refused_at_start_up() {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    let store = fleet.store().await;
+    let versioning = |status: BucketVersioningStatus| {
+        store
+            .client()
+            .put_bucket_versioning()
+            .bucket(store.bucket())
+            .versioning_configuration(VersioningConfiguration::builder().status(status).build())
+            .send()
+    };
+    versioning(BucketVersioningStatus::Enabled).await.unwrap();
+    let log = dir.path().join("scheduler.log");
+    let mut refused = fleet.scheduler(&log, &[]);
+    let status = refused.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let logs = refused.logs();
+    assert!(
+        logs.contains(&format!("bucket {} has versioning enabled", fleet.bucket))
+            && logs.contains("Suspend"),
+        "{logs}"
+    );
+
+    versioning(BucketVersioningStatus::Suspended).await.unwrap();
+    let mut scheduler = fleet.scheduler(&log, &[]);
+    scheduler.wait_ready().await;
+    let rules = store
+        .client()
+        .get_bucket_lifecycle_configuration()
+        .bucket(store.bucket())
+        .send()
+        .await
+        .unwrap()
+        .rules
+        .unwrap_or_default();
+    let ours: Vec<_> = rules
+        .iter()
+        .filter(|r| r.id().is_some_and(|id| id.starts_with("tagfleet-expire-")))
+        .collect();
+    assert_eq!(ours.len(), 2, "{rules:?}");
+    for rule in ours {
+        assert_eq!(
+            rule.noncurrent_version_expiration()
+                .and_then(|e| e.noncurrent_days()),
+            Some(1),
+            "{rule:?}"
+        );
+    }
 }
