@@ -378,8 +378,12 @@ async fn deliver_once_results_go_to_one_of_many_concurrent_reads() {
         })
         .collect();
     let answers: Vec<(u16, String)> = reads.into_iter().map(|r| r.join().unwrap()).collect();
+    let summary: Vec<(u16, usize)> = answers
+        .iter()
+        .map(|(c, b)| (*c, b.lines().count()))
+        .collect();
     let served: Vec<&(u16, String)> = answers.iter().filter(|(code, _)| *code == 200).collect();
-    assert_eq!(served.len(), 1, "{answers:?}");
+    assert_eq!(served.len(), 1, "(status, lines) of each read: {summary:?}");
     assert_eq!(served[0].1.lines().count(), 18);
     for (code, body) in answers.iter().filter(|(code, _)| *code != 200) {
         match code {
