@@ -73,7 +73,17 @@ pub struct StoreArgs {
     #[arg(long, env = "TAGFLEET_SSE_KMS_KEY_ID")]
     pub sse_kms_key_id: Option<String>,
 
-    /// Results and job records older than this are never read back, and are deleted.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// The fleet's retention: of results and job records in the store, and of task messages
+/// in the queues (which carry image refs). Every process of a fleet must run with the
+/// same: RabbitMQ refuses a dead-letter queue declared with another message TTL.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Results and job records older than this are never read back, and are deleted;
+    /// task messages wait no longer in the queues, and older tasks are not run.
     #[arg(long, env = "TAGFLEET_RETENTION_HOURS", default_value_t = 24)]
     pub retention_hours: u64,
 
@@ -86,6 +96,24 @@ pub struct StoreArgs {
     pub retention_secs: Option<u64>,
 }
 
+impl RetentionArgs {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(
+            self.retention_secs
+                .unwrap_or(self.retention_hours.saturating_mul(3600)),
+        )
+    }
+}
+
+impl Default for RetentionArgs {
+    fn default() -> Self {
+        Self {
+            retention_hours: 24,
+            retention_secs: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Sse {
     /// SSE-S3 (AES256)
@@ -95,18 +123,29 @@ pub enum Sse {
 }
 
 impl QueueArgs {
-    /// The task queue.
-    pub async fn open(&self, prefetch: u16) -> anyhow::Result<Arc<dyn Queue>> {
-        self.open_role(prefetch, QueueRole::Tasks).await
+    /// The task queue. Its messages, and those of its dead-letter queue, wait at most
+    /// `retention` (on SQS at least a minute).
+    pub async fn open(&self, prefetch: u16, retention: Duration) -> anyhow::Result<Arc<dyn Queue>> {
+        self.open_role(prefetch, retention, QueueRole::Tasks).await
     }
 
     /// The queue on which workers report finished tasks to the scheduler: the task queue's
     /// name with `.progress` (RabbitMQ) or `-progress` (SQS) appended.
-    pub async fn open_progress(&self, prefetch: u16) -> anyhow::Result<Arc<dyn Queue>> {
-        self.open_role(prefetch, QueueRole::Progress).await
+    pub async fn open_progress(
+        &self,
+        prefetch: u16,
+        retention: Duration,
+    ) -> anyhow::Result<Arc<dyn Queue>> {
+        self.open_role(prefetch, retention, QueueRole::Progress)
+            .await
     }
 
-    async fn open_role(&self, prefetch: u16, role: QueueRole) -> anyhow::Result<Arc<dyn Queue>> {
+    async fn open_role(
+        &self,
+        prefetch: u16,
+        retention: Duration,
+        role: QueueRole,
+    ) -> anyhow::Result<Arc<dyn Queue>> {
         let url = self.queue.as_deref().context(
             "--queue (TAGFLEET_QUEUE) is required: amqp://…, amqps://…, sqs://NAME or memory",
         )?;
@@ -122,6 +161,7 @@ impl QueueArgs {
                 },
                 delivery_limit: self.delivery_limit,
                 prefetch,
+                message_ttl: Some(retention),
             };
             let queue = RabbitQueue::connect(options)
                 .await
@@ -143,6 +183,7 @@ impl QueueArgs {
                 },
                 max_receive_count: self.delivery_limit,
                 visibility_timeout: Duration::from_secs(self.sqs_visibility_timeout_secs),
+                message_retention: Some(retention),
             };
             let queue = SqsQueue::connect(options)
                 .await
@@ -161,10 +202,7 @@ pub struct OpenedStore {
 
 impl StoreArgs {
     pub fn retention(&self) -> Duration {
-        Duration::from_secs(
-            self.retention_secs
-                .unwrap_or(self.retention_hours.saturating_mul(3600)),
-        )
+        self.retention.retention()
     }
 
     pub fn endpoint(&self, region: Option<String>) -> Endpoint {
@@ -212,6 +250,10 @@ impl StoreArgs {
         }
         if let Some(options) = self.s3_options(region)? {
             let store = S3Store::connect(options).await;
+            store
+                .ensure_unversioned()
+                .await
+                .context("checking that the results bucket keeps no old versions")?;
             if let Err(e) = store.ensure_lifecycle().await {
                 // The sweeper and expiry-aware reads still keep the retention.
                 tracing::warn!(error = %e, "could not set the 1-day lifecycle rule on the bucket");

@@ -139,6 +139,8 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         exit_when_drained: true,
         progress: None,
         job_check_interval: tagfleet_worker::gate::DEFAULT_INTERVAL,
+        // The tasks live in this process only: a long run must not refuse its own.
+        max_task_age: None,
         outputs: None,
     };
     let pipeline = Pipeline {

@@ -77,8 +77,11 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--model-id: expected name@version, got {:?}", args.models);
     }
     let opened = args.store.open(args.queue.region.clone()).await?;
-    let queue = args.queue.open(1).await?;
-    let progress = args.queue.open_progress(256).await?;
+    let queue = args.queue.open(1, args.store.retention()).await?;
+    let progress = args
+        .queue
+        .open_progress(256, args.store.retention())
+        .await?;
     let service = Service::new(
         opened.store.clone(),
         queue,

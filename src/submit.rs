@@ -12,7 +12,7 @@ use tagfleet_io::listing;
 
 use crate::client::{self, ApiArgs};
 use crate::inputs;
-use crate::io_args::QueueArgs;
+use crate::io_args::{QueueArgs, RetentionArgs};
 use crate::pipeline_args::TaskArgs;
 
 #[derive(Debug, Args)]
@@ -49,6 +49,9 @@ pub struct SubmitArgs {
     pub queue: QueueArgs,
 
     #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    #[command(flatten)]
     pub api: ApiArgs,
 
     /// With --scheduler: follow the job with a progress bar until it ends. Exit code 0
@@ -81,7 +84,7 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<i32> {
         bail!("no images found in {}", args.source);
     }
     let messages = args.task.messages(&job_id, &tenant, &args.model, &refs)?;
-    let queue = args.queue.open(1).await?;
+    let queue = args.queue.open(1, args.retention.retention()).await?;
     let tasks = messages.len();
     queue
         .publish_batch(messages.iter().map(|m| m.to_json()).collect())

@@ -87,8 +87,9 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     let backends = args.engine.backends(&model)?;
     let opened = args.store.open(args.queue.region.clone()).await?;
     let prefetch = u16::try_from(args.max_tasks_in_flight.max(1)).unwrap_or(u16::MAX);
-    let queue = args.queue.open(prefetch).await?;
-    let progress = args.queue.open_progress(1).await?;
+    let retention = args.store.retention();
+    let queue = args.queue.open(prefetch, retention).await?;
+    let progress = args.queue.open_progress(1, retention).await?;
     let roots = FileRoots::new(args.file_roots.clone()).context("resolving --file-root folders")?;
     let policy = UrlPolicy::new(&args.allow_url_range)
         .map_err(anyhow::Error::msg)
@@ -123,6 +124,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
             exit_when_drained: false,
             progress: Some(progress),
             job_check_interval: Duration::from_millis(args.job_check_interval_ms),
+            max_task_age: Some(args.store.retention()),
             outputs: opened.s3.clone(),
         },
     };

@@ -199,8 +199,7 @@ async fn fleet_leg(
         s3_endpoint: args.s3_endpoint.clone(),
         sse: Sse::Aes256,
         sse_kms_key_id: None,
-        retention_hours: 24,
-        retention_secs: None,
+        retention: Default::default(),
     };
     let mut extra = Vec::new();
     if let (true, Some(endpoint)) = (queue.starts_with("sqs://"), &args.sqs_endpoint) {

@@ -31,6 +31,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
             queue: name,
             delivery_limit: tagfleet_io::queue::DEFAULT_DELIVERY_LIMIT,
             prefetch: 1,
+            message_ttl: Some(tagfleet_contracts::retention::DEFAULT_RETENTION),
         })
         .await
         .context("connecting to RabbitMQ")?,

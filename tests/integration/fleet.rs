@@ -395,6 +395,8 @@ async fn rabbitmq_dead_letters_poison_messages_after_the_delivery_limit() {
         queue: fleet.queue_name.clone(),
         delivery_limit: 3,
         prefetch: 1,
+        // The worker's default retention: RabbitMQ refuses another dead-letter TTL.
+        message_ttl: Some(tagfleet_contracts::retention::DEFAULT_RETENTION),
     })
     .await
     .unwrap();
@@ -428,6 +430,7 @@ async fn sqs_dead_letters_poison_messages_after_the_receive_limit() {
         },
         max_receive_count: 3,
         visibility_timeout: Duration::from_secs(5),
+        message_retention: Some(tagfleet_contracts::retention::DEFAULT_RETENTION),
     })
     .await
     .unwrap();

@@ -9,6 +9,7 @@ mod fence;
 mod fleet;
 mod hardening;
 mod privacy;
+mod privacy_edges;
 mod run;
 mod scheduler;
 mod tenant;

@@ -477,6 +477,8 @@ async fn a_redelivered_task_does_not_inflate_the_counts() {
         queue: fleet.queue_name.clone(),
         delivery_limit: 3,
         prefetch: 1,
+        // The scheduler's default retention: RabbitMQ refuses another dead-letter TTL.
+        message_ttl: Some(tagfleet_contracts::retention::DEFAULT_RETENTION),
     })
     .await
     .unwrap();

@@ -12,7 +12,7 @@ use tagfleet_io::{Delivery, Queue};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::gate::JobGate;
+use crate::gate::{Admission, JobGate};
 use crate::task::{TaskState, Tenants, Work};
 
 /// How long one receive call waits for a message before checking for shutdown.
@@ -111,13 +111,22 @@ async fn accept(
         refuse(delivery, false).await;
         return None;
     };
-    if !gate.admits(&msg.tenant, &msg.job_id).await {
-        tracing::debug!(job = %msg.job_id, task = %msg.task_id, "skipping a task of a cancelled job");
-        crate::metrics::MESSAGES
-            .with_label_values(&["skipped"])
-            .inc();
+    let result = match gate.admits(&msg).await {
+        Admission::Run => None,
+        Admission::Skip => {
+            tracing::debug!(job = %msg.job_id, task = %msg.task_id, "skipping a task of a cancelled job");
+            Some("skipped")
+        }
+        Admission::TooOld => {
+            tracing::warn!(job = %msg.job_id, task = %msg.task_id, created_at = ?msg.created_at, "refusing a task older than the retention (or of unknown age, of a job the store does not know)");
+            Some("expired")
+        }
+    };
+    if let Some(result) = result {
+        // Acked unprocessed: redelivering or dead-lettering it would only keep its refs.
+        crate::metrics::MESSAGES.with_label_values(&[result]).inc();
         if let Err(e) = queue.ack(&delivery).await {
-            tracing::warn!(error = %e, "ack of a skipped task failed");
+            tracing::warn!(error = %e, "ack of a refused task failed");
         }
         return None;
     }

@@ -35,7 +35,9 @@ pub static IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Task messages settled: `acked` after their write, `requeued`, or `dead_lettered`.
+/// Task messages settled: `acked` after their write, `requeued`, `dead_lettered`, or
+/// acked unprocessed: `skipped` (its job was cancelled or erased) and `expired` (older
+/// than the retention, or of unknown age and of a job the store does not know).
 pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tagfleet_worker_messages_total",

@@ -44,6 +44,10 @@ pub struct PipelineConfig {
     pub progress: Option<Arc<dyn Queue>>,
     /// How long a job's state is trusted before its record is read again.
     pub job_check_interval: Duration,
+    /// Tasks older than this are acked unprocessed, and so are tasks of unknown age whose
+    /// job the store does not know (see [`JobGate::admits`]): the fleet's retention.
+    /// `None` in the embedded mode, whose tasks live only as long as its process.
+    pub max_task_age: Option<Duration>,
     /// Where jobs' own output locations are written from (the S3 client and encryption
     /// of the worker's store); without it, tasks with an output fail their write.
     pub outputs: Option<tagfleet_io::store::S3Store>,
@@ -93,7 +97,11 @@ impl Pipeline {
         let (batch_tx, batch_rx) = bounded(1);
         let (done_tx, done_rx) = bounded::<Completed>(max_batch * 4);
 
-        let gate = Arc::new(JobGate::new(store.clone(), config.job_check_interval));
+        let gate = Arc::new(JobGate::new(
+            store.clone(),
+            config.job_check_interval,
+            config.max_task_age,
+        ));
         let consumer = tokio::spawn(consume(
             queue.clone(),
             gate,

@@ -220,6 +220,7 @@ pub(crate) mod tests {
             model: "m@1".into(),
             options: TaskOptions::default(),
             output: None,
+            created_at: None,
             items: (0..n)
                 .map(|i| TaskItem {
                     reference: format!("file:///img/{i}.jpg"),

@@ -58,6 +58,7 @@ fn task(task_id: &str, files: &[&str]) -> TaskMessage {
         model: spec().id(),
         options: TaskOptions::default(),
         output: None,
+        created_at: None,
         items: files
             .iter()
             .map(|f| TaskItem {
@@ -128,6 +129,7 @@ impl Harness {
                 exit_when_drained: true,
                 progress: None,
                 job_check_interval: tagfleet_worker::gate::DEFAULT_INTERVAL,
+                max_task_age: None,
                 outputs: None,
             },
         };

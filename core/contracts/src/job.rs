@@ -58,6 +58,12 @@ impl JobState {
     }
 }
 
+/// What replaces the record and the state object of an erased job (by the scheduler's
+/// erasure and by `tagfleet erase --store`): workers skip its tasks, since it reads as
+/// `cancelled`, and nothing of the job but its id remains. It lives under `jobs/`, so it
+/// is swept after the retention; by then any task of the job is too old to run anyway.
+pub const TOMBSTONE: &[u8] = br#"{"state":"cancelled","erased":true}"#;
+
 /// A job's state object (`keys::Key::JobState`): all a worker reads of a job, to skip
 /// the tasks of jobs that must not run any more. The scheduler writes it with the job's
 /// record; the record itself can be large and belongs to the scheduler.
@@ -73,5 +79,16 @@ impl JobHead {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a job state always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tombstone_reads_as_a_job_that_takes_no_tasks() {
+        let head = JobHead::from_json(TOMBSTONE).expect("a tombstone is a state object");
+        assert!(!head.state.accepts_tasks());
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{S3Location, TaskId};
@@ -30,6 +31,12 @@ pub struct TaskMessage {
     /// `retain: false` they go only there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<S3Location>,
+    /// When the message was made ([`TaskPlan::messages`]). Workers refuse a task older
+    /// than the retention: its results could not be kept, and its job's record may be
+    /// gone. Added to v1 as an optional field: a message written before it has none, and
+    /// runs only while its job's state object says so (no record, no age: refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
     pub items: Vec<TaskItem>,
 }
 
@@ -70,8 +77,9 @@ pub struct TaskPlan {
 
 impl TaskPlan {
     /// The task messages of `refs` in round `round` (0 for the job's first publication),
-    /// `chunk_size` refs each.
+    /// `chunk_size` refs each, stamped with the time they are made.
     pub fn messages(&self, round: usize, refs: &[String], chunk_size: usize) -> Vec<TaskMessage> {
+        let created_at = Utc::now();
         refs.chunks(chunk_size.max(1))
             .zip(1u32..)
             .map(|(chunk, n)| TaskMessage {
@@ -83,6 +91,7 @@ impl TaskPlan {
                 model: self.model.clone(),
                 options: self.options.clone(),
                 output: self.output.clone(),
+                created_at: Some(created_at),
                 items: chunk
                     .iter()
                     .map(|r| TaskItem {
@@ -350,10 +359,45 @@ mod tests {
             model: "efficientnet-lite0@1".into(),
             options: TaskOptions::default(),
             output: None,
+            created_at: Some("2026-03-01T10:00:00Z".parse().unwrap()),
             items: vec![TaskItem {
                 reference: "file:///photos/cat.png".into(),
             }],
         }
+    }
+
+    #[test]
+    fn messages_are_stamped_when_made_and_older_ones_still_parse() {
+        let plan = TaskPlan {
+            job_id: "j1".into(),
+            tenant: "local".into(),
+            analyses: vec![Analysis::Tags],
+            model: "m@1".into(),
+            options: TaskOptions::default(),
+            output: None,
+        };
+        let before = Utc::now();
+        let messages = plan.messages(0, &["file:///a.png".into(), "file:///b.png".into()], 1);
+        assert_eq!(messages.len(), 2);
+        for m in &messages {
+            let at = m.created_at.expect("stamped");
+            assert!(at >= before && at <= Utc::now(), "{at}");
+            let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+            assert!(
+                json["created_at"].as_str().unwrap().ends_with('Z'),
+                "{json}"
+            );
+        }
+        // A message from before the field: it parses, with no creation time.
+        let mut old = serde_json::to_value(message()).unwrap();
+        old.as_object_mut().unwrap().remove("created_at");
+        let parsed = TaskMessage::from_json(old.to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.created_at, None);
+        assert!(
+            !String::from_utf8(parsed.to_json())
+                .unwrap()
+                .contains("created_at")
+        );
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub enum QueueError {
     UnknownDelivery(String),
     #[error("queue is closed")]
     Closed,
+    /// The broker holds the queue with other settings than this build declares: an
+    /// operator must act (see the upgrade notes), retrying cannot help.
+    #[error("{0}")]
+    Declaration(String),
 }
 
 impl QueueError {

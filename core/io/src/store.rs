@@ -27,6 +27,13 @@ pub enum StoreError {
     Expired(String),
     #[error("invalid object key {0:?}")]
     InvalidKey(String),
+    /// The bucket keeps old versions of what is deleted: it cannot hold results.
+    #[error(
+        "bucket {0} has versioning enabled: results and job records deleted there would stay as \
+         noncurrent versions. Suspend its versioning (put-bucket-versioning Status=Suspended; \
+         versions kept so far expire by the lifecycle rule) or give --store a bucket without it"
+    )]
+    Versioned(String),
     #[error("{op} {key}")]
     Io {
         op: &'static str,

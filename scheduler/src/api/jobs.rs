@@ -123,7 +123,8 @@ pub(super) async fn retry_job(
 #[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "JSON Lines, one result line per image", content_type = "application/x-ndjson", body = String),
-              (status = 404, body = ErrorBody), (status = 410, description = "Cancelled or expired: the results are gone", body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 410, description = "Cancelled or expired, or (retain: false) read once already: the results are gone", body = ErrorBody),
+              (status = 409, description = "retain: false: the job has not ended, or another request is reading its results", body = ErrorBody),
               (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn job_results(
@@ -157,6 +158,12 @@ pub(super) async fn job_results(
                 .into(),
         ));
     }
+    // retain: false: this read claims the results before anything is listed, so a second
+    // read at the same time is refused; once the last object is out, they are deleted.
+    let claim = match keep_nothing {
+        true => Some(service.book.claim_results(&tenant, &id).await?),
+        false => None,
+    };
     let store = service.book.store().clone();
     let keys: Vec<String> = store
         .list(&job_results_prefix(&tenant, &id))
@@ -165,26 +172,28 @@ pub(super) async fn job_results(
         .into_iter()
         .map(|o| o.key)
         .collect();
-    // retain: false: once the last object is out, the results are deleted.
-    let delivered = keep_nothing.then(|| (service.clone(), tenant.clone(), id.clone()));
-    let stream = futures_util::stream::unfold(keys.into_iter(), move |mut keys| {
-        let store = store.clone();
-        let delivered = delivered.clone();
+    let stream = futures_util::stream::unfold((keys.into_iter(), claim), move |state| {
+        let (store, service, id) = (store.clone(), service.clone(), id.clone());
         async move {
+            let (mut keys, mut claim) = state;
             loop {
                 let Some(key) = keys.next() else {
-                    if let Some((service, tenant, id)) = delivered
-                        && let Err(e) = service.book.results_delivered(&tenant, &id).await
+                    if let Some(claim) = claim.take()
+                        && let Err(e) = claim.delivered(&service.book).await
                     {
                         tracing::error!(job = %id, error = %e, "deleting delivered results failed");
                     }
                     return None;
                 };
                 match store.get(&key).await {
-                    Ok(body) => return Some((Ok::<_, StoreError>(Bytes::from(body)), keys)),
+                    Ok(body) => {
+                        return Some((Ok::<_, StoreError>(Bytes::from(body)), (keys, claim)));
+                    }
                     // Past its retention or erased meanwhile: never served.
                     Err(StoreError::Expired(_) | StoreError::NotFound(_)) => continue,
-                    Err(e) => return Some((Err(e), keys)),
+                    // The read is broken off: nothing more is sent, and the claim is freed
+                    // for another read rather than the results deleted.
+                    Err(e) => return Some((Err(e), (Vec::new().into_iter(), None))),
                 }
             }
         }

@@ -1,5 +1,4 @@
-//! Cancelling a job, deleting a deliver-once job's results after their read, and the
-//! right to erasure: a tenant's data deleted at once.
+//! Cancelling a job and the right to erasure: a tenant's data deleted at once.
 
 use chrono::Utc;
 use serde::Serialize;
@@ -48,26 +47,6 @@ impl JobBook {
             .map_err(|e| unavailable("deleting the results", e))?;
         tracing::info!(tenant, job = %id, objects = erased, "job cancelled and its results erased");
         Ok(record.view(Utc::now()))
-    }
-
-    /// A `retain: false` job's results were read once, completely: delete them now and
-    /// remember, so the next read says why there is nothing.
-    pub async fn results_delivered(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
-        let writing = self.writing.lock().await;
-        let key = (tenant.to_owned(), id.to_owned());
-        let record = {
-            let mut jobs = self.jobs.lock().await;
-            let Some(record) = jobs.get_mut(&key) else {
-                return Ok(());
-            };
-            record.results_delivered = true;
-            record.clone()
-        };
-        self.write(&record).await?;
-        drop(writing);
-        let erased = self.erase_results(tenant, id).await?;
-        tracing::info!(tenant, job = %id, objects = erased, "results delivered once and deleted (retain: false)");
-        Ok(())
     }
 
     /// Deletes every result object of a job; returns how many there were.

@@ -2,11 +2,12 @@
 //! is written to the job's record before it is acknowledged. This file holds the book
 //! and how it is read; each of its other jobs has a file of its own:
 //! [`create`] (expand, chunk, persist, publish), [`progress`] (count what workers report,
-//! once per task), [`erase`] (cancel, deliver-once, the right to erasure), [`retry`]
-//! (re-publish failed images), [`expire`] (jobs past their retention) and [`gauges`]
-//! (metrics).
+//! once per task), [`deliver`] (deliver-once results), [`erase`] (cancel, the right to
+//! erasure), [`retry`] (re-publish failed images), [`expire`] (jobs past their retention)
+//! and [`gauges`] (metrics).
 
 mod create;
+mod deliver;
 mod erase;
 mod expire;
 mod gauges;
@@ -61,11 +62,12 @@ pub struct JobBook {
     /// Held while records are written from memory (flush) and while they are erased or
     /// expired, so a flush never writes a record back over its tombstone or deletion.
     writing: Mutex<()>,
+    /// Deliver-once jobs whose results a read holds now.
+    readers: deliver::Readers,
 }
 
-/// What replaces the record and the state object of an erased job: workers skip its
-/// tasks (it reads as `cancelled`), and nothing of the job but its id remains.
-pub(crate) const TOMBSTONE: &[u8] = br#"{"state":"cancelled","erased":true}"#;
+/// What replaces the record and the state object of an erased job.
+pub(crate) use tagfleet_contracts::job::TOMBSTONE;
 
 /// A page of the tenant's jobs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -100,6 +102,7 @@ impl JobBook {
             dirty: Mutex::new(BTreeSet::new()),
             erased: Mutex::new(HashSet::new()),
             writing: Mutex::new(()),
+            readers: deliver::Readers::default(),
         }
     }
 

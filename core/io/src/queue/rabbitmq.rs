@@ -2,6 +2,11 @@
 //! dead-letter exchange into `<queue>.dlq`; persistent messages published with confirms;
 //! manual acks; prefetch bounded by the worker's in-flight budget. A lost connection is
 //! re-established on the next call, with the topology declared again.
+//!
+//! Messages carry image refs, so none waits longer than the retention: each is published
+//! with that expiration, and the dead-letter queue drops what it holds after as long
+//! (`x-message-ttl`, counted from the dead-lettering: RabbitMQ clears a message's own
+//! expiration when it dead-letters it).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,11 +34,21 @@ pub struct RabbitOptions {
     pub delivery_limit: u32,
     /// Unacked messages the broker hands this consumer at most.
     pub prefetch: u16,
+    /// How long a message may wait in the queue, and again in the dead-letter queue: the
+    /// fleet's retention. `None`: as long as it takes (benchmarks).
+    pub message_ttl: Option<Duration>,
 }
 
 impl RabbitOptions {
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.queue)
+    }
+
+    /// The TTL in milliseconds, as RabbitMQ takes it: at least 1, and at most what a
+    /// signed 32-bit argument holds (24.8 days; a longer retention waits that long).
+    pub fn message_ttl_ms(&self) -> Option<i32> {
+        self.message_ttl
+            .map(|ttl| ttl.as_millis().clamp(1, i32::MAX as u128) as i32)
     }
 
     fn dead_letter_exchange(&self) -> String {
@@ -61,6 +76,23 @@ pub struct RabbitQueue {
 
 fn lost(what: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Connection(format!("{what}: {e}"))
+}
+
+/// A failed queue declaration. RabbitMQ refuses to redeclare a queue with other
+/// arguments (PRECONDITION_FAILED, 406): that is for an operator to settle, not a retry.
+fn declaring(queue: &str, e: lapin::Error) -> QueueError {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => {
+            QueueError::Declaration(format!(
+                "RabbitMQ holds the queue {queue} with other arguments than this tagfleet \
+                 declares ({}): it was declared by an older version (dead-letter queues had \
+                 no message TTL before) or with another retention. Move or drop its \
+                 messages, delete it (rabbitmqctl delete_queue {queue}) and start again",
+                amqp.get_message()
+            ))
+        }
+        _ => lost(&format!("declaring the queue {queue}"), e),
+    }
 }
 
 impl RabbitQueue {
@@ -146,14 +178,18 @@ impl RabbitQueue {
             )
             .await
             .map_err(|e| lost("declaring the dead-letter exchange", e))?;
+        let mut dead_letter_args = quorum.clone();
+        if let Some(ttl) = o.message_ttl_ms() {
+            dead_letter_args.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
+        }
         channel
             .queue_declare(
                 o.dead_letter_queue().as_str().into(),
                 durable,
-                quorum.clone(),
+                dead_letter_args,
             )
             .await
-            .map_err(|e| lost("declaring the dead-letter queue", e))?;
+            .map_err(|e| declaring(&o.dead_letter_queue(), e))?;
         channel
             .queue_bind(
                 o.dead_letter_queue().as_str().into(),
@@ -176,7 +212,7 @@ impl RabbitQueue {
         channel
             .queue_declare(o.queue.as_str().into(), durable, args)
             .await
-            .map_err(|e| lost("declaring the task queue", e))?;
+            .map_err(|e| declaring(&o.queue, e))?;
         Ok(())
     }
 
@@ -258,9 +294,14 @@ impl Queue for RabbitQueue {
     /// latency for the batch instead of one per message.
     async fn publish_batch(&self, bodies: Vec<Vec<u8>>) -> Result<(), QueueError> {
         let (generation, publish, _) = self.channels().await?;
-        let persistent = BasicProperties::default()
+        let mut persistent = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
+        if let Some(ttl) = self.options.message_ttl_ms() {
+            // Per message, not `x-message-ttl` on the task queue: existing task queues
+            // keep their declared arguments, so an upgrade needs no new queue.
+            persistent = persistent.with_expiration(ttl.to_string().into());
+        }
         let result = async {
             let mut confirms = Vec::with_capacity(bodies.len());
             for body in &bodies {
@@ -382,5 +423,26 @@ impl Queue for RabbitQueue {
             .await
             .map(drop)
             .map_err(|e| lost("nacking", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_ttl_is_the_retention_in_milliseconds_within_what_rabbitmq_takes() {
+        let options = |ttl| RabbitOptions {
+            url: "amqp://localhost".into(),
+            queue: "q".into(),
+            delivery_limit: 5,
+            prefetch: 1,
+            message_ttl: ttl,
+        };
+        let hours = |h: u64| Some(Duration::from_secs(h * 3600));
+        assert_eq!(options(hours(24)).message_ttl_ms(), Some(86_400_000));
+        assert_eq!(options(hours(24 * 365)).message_ttl_ms(), Some(i32::MAX));
+        assert_eq!(options(Some(Duration::ZERO)).message_ttl_ms(), Some(1));
+        assert_eq!(options(None).message_ttl_ms(), None);
     }
 }

@@ -1,6 +1,8 @@
 //! AWS SQS (or a compatible server) as the task queue. Long polling, up to 10 messages a
 //! receive, a visibility heartbeat while a message is in work, DeleteMessageBatch after the
 //! write, and a redrive policy into `<queue>-dlq` after `max_receive_count` receives.
+//! Messages carry image refs, so both queues keep them no longer than the retention
+//! (`MessageRetentionPeriod`, which SQS otherwise sets to 4 days).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,11 +29,24 @@ pub struct SqsOptions {
     pub max_receive_count: u32,
     /// How long a received message stays invisible; the heartbeat renews it at half.
     pub visibility_timeout: Duration,
+    /// How long the queue and its dead-letter queue keep a message: the fleet's
+    /// retention. `None`: SQS's default (4 days).
+    pub message_retention: Option<Duration>,
 }
+
+/// The shortest and longest `MessageRetentionPeriod` SQS accepts, in seconds.
+const RETENTION_RANGE_SECS: (u64, u64) = (60, 14 * 24 * 3600);
 
 impl SqsOptions {
     pub fn dead_letter_queue(&self) -> String {
         format!("{}-dlq", self.queue)
+    }
+
+    /// The retention as SQS takes it: whole seconds from 60 (a shorter retention still
+    /// leaves a message there a minute) to 14 days.
+    pub fn message_retention_secs(&self) -> Option<u64> {
+        let (min, max) = RETENTION_RANGE_SECS;
+        self.message_retention.map(|r| r.as_secs().clamp(min, max))
     }
 }
 
@@ -80,18 +95,33 @@ impl SqsQueue {
             .attributes
             .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
             .ok_or_else(|| QueueError::Connection("dead-letter queue has no ARN".into()))?;
+        let retention = options.message_retention_secs().map(|s| s.to_string());
+        if let Some(retention) = &retention {
+            client
+                .set_queue_attributes()
+                .queue_url(&dlq_url)
+                .attributes(QueueAttributeName::MessageRetentionPeriod, retention)
+                .send()
+                .await
+                .map_err(|e| lost("setting the dead-letter queue's retention", e))?;
+        }
         let redrive = format!(
             r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"{}"}}"#,
             options.max_receive_count
         );
-        client
+        let mut attributes = client
             .set_queue_attributes()
             .queue_url(&url)
             .attributes(QueueAttributeName::RedrivePolicy, redrive)
             .attributes(
                 QueueAttributeName::VisibilityTimeout,
                 options.visibility_timeout.as_secs().max(1).to_string(),
-            )
+            );
+        if let Some(retention) = retention {
+            attributes =
+                attributes.attributes(QueueAttributeName::MessageRetentionPeriod, retention);
+        }
+        attributes
             .send()
             .await
             .map_err(|e| lost("setting the redrive policy", e))?;
@@ -365,5 +395,29 @@ impl Queue for SqsQueue {
             .await
             .map_err(|e| lost("dead-lettering", e))?;
         self.delete(&delivery.handle).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retention_period_is_the_retention_within_what_sqs_takes() {
+        let options = |retention| SqsOptions {
+            queue: "q".into(),
+            endpoint: Endpoint::default(),
+            max_receive_count: 5,
+            visibility_timeout: Duration::from_secs(60),
+            message_retention: retention,
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(options(secs(86_400)).message_retention_secs(), Some(86_400));
+        assert_eq!(options(secs(8)).message_retention_secs(), Some(60));
+        assert_eq!(
+            options(secs(30 * 86_400)).message_retention_secs(),
+            Some(14 * 86_400)
+        );
+        assert_eq!(options(None).message_retention_secs(), None);
     }
 }

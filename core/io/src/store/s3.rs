@@ -1,16 +1,17 @@
 //! S3 (or an S3-compatible server) as the object store. Every PUT asks for server-side
 //! encryption; reads refuse objects past the retention; a lifecycle rule on the results
-//! and job prefixes deletes what the sweeper might miss.
+//! and job prefixes deletes what the sweeper might miss. A bucket with versioning on is
+//! refused: a delete there only hides an object, whose data stays as an old version.
 
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
-    LifecycleRuleFilter, ServerSideEncryption,
+    BucketLifecycleConfiguration, BucketVersioningStatus, ExpirationStatus, LifecycleExpiration,
+    LifecycleRule, LifecycleRuleFilter, NoncurrentVersionExpiration, ServerSideEncryption,
 };
 
 use super::{ObjectMeta, ObjectStore, StoreError};
@@ -155,6 +156,46 @@ impl S3Store {
         }
     }
 
+    /// Refuses a bucket with versioning enabled: there a delete (the sweeper's, an
+    /// erasure's, a deliver-once read's) only adds a delete marker, and every result and
+    /// job record would stay in the bucket as a noncurrent version. A suspended bucket
+    /// deletes for good again; versions it kept from before are what our lifecycle
+    /// rules' noncurrent-version expiration deletes. A bucket that does not exist yet
+    /// keeps nothing either.
+    pub async fn ensure_unversioned(&self) -> Result<(), StoreError> {
+        let bucket = self.bucket();
+        let out = match self
+            .client
+            .get_bucket_versioning()
+            .bucket(bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("NoSuchBucket") => {
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(io(
+                    "reading the versioning state (s3:GetBucketVersioning) of",
+                    bucket,
+                    e,
+                ));
+            }
+        };
+        match out.status() {
+            Some(BucketVersioningStatus::Enabled) => Err(StoreError::Versioned(bucket.to_owned())),
+            Some(BucketVersioningStatus::Suspended) => {
+                tracing::warn!(
+                    bucket,
+                    "the results bucket had versioning on: versions kept then are deleted by the noncurrent-version lifecycle rule, a day after they became noncurrent"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Makes sure the bucket expires results and job records after one day, merging our
     /// rules with the bucket's others, and reads them back. Lifecycle rules count whole
     /// days, so they are the backstop; the sweeper and expiry-aware reads keep the hours.
@@ -203,6 +244,9 @@ impl S3Store {
             let present = now.iter().any(|r| {
                 r.filter().and_then(|f| f.prefix()) == rule.filter().and_then(|f| f.prefix())
                     && r.expiration().and_then(|e| e.days()) == Some(1)
+                    && r.noncurrent_version_expiration()
+                        .and_then(|e| e.noncurrent_days())
+                        == Some(1)
                     && r.status() == &ExpirationStatus::Enabled
             });
             if !present {
@@ -225,6 +269,8 @@ impl S3Store {
 
     /// Our lifecycle rules (one per swept prefix) with the given expiration: 1 day in
     /// production; tests give a date in the past to see a real store enforce the shape.
+    /// Each also expires noncurrent versions a day after they became noncurrent: the
+    /// backstop for a bucket whose versioning was (or is later) turned on.
     pub fn lifecycle_rules(&self, expiration: LifecycleExpiration) -> Vec<LifecycleRule> {
         Area::SWEPT
             .iter()
@@ -238,6 +284,11 @@ impl S3Store {
                     .status(ExpirationStatus::Enabled)
                     .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
                     .expiration(expiration.clone())
+                    .noncurrent_version_expiration(
+                        NoncurrentVersionExpiration::builder()
+                            .noncurrent_days(1)
+                            .build(),
+                    )
                     .build()
                     .expect("id, status and filter are set")
             })
@@ -247,7 +298,7 @@ impl S3Store {
 
 fn is_no_lifecycle<E, R>(e: &SdkError<E, R>) -> bool
 where
-    E: aws_sdk_s3::error::ProvideErrorMetadata,
+    E: ProvideErrorMetadata,
 {
     e.as_service_error().and_then(|s| s.code()) == Some("NoSuchLifecycleConfiguration")
 }
