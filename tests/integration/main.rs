@@ -9,3 +9,4 @@ mod fleet;
 mod privacy;
 mod run;
 mod scheduler;
+mod telemetry;

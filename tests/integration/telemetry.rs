@@ -1,0 +1,112 @@
+//! What the fleet tells its operators carries no tenant data: client libraries never log
+//! requests (object keys, access key ids) whatever `--log` says.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::fleet::{
+    Fleet, create_job, put, service_env, upload, wait_state, write_secrets,
+};
+use crate::common::*;
+use serde_json::json;
+
+const ACME: &str = "acme";
+const ACME_TOKEN: &str = "acme-token-5e2a";
+
+/// Lets the tenant read the fleet bucket's `folder` (its allow-list of S3 sources).
+fn allow_sources(fleet: &Fleet, folder: &str) {
+    let secrets = fleet.secrets();
+    let mut text = std::fs::read_to_string(&secrets).unwrap();
+    text.push_str(&format!("sources = [\"s3://{}/{folder}\"]\n", fleet.bucket));
+    std::fs::write(secrets, text).unwrap();
+}
+
+/// Three real photos, and the tenant (whose S3 sources [`allow_sources`] sets).
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let photos = dir.join("photos");
+    copy_photos(
+        &photos,
+        &[
+            ("chelsea.png", "chelsea.png"),
+            ("coffee.png", "coffee.png"),
+            ("rocket.jpg", "rocket.jpg"),
+        ],
+    );
+    let keys = dir.join("keys");
+    write_secrets(&keys, &[(ACME, &"ab".repeat(32), Some(ACME_TOKEN))]);
+    (photos, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_libraries_log_no_request_whatever_the_log_filter_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    allow_sources(&fleet, "uploads/");
+    let store = fleet.store().await;
+    let markers = ["LogFolderMarker7301", "LogFileMarker7302"];
+    let folder = format!("uploads/{}/", markers[0]);
+    put(
+        &store,
+        &format!("{folder}{}.jpg", markers[1]),
+        std::fs::read(photo("rocket.jpg")).unwrap(),
+    )
+    .await;
+    let prefix = upload(&store, &photos, &folder, 1).await;
+
+    // Everything at trace; then the libraries asked for by name, by module and by span.
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &["--log", "trace"]);
+    let mut worker = fleet.worker(
+        &dir.path().join("worker.log"),
+        &[
+            "--log",
+            "info,tagfleet=debug,tagfleet_worker=trace,aws_smithy_runtime::client=trace,\
+             aws_sigv4=trace,aws_sdk_s3=trace,hyper_util::client=trace,h2=trace,\
+             lapin::channel=trace,\
+             rustls=trace,[invoke]=trace,[{uri}]=trace",
+        ],
+    );
+    scheduler.wait_ready().await;
+    worker.wait_ready().await;
+    // S3 is listed (scheduler), read and written (worker), and job records are written.
+    let id = create_job(
+        &scheduler,
+        ACME_TOKEN,
+        json!({"source": {"kind": "s3_prefix", "uri": prefix}}),
+    );
+    let job = wait_state(
+        &scheduler,
+        ACME_TOKEN,
+        &id,
+        &["succeeded"],
+        &[&scheduler, &worker],
+    )
+    .await;
+    assert_eq!(job["counts"]["done"], 4, "{job}");
+
+    let (scheduler_logs, worker_logs) = (scheduler.logs(), worker.logs());
+    // The filters were taken: our own crates logged below info.
+    assert!(scheduler_logs.contains("DEBUG"), "{scheduler_logs}");
+    assert!(worker_logs.contains("DEBUG"), "{worker_logs}");
+    // The test key id is "tagfleet", a word our logs use anyway: look for it where the
+    // SDK prints it (the credentials, the signing scope `KEY/DATE/region/s3/aws4_request`).
+    let access_key = service_env("AWS_ACCESS_KEY_ID");
+    let secret = service_env("AWS_SECRET_ACCESS_KEY");
+    for (name, logs) in [("scheduler", &scheduler_logs), ("worker", &worker_logs)] {
+        let leaks: Vec<&str> = logs
+            .lines()
+            .filter(|l| {
+                markers.iter().any(|m| l.contains(m))
+                    || l.contains("access_key_id")
+                    || l.contains(&format!("{access_key}/2"))
+                    || l.contains(&secret)
+                    || l.contains("aws4_request")
+                    || l.contains("x-amz-")
+            })
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "the {name} logged requests:\n{}",
+            leaks.join("\n")
+        );
+    }
+}
