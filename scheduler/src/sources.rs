@@ -132,21 +132,30 @@ impl SourceReader {
                 continue;
             }
             if !r.starts_with("https://") {
-                let shown: String = r.chars().take(16).collect();
-                return Err(at(format!(
-                    "refs are s3://, https:// or file:/// locations, not {shown:?}…"
-                )));
+                return Err(at("refs are s3://, https:// or file:/// locations".into()));
             }
-            let host = self.urls.check_form(r).map_err(|e| at(e.to_string()))?;
+            let host = self.urls.check_form(r).map_err(|e| at(url_refusal(&e)))?;
             if !hosts.contains_key(&host) {
                 let checked = self.urls.resolve(r).await.map(drop);
                 hosts.insert(host.clone(), checked);
             }
             if let Some(Err(e)) = hosts.get(&host) {
-                return Err(at(e.to_string()));
+                return Err(at(url_refusal(e)));
             }
         }
         Ok(())
+    }
+}
+
+/// Why a URL is refused, quoting nothing of it (no host, no address, no path): refusals
+/// reach logs and a schedule's `last_error` at every firing.
+fn url_refusal(e: &UrlError) -> String {
+    match e {
+        UrlError::Invalid(_) => "not a valid URL".into(),
+        UrlError::Scheme(_) => "only https URLs are fetched".into(),
+        UrlError::NoHost => "the URL has no host".into(),
+        UrlError::Forbidden(_, class) => format!("the host resolves to a {class} address"),
+        UrlError::Resolve(_) => "the host does not resolve".into(),
     }
 }
 
@@ -214,5 +223,33 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.reason.contains("item 1"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_item_and_quote_nothing_of_it() {
+        let r = reader();
+        for (refs, reason) in [
+            ("ftp://Marker1.example/a.jpg", "s3://, https://"),
+            ("/photos/Marker2/a.jpg", "s3://, https://"),
+            ("https://10.71.3.9/Marker3.jpg", "private address"),
+            ("https://[fd00::7]/Marker4.jpg", "address"),
+            ("https://Marker5 host/a.jpg", "not a valid URL"),
+        ] {
+            let e = r
+                .expand(&Source::Manifest {
+                    uri: None,
+                    inline: Some(format!("s3://b/ok.jpg\n{refs}\n")),
+                    format: ManifestFormat::Lines,
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                e.reason.contains("item 2") && e.reason.contains(reason),
+                "{e}"
+            );
+            for fragment in ["Marker", "10.71", "fd00", "photos", "ftp"] {
+                assert!(!e.to_string().contains(fragment), "{fragment} in {e}");
+            }
+        }
     }
 }
