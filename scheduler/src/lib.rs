@@ -19,7 +19,7 @@ use tagfleet_contracts::schema::ProgressMessage;
 use tagfleet_io::{Delivery, ObjectStore, Queue};
 use tokio_util::sync::CancellationToken;
 
-pub use api::{SchedulerConfig, Service, router};
+pub use api::{SchedulerConfig, Service, operations_router, router};
 
 /// How often the background work runs.
 #[derive(Debug, Clone)]

@@ -1,10 +1,11 @@
-//! What the fleet tells its operators carries no tenant data: client libraries never log
+//! What the fleet tells its operators carries no tenant data: the scheduler's metrics are
+//! on a listener of their own with fixed label sets, and client libraries never log
 //! requests (object keys, access key ids) whatever `--log` says.
 
 use std::path::{Path, PathBuf};
 
 use crate::common::fleet::{
-    Fleet, create_job, put, service_env, upload, wait_state, write_secrets,
+    Fleet, api, create_job, http, put, service_env, upload, wait_state, write_secrets,
 };
 use crate::common::*;
 use serde_json::json;
@@ -34,6 +35,90 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let keys = dir.join("keys");
     write_secrets(&keys, &[(ACME, &"ab".repeat(32), Some(ACME_TOKEN))]);
     (photos, keys)
+}
+
+/// The label names of every sample in a Prometheus text.
+fn label_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, labels)) = line.split_once('{') else {
+            continue;
+        };
+        let labels = labels.rsplit_once('}').map_or(labels, |(l, _)| l);
+        for pair in labels.split("\",") {
+            if let Some((name, _)) = pair.split_once('=') {
+                names.insert(name.trim_start_matches(',').to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_metrics_have_their_own_listener_and_name_no_tenant_or_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    allow_sources(&fleet, "media/");
+    let store = fleet.store().await;
+    let prefix = upload(&store, &photos, "media/", 1).await;
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &[]);
+    scheduler.wait_ready().await;
+    // No worker: the job stays unfinished, which is when progress used to be exported.
+    let id = create_job(
+        &scheduler,
+        ACME_TOKEN,
+        json!({"source": {"kind": "s3_prefix", "uri": prefix}}),
+    );
+
+    // The API port serves no metrics, with a token or without.
+    for token in [None, Some(ACME_TOKEN)] {
+        let (code, text) = http(scheduler.port, "GET", "/metrics", token, None).unwrap();
+        assert_eq!(code, 404, "/metrics on the API port ({token:?}):\n{text}");
+    }
+    // The metrics listener serves the metrics and the probes, and no API.
+    let (code, text) = http(scheduler.metrics_port, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(code, 200, "{text}");
+    for path in ["/healthz", "/readyz"] {
+        let (code, _) = http(scheduler.metrics_port, "GET", path, None, None).unwrap();
+        assert_eq!(code, 200, "{path}");
+    }
+    let (code, _) = api(
+        scheduler.metrics_port,
+        "GET",
+        &format!("/v1/jobs/{id}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(code, 404, "the API is not served on the metrics listener");
+
+    // Fixed label sets: nothing names a tenant or a job; the job counts in aggregates.
+    assert!(!text.contains(&id), "a job id in the metrics:\n{text}");
+    assert!(!text.contains(ACME), "a tenant in the metrics:\n{text}");
+    let names = label_names(&text);
+    let fixed = ["state", "event", "queue", "result", "route", "status", "le"];
+    assert!(
+        names.iter().all(|n| fixed.contains(&n.as_str())),
+        "label names {names:?} are not all of {fixed:?}"
+    );
+    assert!(
+        text.contains("tagfleet_scheduler_jobs{state=\"queued\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tagfleet_scheduler_images_pending 3"),
+        "{text}"
+    );
+    // Per-job progress is the API's.
+    let (code, job) = api(
+        scheduler.port,
+        "GET",
+        &format!("/v1/jobs/{id}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(job["counts"]["total"], 3, "{job}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
