@@ -11,7 +11,7 @@ use clap::Args;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
 use tagfleet_scheduler::{
-    Intervals, SchedulerConfig, Service, operations_router, router, run_background,
+    Intervals, ScheduleLimits, SchedulerConfig, Service, operations_router, router, run_background,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +74,19 @@ pub struct SchedulerArgs {
     /// Seconds between erasing expired jobs and sweeping the store.
     #[arg(long, env = "TAGFLEET_SWEEP_INTERVAL_SECS", default_value_t = 300)]
     pub sweep_interval_secs: u64,
+
+    /// Fewest seconds between two firings of one schedule: a cron expression that fires
+    /// more often is refused (400), and firings never come closer whatever it says.
+    #[arg(long, env = "TAGFLEET_MIN_SCHEDULE_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
+    pub min_schedule_interval_secs: u64,
+
+    /// Days a schedule that holds refs (an inline manifest or URLs) is kept after its
+    /// creation; then it is deleted with them. Schedules that name only where images
+    /// are (an S3 prefix, a manifest uri) stay until deleted.
+    #[arg(long, env = "TAGFLEET_SCHEDULE_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub schedule_retention_days: u64,
 }
 
 pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
@@ -98,6 +111,10 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
             retention: args.store.retention(),
             max_job_images: args.max_job_images,
             urls,
+            schedules: ScheduleLimits {
+                min_interval: Duration::from_secs(args.min_schedule_interval_secs),
+                retention: Duration::from_secs(args.schedule_retention_days * 24 * 3600),
+            },
         },
     );
 

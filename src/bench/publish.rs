@@ -49,6 +49,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
             retention: tagfleet_contracts::retention::DEFAULT_RETENTION,
             max_job_images: refs.max(1),
             urls: UrlPolicy::default(),
+            schedules: tagfleet_scheduler::ScheduleLimits::default(),
         },
     );
     let mut manifest = String::with_capacity(refs * 48);

@@ -9,4 +9,5 @@ mod fleet;
 mod privacy;
 mod run;
 mod scheduler;
+mod schedules;
 mod telemetry;

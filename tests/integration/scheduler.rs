@@ -357,7 +357,9 @@ async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
     let prefix = upload(&store, &photos, "catalog/", 1).await;
     let log = dir.path().join("scheduler.log");
 
-    let mut scheduler = fleet.scheduler(&log, &[]);
+    // Every two seconds: far under the default minimum interval between firings.
+    let fast = [("TAGFLEET_MIN_SCHEDULE_INTERVAL_SECS", "1")];
+    let mut scheduler = fleet.scheduler_with_env(&log, &[], &fast);
     scheduler.wait_ready().await;
     let (code, schedule) = api(
         scheduler.port,
@@ -432,7 +434,7 @@ async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
         .await;
 
     // A new scheduler knows the job from its record and counts the rest, once each.
-    let mut scheduler = fleet.scheduler(&log, &[]);
+    let mut scheduler = fleet.scheduler_with_env(&log, &[], &fast);
     scheduler.wait_ready().await;
     let job = wait_state(
         &scheduler,

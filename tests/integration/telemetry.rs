@@ -1,14 +1,16 @@
 //! What the fleet tells its operators carries no tenant data: the scheduler's metrics are
-//! on a listener of their own with fixed label sets, and client libraries never log
-//! requests (object keys, access key ids) whatever `--log` says.
+//! on a listener of their own with fixed label sets, client libraries never log requests
+//! (object keys, access key ids) whatever `--log` says, and a schedule that fails to fire
+//! logs and records why without quoting its refs.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::common::fleet::{
     Fleet, api, create_job, http, put, service_env, upload, wait_state, write_secrets,
 };
 use crate::common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const ACME: &str = "acme";
 const ACME_TOKEN: &str = "acme-token-5e2a";
@@ -194,4 +196,100 @@ async fn client_libraries_log_no_request_whatever_the_log_filter_says() {
             leaks.join("\n")
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_that_cannot_fire_says_why_without_quoting_its_refs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    fleet.store().await;
+    let log = dir.path().join("scheduler.log");
+    let fast = [("TAGFLEET_MIN_SCHEDULE_INTERVAL_SECS", "1")];
+    let mut scheduler = fleet.scheduler_with_env(&log, &[], &fast);
+    scheduler.wait_ready().await;
+
+    // Each source is refused at every firing, for another reason; each bad ref carries a
+    // marker (the address literals are markers too).
+    let markers = [
+        "Mk7q1x",
+        "10.71.3.9",
+        "Mk7q3x",
+        "Mk7q4x",
+        "10.71.3.10",
+        "Mk7q6x",
+    ];
+    let inline = |text: &str| json!({"kind": "manifest", "inline": text});
+    let sources = [
+        (
+            inline("https://93.184.216.34/fine.jpg\nftp://Mk7q1x.example/a.jpg\n"),
+            "item 2",
+        ),
+        (
+            inline("https://93.184.216.34/fine.jpg\nhttps://10.71.3.9/a.jpg\n"),
+            "item 2",
+        ),
+        (
+            inline("{\"ref\":\"https://93.184.216.34/a.jpg\"}\n{\"path\":\"s3://b/Mk7q3x.jpg\"}\n"),
+            "line 2",
+        ),
+        (inline("/photos/Mk7q4x/a.jpg\n"), "item 1"),
+        (
+            json!({"kind": "urls", "urls": ["https://10.71.3.10/a.jpg"]}),
+            "item 1",
+        ),
+        (
+            inline("https://93.184.216.34/fine.jpg\nhttps://Mk7q6x bad/a.jpg\n"),
+            "item 2",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (source, _) in &sources {
+        let (code, schedule) = api(
+            scheduler.port,
+            "POST",
+            "/v1/schedules",
+            Some(ACME_TOKEN),
+            Some(json!({"cron": "* * * * * *", "job": {"source": source}})),
+        );
+        assert_eq!(code, 201, "{schedule}");
+        ids.push(schedule["id"].as_str().unwrap().to_owned());
+    }
+    // Two firings each at least: the warning comes back every time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let schedules: Vec<Value> = loop {
+        let (_, list) = api(
+            scheduler.port,
+            "GET",
+            "/v1/schedules",
+            Some(ACME_TOKEN),
+            None,
+        );
+        let warnings = scheduler
+            .logs()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("created no job"))
+            .count();
+        let list = list.as_array().cloned().unwrap_or_default();
+        if warnings >= 2 * ids.len() && list.iter().all(|s| s["last_error"].is_string()) {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "{list:?}\n{}", scheduler.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for (id, (_, reason)) in ids.iter().zip(&sources) {
+        let schedule = schedules.iter().find(|s| s["id"] == id.as_str()).unwrap();
+        let error = schedule["last_error"].as_str().unwrap();
+        assert!(error.contains(reason), "{error}");
+        assert!(schedule["last_job"].is_null(), "{schedule}");
+        for marker in markers {
+            assert!(!error.contains(marker), "{marker} in last_error: {error}");
+        }
+    }
+    let logs = scheduler.logs();
+    let leaks: Vec<&str> = logs
+        .lines()
+        .filter(|l| markers.iter().any(|m| l.contains(m)))
+        .collect();
+    assert!(leaks.is_empty(), "refs in the logs:\n{}", leaks.join("\n"));
 }

@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::jobs::{BookConfig, JobBook};
 use crate::metrics;
 use crate::record::JobView;
-use crate::schedules::Schedules;
+use crate::schedules::{ScheduleLimits, Schedules};
 use crate::sources::SourceReader;
 use crate::spec::Invalid;
 use crate::spec::JobSpec;
@@ -55,6 +55,8 @@ pub struct SchedulerConfig {
     pub max_job_images: usize,
     /// Which addresses image URLs may point to.
     pub urls: UrlPolicy,
+    /// How often schedules may fire and how long those holding refs are kept.
+    pub schedules: ScheduleLimits,
 }
 
 impl Service {
@@ -86,7 +88,7 @@ impl Service {
         );
         Arc::new(Self {
             book,
-            schedules: Schedules::new(store),
+            schedules: Schedules::new(store, config.schedules),
             ready: AtomicBool::new(false),
         })
     }
