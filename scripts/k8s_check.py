@@ -313,6 +313,7 @@ def workload_problems(docs: list[dict], gpu: bool) -> list[str]:
                 problems.append(f"{where}: replicas is not 1 (the scheduler holds the schedules)")
             if (doc["spec"].get("strategy") or {}).get("type") != "Recreate":
                 problems.append(f"{where}: strategy is not Recreate")
+            problems += scheduler_metrics_problems(spec["containers"][0], where)
         if comp == "worker":
             c = spec["containers"][0]
             env = env_of(c)
@@ -343,6 +344,24 @@ def workload_problems(docs: list[dict], gpu: bool) -> list[str]:
                 problems.append(f"{where}: terminationGracePeriodSeconds {grace} <= drain timeout {drain}")
             if env.get("TAGFLEET_LISTEN", "").split(":")[0] != "0.0.0.0":
                 problems.append(f"{where}: TAGFLEET_LISTEN does not listen on 0.0.0.0")
+    return problems
+
+
+def scheduler_metrics_problems(c: dict, where: str) -> list[str]:
+    """The scheduler's metrics answer without a token, so they have a listener of their
+    own (TAGFLEET_METRICS_LISTEN, container port `metrics`), apart from the API; the
+    probes use it too (plain HTTP whatever the API speaks)."""
+    problems = []
+    listen = str(env_of(c).get("TAGFLEET_METRICS_LISTEN", ""))
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    if listen.split(":")[0] != "0.0.0.0":
+        problems.append(f"{where}: TAGFLEET_METRICS_LISTEN does not listen on 0.0.0.0")
+    elif "metrics" not in ports or listen.rsplit(":", 1)[-1] != str(ports["metrics"]):
+        problems.append(f"{where}: no container port `metrics` at TAGFLEET_METRICS_LISTEN {listen}")
+    for probe in ("readinessProbe", "livenessProbe"):
+        port = ((c.get(probe) or {}).get("httpGet") or {}).get("port")
+        if port != "metrics":
+            problems.append(f"{where}: {probe} on port {port}, not on the metrics port")
     return problems
 
 
@@ -390,6 +409,8 @@ def service_monitor_problems(docs: list[dict]) -> list[str]:
         for e in sm["spec"].get("endpoints") or []:
             if e.get("port") and e["port"] not in ports:
                 problems.append(f"{name_of(sm)}: port {e['port']} is not a port of {[name_of(s) for s in matched]}")
+            if e.get("port") != "metrics":
+                problems.append(f"{name_of(sm)}: scrapes port {e.get('port')}, not a metrics port")
     return problems
 
 

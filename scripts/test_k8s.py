@@ -169,6 +169,24 @@ class Assertions(unittest.TestCase):
         del worker_deployment(docs)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][k.GPU_RESOURCE]
         self.assertTrue(any(k.GPU_RESOURCE in p for p in k.workload_problems(docs, gpu=True)))
 
+    def test_scheduler_metrics_off_the_api_port_are_checked(self):
+        scheduler = next(d for d in self.docs if d["kind"] == "Deployment" and k.component(d) == "scheduler")
+        self.assertEqual(k.workload_problems(self.docs, gpu=True), [])
+        self.assertEqual(k.service_monitor_problems(self.docs), [])
+        container = scheduler["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(k.env_of(container)["TAGFLEET_METRICS_LISTEN"], "0.0.0.0:9091")
+        docs = copy.deepcopy(self.docs)
+        broken = next(d for d in docs if d["kind"] == "Deployment" and k.component(d) == "scheduler")
+        container = broken["spec"]["template"]["spec"]["containers"][0]
+        container["livenessProbe"]["httpGet"]["port"] = "http"
+        container["env"] = [e for e in container["env"] if e["name"] != "TAGFLEET_METRICS_LISTEN"]
+        problems = k.workload_problems(docs, gpu=True)
+        self.assertTrue(any("livenessProbe on port http" in p for p in problems), problems)
+        self.assertTrue(any("TAGFLEET_METRICS_LISTEN" in p for p in problems), problems)
+        monitor = next(d for d in docs if d["kind"] == "ServiceMonitor" and k.component(d) == "scheduler")
+        monitor["spec"]["endpoints"][0]["port"] = "http"
+        self.assertTrue(any("scrapes port http" in p for p in k.service_monitor_problems(docs)))
+
     def test_trigger_of_the_wrong_queue_is_caught(self):
         self.assertEqual(k.keda_problems(self.docs, "rabbitmq", keda=True), [])
         self.assertTrue(k.keda_problems(self.docs, "sqs", keda=True))

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 mod bench;
 mod client;
@@ -14,6 +13,7 @@ mod http;
 mod inputs;
 mod io_args;
 mod join;
+mod logging;
 mod pipeline_args;
 mod run;
 mod scheduler;
@@ -30,7 +30,9 @@ mod worker;
 #[command(name = "tagfleet", version, about, long_about)]
 struct Cli {
     /// Log filter: a level (error, warn, info, debug) and per-module levels
-    /// (`info,tagfleet_worker=debug`). ONNX Runtime logs under `ort`.
+    /// (`info,tagfleet_worker=debug`). ONNX Runtime logs under `ort`. Other libraries
+    /// (AWS SDK, hyper, rustls, lapin, ...) log at info at most, whatever the filter says:
+    /// their debug output names objects and credentials.
     #[arg(
         long,
         global = true,
@@ -74,12 +76,6 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
 }
 
-/// Targets capped at info, so no ref reaches the logs through a library's debug output.
-const QUIET_LIBRARIES: &str = "aws_config=info,aws_runtime=info,aws_sdk_s3=info,\
-    aws_sdk_sqs=info,aws_smithy_runtime=info,aws_smithy_runtime_api=info,aws_smithy_http=info,\
-    aws_smithy_http_client=info,hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,\
-    lapin=info,amq_protocol=info,tower=info,axum=info";
-
 fn main() -> ExitCode {
     // ONNX Runtime's telemetry, unless told otherwise, writes a device id and an event
     // database under ~/.cache and a session file in $TMPDIR, and sends usage events.
@@ -87,21 +83,7 @@ fn main() -> ExitCode {
     // SAFETY: no other thread exists yet; nothing reads the environment concurrently.
     unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
     let cli = Cli::parse();
-    // Client libraries log request paths (S3 keys, that is image names) and bodies at debug
-    // level: whatever the filter says, they log at info at most.
-    let filter = EnvFilter::try_new(format!("{},{QUIET_LIBRARIES}", cli.log)).unwrap_or_else(|e| {
-        eprintln!(
-            "tagfleet: invalid --log filter {:?} ({e}); using info",
-            cli.log
-        );
-        EnvFilter::new(format!("info,{QUIET_LIBRARIES}"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: log collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(&cli.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

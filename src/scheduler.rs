@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::Args;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
-use tagfleet_scheduler::{Intervals, SchedulerConfig, Service, router, run_background};
+use tagfleet_scheduler::{
+    Intervals, ScheduleLimits, SchedulerConfig, Service, operations_router, router, run_background,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::io_args::{QueueArgs, StoreArgs};
@@ -28,9 +30,18 @@ pub struct SchedulerArgs {
     #[arg(long, env = "TAGFLEET_SECRETS")]
     pub secrets: PathBuf,
 
-    /// Address of the API (and of /healthz, /readyz, /metrics, /openapi.json).
+    /// Address of the API (and of /healthz, /readyz, /openapi.json).
     #[arg(long, env = "TAGFLEET_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Address of /metrics (and of /healthz, /readyz for probes): apart from the API, as
+    /// metrics answer without a token. Open it to Prometheus only.
+    #[arg(
+        long,
+        env = "TAGFLEET_METRICS_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub metrics_listen: SocketAddr,
 
     /// Models the fleet's workers serve, as name@version (comma separated); the first is
     /// what a job gets when it names none.
@@ -65,6 +76,19 @@ pub struct SchedulerArgs {
     /// Seconds between erasing expired jobs and sweeping the store.
     #[arg(long, env = "TAGFLEET_SWEEP_INTERVAL_SECS", default_value_t = 300)]
     pub sweep_interval_secs: u64,
+
+    /// Fewest seconds between two firings of one schedule: a cron expression that fires
+    /// more often is refused (400), and firings never come closer whatever it says.
+    #[arg(long, env = "TAGFLEET_MIN_SCHEDULE_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
+    pub min_schedule_interval_secs: u64,
+
+    /// Days a schedule that holds refs (an inline manifest or URLs) is kept after its
+    /// creation; then it is deleted with them. Schedules that name only where images
+    /// are (an S3 prefix, a manifest uri) stay until deleted.
+    #[arg(long, env = "TAGFLEET_SCHEDULE_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub schedule_retention_days: u64,
 }
 
 pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
@@ -94,21 +118,32 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
             max_job_images: args.max_job_images,
             urls,
             fleet_store: args.store.s3_location()?,
+            schedules: ScheduleLimits {
+                min_interval: Duration::from_secs(args.min_schedule_interval_secs),
+                retention: Duration::from_secs(args.schedule_retention_days * 24 * 3600),
+            },
         },
     );
 
+    // Both bound before either serves: a taken port fails start-up.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
     let shutdown = CancellationToken::new();
-    let app = router(service.clone(), args.max_request_bytes);
-    let server_stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_stop.cancelled().await })
-            .await
-    });
-    tracing::info!(listen = %args.listen, "scheduler listening");
+    let server = serve(
+        listener,
+        router(service.clone(), args.max_request_bytes),
+        &shutdown,
+    );
+    let metrics_server = serve(
+        metrics_listener,
+        operations_router(service.clone()),
+        &shutdown,
+    );
+    tracing::info!(listen = %args.listen, metrics_listen = %args.metrics_listen, "scheduler listening");
     let background = tokio::spawn(run_background(
         service,
         progress,
@@ -132,5 +167,23 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         .await
         .context("the API server panicked")?
         .context("serving the API")?;
+    metrics_server
+        .await
+        .context("the metrics server panicked")?
+        .context("serving the metrics")?;
     Ok(0)
+}
+
+/// Serves `app` on `listener` until `shutdown`.
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    })
 }

@@ -19,7 +19,8 @@ use tagfleet_contracts::schema::ProgressMessage;
 use tagfleet_io::{Delivery, ObjectStore, Queue};
 use tokio_util::sync::CancellationToken;
 
-pub use api::{SchedulerConfig, Service, router};
+pub use api::{SchedulerConfig, Service, operations_router, router};
+pub use schedules::ScheduleLimits;
 
 /// How often the background work runs.
 #[derive(Debug, Clone)]
@@ -81,6 +82,9 @@ pub async fn run_background(
                     Ok(0) => {}
                     Ok(n) => tracing::info!(jobs = n, "expired jobs erased"),
                     Err(e) => tracing::warn!(error = %e, "erasing expired jobs failed"),
+                }
+                if let Err(e) = service.schedules.expire(chrono::Utc::now()).await {
+                    tracing::warn!(error = %e, "deleting schedules past their retention failed");
                 }
                 match tagfleet_io::sweep(store.as_ref(), retention, std::time::SystemTime::now()).await {
                     Ok(0) => {}

@@ -1,12 +1,14 @@
 //! Every metric the scheduler exports, in one place. Names follow
 //! `tagfleet_<subsystem>_<name>_<unit>[_total]`; label sets are fixed; durations are in
-//! seconds. Process metrics come from the default registry's `process` collector.
+//! seconds. Process metrics come from the default registry's `process` collector. They
+//! are served on the metrics listener, never on the API's port.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, exponential_buckets,
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, exponential_buckets,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec,
 };
 use tagfleet_contracts::job::JobState;
 
@@ -54,14 +56,12 @@ pub static QUEUE_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// Fraction of each unfinished job's images that are done or failed.
-pub static JOB_PROGRESS: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
-    prometheus::register_gauge_vec!(
-        Opts::new(
-            "tagfleet_scheduler_job_progress_ratio",
-            "Fraction of an unfinished job's images finished"
-        ),
-        &["tenant", "job_id"]
+/// Images of unfinished jobs not done or failed yet, all jobs together: per-job
+/// progress is the API's (`GET /v1/jobs/{id}`), metrics name no tenant and no job.
+pub static IMAGES_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tagfleet_scheduler_images_pending",
+        "Images of unfinished jobs not yet done or failed"
     )
     .expect("metric registers once")
 });
@@ -120,7 +120,14 @@ pub fn register() {
     }
     LazyLock::force(&TASKS_PUBLISHED);
     LazyLock::force(&SCHEDULE_FIRINGS);
-    LazyLock::force(&JOB_PROGRESS);
+    LazyLock::force(&IMAGES_PENDING);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_SECONDS);
+}
+
+/// Every metric of the default registry, in the Prometheus text format.
+pub fn render() -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&prometheus::gather())
+        .unwrap_or_default()
 }

@@ -185,13 +185,13 @@ impl SourceReader {
             if !r.starts_with("https://") {
                 return Err(at("refs are s3:// or https:// locations".into()).into());
             }
-            let host = self.urls.check_form(r).map_err(|e| at(e.to_string()))?;
+            let host = self.urls.check_form(r).map_err(|e| at(url_refusal(&e)))?;
             if !hosts.contains_key(&host) {
                 let checked = self.urls.resolve(r).await.map(drop);
                 hosts.insert(host.clone(), checked);
             }
             if let Some(Err(e)) = hosts.get(&host) {
-                return Err(at(e.to_string()).into());
+                return Err(at(url_refusal(e)).into());
             }
         }
         Ok(())
@@ -210,6 +210,18 @@ fn refusal(field: &str, doing: &str, code: Option<&str>) -> ApiError {
             ApiError::Forbidden(Invalid::new(field, "the fleet may not read there"))
         }
         _ => ApiError::Unavailable(format!("{doing} failed; try again later")),
+    }
+}
+
+/// Why a URL is refused, quoting nothing of it (no host, no address, no path): refusals
+/// reach logs and a schedule's `last_error` at every firing.
+fn url_refusal(e: &UrlError) -> String {
+    match e {
+        UrlError::Invalid(_) => "not a valid URL".into(),
+        UrlError::Scheme(_) => "only https URLs are fetched".into(),
+        UrlError::NoHost => "the URL has no host".into(),
+        UrlError::Forbidden(_, class) => format!("the host resolves to a {class} address"),
+        UrlError::Resolve(_) => "the host does not resolve".into(),
     }
 }
 
@@ -324,5 +336,27 @@ mod tests {
         })
         .await;
         assert!(code == 400 && e.contains("no S3 access"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_item_and_quote_nothing_of_it() {
+        for (refs, reason) in [
+            ("ftp://Marker1.example/a.jpg", "s3:// or https://"),
+            ("/photos/Marker2/a.jpg", "s3:// or https://"),
+            ("https://10.71.3.9/Marker3.jpg", "private address"),
+            ("https://[fd00::7]/Marker4.jpg", "address"),
+            ("https://Marker5 host/a.jpg", "not a valid URL"),
+        ] {
+            let (_, e) = refusal_of(Source::Manifest {
+                uri: None,
+                inline: Some(format!("s3://media/acme/ok.jpg\n{refs}\n")),
+                format: ManifestFormat::Lines,
+            })
+            .await;
+            assert!(e.contains("item 2") && e.contains(reason), "{e}");
+            for fragment in ["Marker", "10.71", "fd00", "photos", "ftp"] {
+                assert!(!e.to_string().contains(fragment), "{fragment} in {e}");
+            }
+        }
     }
 }

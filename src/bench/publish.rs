@@ -53,6 +53,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
             max_job_images: refs.max(1),
             urls: UrlPolicy::default(),
             fleet_store: None,
+            schedules: tagfleet_scheduler::ScheduleLimits::default(),
         },
     );
     let mut manifest = String::with_capacity(refs * 48);

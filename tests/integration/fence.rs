@@ -226,6 +226,7 @@ async fn a_worker_refuses_refs_and_outputs_outside_the_tasks_tenant_whatever_the
         queue: fleet.queue_name.clone(),
         delivery_limit: 3,
         prefetch: 1,
+        message_ttl: Some(tagfleet_contracts::retention::DEFAULT_RETENTION),
     })
     .await
     .unwrap();

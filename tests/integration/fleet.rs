@@ -163,7 +163,7 @@ async fn same_tags_as_embedded(kind: &str) {
     );
 
     assert_eq!(http_get(worker.port, "/healthz").map(|r| r.0), Some(200));
-    let metrics = http_get(worker.port, "/metrics").unwrap().1;
+    let metrics = http_get(worker.metrics_port, "/metrics").unwrap().1;
     let model = "model=\"efficientnet-lite0@1\"";
     assert_eq!(
         metric(

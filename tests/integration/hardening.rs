@@ -48,6 +48,8 @@ fn core_limit(pid: u32) -> (String, String) {
 /// Starts `tagfleet <command>` on `fleet` as the shared helpers do, without CAP_SYS_PTRACE.
 fn start(fleet: &Fleet, command: &str, extra: &[&str], log: &Path) -> Worker {
     let port = free_port();
+    // The scheduler's metrics listener (the worker serves them on --listen).
+    let metrics_port = free_port();
     let log_file = std::fs::File::create(log).unwrap();
     let child = without_ptrace(
         Command::new(env!("CARGO_BIN_EXE_tagfleet"))
@@ -58,6 +60,10 @@ fn start(fleet: &Fleet, command: &str, extra: &[&str], log: &Path) -> Worker {
             .arg("--secrets")
             .arg(fleet.secrets())
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env(
+                "TAGFLEET_METRICS_LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
             .args(extra)
             .current_dir(repo())
             .stdout(Stdio::null())
@@ -68,6 +74,11 @@ fn start(fleet: &Fleet, command: &str, extra: &[&str], log: &Path) -> Worker {
     Worker {
         child,
         port,
+        metrics_port: if command == "scheduler" {
+            metrics_port
+        } else {
+            port
+        },
         log: log.to_path_buf(),
     }
 }

@@ -12,4 +12,6 @@ mod privacy;
 mod privacy_edges;
 mod run;
 mod scheduler;
+mod schedules;
+mod telemetry;
 mod tenant;

@@ -308,11 +308,11 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
     }
 
     // Every metric the dashboard and the alerts use is exported, and those a job drives
-    // have moved. Exceptions, each checked where it can move: GPU metrics need a GPU, a
-    // job's progress exists only while it runs (the cancel test), firings need a schedule
-    // (the schedule test).
-    let (_, worker_text) = http(worker.port, "GET", "/metrics", None, None).unwrap();
-    let (_, scheduler_text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    // have moved. Exceptions, each checked where it can move: GPU metrics need a GPU,
+    // pending images exist only while a job runs (the cancel test), firings need a
+    // schedule (the schedule test).
+    let (_, worker_text) = http(worker.metrics_port, "GET", "/metrics", None, None).unwrap();
+    let (_, scheduler_text) = http(scheduler.metrics_port, "GET", "/metrics", None, None).unwrap();
     let used = dashboard_metrics();
     assert!(used.len() > 20, "{used:?}");
     for name in &used {
@@ -323,8 +323,9 @@ async fn jobs_from_an_s3_prefix_and_a_manifest_succeed_with_the_embedded_tags() 
                     assert!(found.is_empty(), "{n} without a GPU");
                 }
             }
-            "tagfleet_scheduler_job_progress_ratio"
-            | "tagfleet_scheduler_schedule_firings_total" => {}
+            "tagfleet_scheduler_images_pending" | "tagfleet_scheduler_schedule_firings_total" => {
+                assert!(!found.is_empty(), "{name} is not exported");
+            }
             n if n.ends_with("_total") || n.ends_with("_seconds") || n.ends_with("_images") => {
                 assert!(
                     found.iter().any(|v| *v > 0.0),
@@ -356,7 +357,9 @@ async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
     let prefix = upload(&store, &photos, "catalog/", 1).await;
     let log = dir.path().join("scheduler.log");
 
-    let mut scheduler = fleet.scheduler(&log, &[]);
+    // Every two seconds: far under the default minimum interval between firings.
+    let fast = [("TAGFLEET_MIN_SCHEDULE_INTERVAL_SECS", "1")];
+    let mut scheduler = fleet.scheduler_with_env(&log, &[], &fast);
     scheduler.wait_ready().await;
     let (code, schedule) = api(
         scheduler.port,
@@ -390,7 +393,7 @@ async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    let (_, text) = http(scheduler.metrics_port, "GET", "/metrics", None, None).unwrap();
     assert!(
         samples(&text, "tagfleet_scheduler_schedule_firings_total")
             .iter()
@@ -431,7 +434,7 @@ async fn a_schedule_fires_and_a_restarted_scheduler_reports_the_final_counts() {
         .await;
 
     // A new scheduler knows the job from its record and counts the rest, once each.
-    let mut scheduler = fleet.scheduler(&log, &[]);
+    let mut scheduler = fleet.scheduler_with_env(&log, &[], &fast);
     scheduler.wait_ready().await;
     let job = wait_state(
         &scheduler,
@@ -502,7 +505,7 @@ async fn a_redelivered_task_does_not_inflate_the_counts() {
     // Both deliveries were reported; the second one was recognised.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+        let (_, text) = http(scheduler.metrics_port, "GET", "/metrics", None, None).unwrap();
         if text.contains("tagfleet_scheduler_progress_messages_total{result=\"duplicate\"} 1") {
             assert!(
                 text.contains("tagfleet_scheduler_progress_messages_total{result=\"counted\"} 3"),
@@ -563,14 +566,14 @@ async fn cancelling_a_running_job_erases_every_result() {
         assert!(Instant::now() < deadline, "{}", worker.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // While it runs, the job's progress is a metric.
-    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
-    let progress = text
-        .lines()
-        .find(|l| l.starts_with("tagfleet_scheduler_job_progress_ratio") && l.contains(&id))
-        .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no progress of {id}:\n{text}"));
-    assert!((0.0..1.0).contains(&progress), "{progress}");
+    // While it runs, its images wait in the fleet-wide gauge (per-job progress is the
+    // API's: metrics name no job).
+    let (_, text) = http(scheduler.metrics_port, "GET", "/metrics", None, None).unwrap();
+    let pending = samples(&text, "tagfleet_scheduler_images_pending");
+    assert!(
+        pending.len() == 1 && (1.0..=80.0).contains(&pending[0]),
+        "{pending:?}:\n{text}"
+    );
     let (code, job) = api(
         scheduler.port,
         "DELETE",
@@ -580,15 +583,20 @@ async fn cancelling_a_running_job_erases_every_result() {
     );
     assert_eq!(code, 200, "{job}");
     assert_eq!(job["state"], "cancelled");
-    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
-    assert!(!text.contains(&id), "an ended job has no progress series");
+    let (_, text) = http(scheduler.metrics_port, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(
+        samples(&text, "tagfleet_scheduler_images_pending"),
+        [0.0],
+        "a cancelled job has no pending images"
+    );
+    assert!(!text.contains(&id), "metrics never name a job");
     let done_at_cancel = counts(&job).1 + counts(&job).2;
     assert!(done_at_cancel < 80, "cancelled while running: {job}");
 
     // The worker skips the queued tasks; what was in flight is erased as it reports.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, text) = http(worker.port, "GET", "/metrics", None, None).unwrap();
+        let (_, text) = http(worker.metrics_port, "GET", "/metrics", None, None).unwrap();
         let settled: f64 = ["acked", "skipped"]
             .iter()
             .filter_map(|r| {
@@ -882,7 +890,7 @@ async fn every_bad_request_is_refused_with_its_reason_and_leaves_nothing() {
             .unwrap()
             .is_empty()
     );
-    let (_, text) = http(scheduler.port, "GET", "/metrics", None, None).unwrap();
+    let (_, text) = http(scheduler.metrics_port, "GET", "/metrics", None, None).unwrap();
     assert!(
         text.contains("tagfleet_scheduler_tasks_published_total 0"),
         "{text}"

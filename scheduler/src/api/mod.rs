@@ -1,5 +1,6 @@
-//! The HTTP API, versioned under `/v1`, plus `/healthz`, `/readyz`, `/metrics` and the
-//! OpenAPI document at `/openapi.json` (generated from the handlers below).
+//! The HTTP API, versioned under `/v1`, plus `/healthz`, `/readyz` and the OpenAPI
+//! document at `/openapi.json` (generated from the handlers below). Metrics are served
+//! on a listener of their own ([`operations_router`]).
 //!
 //! Every `/v1` request carries `Authorization: Bearer <token>`; the token names the tenant.
 //! A tenant sees only its own jobs and schedules: another tenant's id answers 404, exactly
@@ -7,7 +8,7 @@
 //! template, status, bytes, duration), never with its query string or body.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -28,7 +29,7 @@ use crate::error::ApiError;
 use crate::jobs::{BookConfig, JobBook};
 use crate::metrics;
 use crate::record::JobView;
-use crate::schedules::Schedules;
+use crate::schedules::{ScheduleLimits, Schedules};
 use crate::sources::SourceReader;
 use crate::spec::Invalid;
 use crate::spec::JobSpec;
@@ -57,6 +58,8 @@ pub struct SchedulerConfig {
     /// The folder of the fleet's own store when it is on S3: never a tenant's source
     /// or output.
     pub fleet_store: Option<S3Location>,
+    /// How often schedules may fire and how long those holding refs are kept.
+    pub schedules: ScheduleLimits,
 }
 
 impl Service {
@@ -89,7 +92,7 @@ impl Service {
         );
         Arc::new(Self {
             book,
-            schedules: Schedules::new(store),
+            schedules: Schedules::new(store, config.schedules),
             ready: AtomicBool::new(false),
         })
     }
@@ -108,9 +111,12 @@ pub struct Tenant(pub String);
 
 mod jobs;
 mod openapi;
+mod operations;
 mod schedules;
 
 pub use openapi::ApiDoc;
+pub use operations::operations_router;
+use operations::readyz;
 
 /// The API router. `max_body` bounds request bodies (inline manifests are the big ones).
 pub fn router(service: Shared, max_body: usize) -> Router {
@@ -132,7 +138,6 @@ pub fn router(service: Shared, max_body: usize) -> Router {
         .merge(v1)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .layer(middleware::from_fn_with_state(
             service.clone(),
@@ -195,21 +200,6 @@ async fn authenticate_and_log(
         );
     }
     response
-}
-
-async fn readyz(State(service): State<Shared>) -> (StatusCode, &'static str) {
-    if service.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-    }
-}
-
-async fn metrics_text() -> Response {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&prometheus::gather())
-        .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {

@@ -97,21 +97,12 @@ pub(super) async fn erase_data(
         }
         None => return Err(Invalid::new("tenant", "name the tenant to erase").into()),
     }
-    let unavailable = |e: StoreError| ApiError::Unavailable(format!("erasing: {e}"));
-    let schedules = service
+    let erased = service
         .schedules
-        .erase_tenant(&tenant)
+        .erase_tenant(&service.book, &tenant)
         .await
-        .map_err(unavailable)?;
-    let (jobs, objects) = service
-        .book
-        .erase_tenant(&tenant)
-        .await
-        .map_err(unavailable)?;
-    tracing::info!(tenant = %tenant, jobs, schedules, objects, "tenant data erased");
-    Ok(Json(Erased {
-        jobs,
-        schedules,
-        objects: objects + schedules,
-    }))
+        .map_err(|e: StoreError| ApiError::Unavailable(format!("erasing: {e}")))?;
+    tracing::info!(tenant = %tenant, jobs = erased.jobs, schedules = erased.schedules,
+        objects = erased.objects, "tenant data erased");
+    Ok(Json(erased))
 }

@@ -114,18 +114,22 @@ impl JobBook {
                     .inc_by(images);
                 let jobs = self.jobs.lock().await;
                 refresh_gauges(&jobs);
-                Ok(jobs[key].view(Utc::now()))
+                // Gone when the tenant's data was erased meanwhile: its tasks are skipped.
+                jobs.get(key)
+                    .map(|record| record.view(Utc::now()))
+                    .ok_or_else(erased_meanwhile)
             }
             Err(e) => {
                 tracing::error!(job = %key.1, error = %e, "publishing the tasks failed");
                 let record = {
                     let mut jobs = self.jobs.lock().await;
-                    let record = jobs.get_mut(key).expect("the job was just inserted");
+                    let record = jobs.get_mut(key).ok_or_else(erased_meanwhile)?;
                     record.state = JobState::Failed;
                     record.error = Some("its tasks could not be published".into());
                     record.finished_at = Some(Utc::now());
+                    let record = record.clone();
                     refresh_gauges(&jobs);
-                    jobs[key].clone()
+                    record
                 };
                 if let Err(e) = self.write(&record).await {
                     tracing::error!(job = %key.1, error = %e, "writing the failed job record failed");
@@ -134,4 +138,9 @@ impl JobBook {
             }
         }
     }
+}
+
+/// A job erased with its tenant's data while it was being created.
+fn erased_meanwhile() -> ApiError {
+    ApiError::Gone("the job was erased with the tenant's data while it was created".into())
 }

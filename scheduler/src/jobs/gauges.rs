@@ -1,4 +1,4 @@
-//! The job book's metrics: jobs by state, progress, queue depth.
+//! The job book's metrics: jobs by state, images pending, queue depth.
 
 use std::collections::BTreeMap;
 
@@ -26,18 +26,17 @@ impl JobBook {
     }
 }
 
-/// Jobs by state and the progress of unfinished ones.
+/// Jobs by state and the images unfinished jobs still wait for.
 pub(super) fn refresh_gauges(jobs: &BTreeMap<JobId, JobRecord>) {
     let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
-    metrics::JOB_PROGRESS.reset();
+    let mut pending = 0u64;
     for record in jobs.values() {
         *by_state.entry(record.state.name()).or_default() += 1;
-        if !record.state.is_final() && record.counts.total > 0 {
-            metrics::JOB_PROGRESS
-                .with_label_values(&[&record.tenant, &record.id])
-                .set(record.counts.finished() as f64 / record.counts.total as f64);
+        if !record.state.is_final() {
+            pending += record.counts.total.saturating_sub(record.counts.finished());
         }
     }
+    metrics::IMAGES_PENDING.set(i64::try_from(pending).unwrap_or(i64::MAX));
     for state in JobState::ALL {
         metrics::JOBS
             .with_label_values(&[state.name()])

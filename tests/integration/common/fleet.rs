@@ -1,6 +1,7 @@
 //! Helpers for tests against the real services that `scripts/services.sh start` runs on
 //! 127.0.0.1 (RabbitMQ, SeaweedFS for S3, moto for SQS), found through its env variables.
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -169,27 +170,52 @@ impl Fleet {
                 .chain(extra)
                 .map(|a| a.to_string()),
         );
-        self.spawn("worker", &args, log, cwd, envs)
+        let envs: Vec<(&str, &OsStr)> = envs.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+        let port = free_port();
+        // The worker serves /metrics next to /healthz and /readyz.
+        self.spawn("worker", &args, log, cwd, &envs, port, port)
     }
 
     /// Starts `tagfleet scheduler` on this fleet's queue and bucket; its logs go to `log`
     /// (appended, so a restarted scheduler keeps one log).
     pub fn scheduler(&self, log: &Path, extra: &[&str]) -> Worker {
-        let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-        self.spawn("scheduler", &args, log, &repo(), &[])
+        self.scheduler_with_env(log, extra, &[])
     }
 
-    /// Starts `tagfleet <command>` with this fleet's queue, store and secrets.
+    /// As [`Fleet::scheduler`], with extra environment variables.
+    pub fn scheduler_with_env(&self, log: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Worker {
+        let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        // The scheduler's metrics have a listener of their own, apart from the API.
+        let metrics_port = free_port();
+        let metrics_listen = format!("127.0.0.1:{metrics_port}");
+        let mut all: Vec<(&str, &OsStr)> =
+            vec![("TAGFLEET_METRICS_LISTEN", metrics_listen.as_ref())];
+        all.extend(envs.iter().map(|(k, v)| (*k, OsStr::new(v))));
+        self.spawn(
+            "scheduler",
+            &args,
+            log,
+            &repo(),
+            &all,
+            free_port(),
+            metrics_port,
+        )
+    }
+
+    /// Starts `tagfleet <command>` with this fleet's queue, store and secrets, its API (or
+    /// operations port) on `port`.
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         &self,
         command: &str,
         extra: &[String],
         log: &Path,
         cwd: &Path,
-        envs: &[(&str, &Path)],
+        envs: &[(&str, &OsStr)],
+        port: u16,
+        metrics_port: u16,
     ) -> Worker {
         self.grant_bucket();
-        let port = free_port();
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -215,6 +241,7 @@ impl Fleet {
         Worker {
             child,
             port,
+            metrics_port,
             log: log.to_path_buf(),
         }
     }
@@ -274,6 +301,8 @@ impl Fleet {
 pub struct Worker {
     pub child: Child,
     pub port: u16,
+    /// Where its /metrics are: the worker's operations port, the scheduler's own listener.
+    pub metrics_port: u16,
     pub log: PathBuf,
 }
 
