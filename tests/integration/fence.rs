@@ -235,6 +235,7 @@ async fn a_worker_refuses_refs_and_outputs_outside_the_tasks_tenant_whatever_the
         json!({
             "v": 1, "job_id": "crafted", "task_id": task_id, "tenant": ACME,
             "analyses": ["tags"], "model": "efficientnet-lite0@1", "output": output,
+            "created_at": chrono::Utc::now(),
             "items": refs.iter().map(|r| json!({"ref": r})).collect::<Vec<_>>(),
         })
         .to_string()
