@@ -10,11 +10,13 @@ use anyhow::Context;
 use clap::Args;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
+use tagfleet_scheduler::server::{self, ServeConfig};
 use tagfleet_scheduler::{
     Intervals, ScheduleLimits, SchedulerConfig, Service, operations_router, router, run_background,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::fd_limit;
 use crate::io_args::{QueueArgs, StoreArgs};
 
 #[derive(Debug, Args)]
@@ -89,10 +91,25 @@ pub struct SchedulerArgs {
     #[arg(long, env = "TAGFLEET_SCHEDULE_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub schedule_retention_days: u64,
+
+    /// API connections open at once, at most. At the cap the oldest idle connection is
+    /// closed to make room; the process's file descriptor limit is raised to fit.
+    #[arg(long, env = "TAGFLEET_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Seconds a client has to send a request's headers (and to finish the TLS
+    /// handshake); an idle kept-alive connection is closed after as long.
+    #[arg(long, env = "TAGFLEET_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a client has to send a request's body once its headers are in.
+    #[arg(long, env = "TAGFLEET_BODY_READ_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_read_timeout_secs: u64,
 }
 
 pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
     crate::core_dumps::disable();
+    fd_limit::fit(args.max_connections as u64).context("--max-connections")?;
     let secrets = Secrets::load(&args.secrets).context("--secrets")?;
     let urls = UrlPolicy::new(&args.allow_url_range)
         .map_err(anyhow::Error::msg)
@@ -133,12 +150,19 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
     let shutdown = CancellationToken::new();
-    let server = serve(
+    let serving = ServeConfig {
+        max_connections: args.max_connections as usize,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
+        tls: None,
+    };
+    let server = tokio::spawn(server::serve(
         listener,
         router(service.clone(), args.max_request_bytes),
-        &shutdown,
-    );
-    let metrics_server = serve(
+        serving,
+        shutdown.clone(),
+    ));
+    let metrics_server = serve_operations(
         metrics_listener,
         operations_router(service.clone()),
         &shutdown,
@@ -163,10 +187,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         .await
         .context("the background work panicked")?
         .context("the scheduler's background work failed")?;
-    server
-        .await
-        .context("the API server panicked")?
-        .context("serving the API")?;
+    server.await.context("the API server panicked")?;
     metrics_server
         .await
         .context("the metrics server panicked")?
@@ -174,8 +195,9 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Serves `app` on `listener` until `shutdown`.
-fn serve(
+/// Serves the operations port (`/metrics`, probes) on `listener` until `shutdown`: it is
+/// for the cluster's scrapers and probes only, not for tenants.
+fn serve_operations(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     shutdown: &CancellationToken,

@@ -104,6 +104,25 @@ pub static HTTP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// API connections open now.
+pub static HTTP_CONNECTIONS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "tagfleet_scheduler_http_connections",
+        "API connections open"
+    )
+    .expect("metric registers once")
+});
+
+/// API connections the server closed: `evicted` (idle, to make room at the connection
+/// cap), `timeout` (headers or TLS handshake not sent in time), `tls_failed`.
+pub static HTTP_CONNECTIONS_CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tagfleet_scheduler_http_connections_closed_total",
+        "API connections closed by the server, by reason",
+        &["reason"],
+    )
+});
+
 /// Touches every metric so each appears in /metrics from the start.
 pub fn register() {
     for state in JobState::ALL {
@@ -118,6 +137,10 @@ pub fn register() {
     for result in ["counted", "duplicate", "unknown_job"] {
         PROGRESS_MESSAGES.with_label_values(&[result]);
     }
+    for reason in ["evicted", "timeout", "tls_failed"] {
+        HTTP_CONNECTIONS_CLOSED.with_label_values(&[reason]);
+    }
+    LazyLock::force(&HTTP_CONNECTIONS);
     LazyLock::force(&TASKS_PUBLISHED);
     LazyLock::force(&SCHEDULE_FIRINGS);
     LazyLock::force(&IMAGES_PENDING);

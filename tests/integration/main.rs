@@ -5,6 +5,7 @@
 
 mod common;
 
+mod abusive_client;
 mod fence;
 mod fleet;
 mod hardening;

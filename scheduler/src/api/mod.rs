@@ -207,6 +207,9 @@ fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
             "the request body is over the limit ({e}); send big manifests by S3 uri"
         )),
+        _ if crate::server::is_body_timeout(&e) => ApiError::RequestTimeout(
+            "the request body was not sent in time; send big manifests by S3 uri".into(),
+        ),
         _ => ApiError::Invalid(Invalid::new("body", e.body_text())),
     })
 }
