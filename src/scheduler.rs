@@ -71,6 +71,11 @@ pub struct SchedulerArgs {
     #[arg(long, env = "TAGFLEET_MAX_JOB_IMAGES", default_value_t = 1_000_000)]
     pub max_job_images: usize,
 
+    /// Largest manifest read from S3, in bytes: a bigger one is refused before it is
+    /// read. Manifests are parsed as they stream in; this bounds one job's refs in memory.
+    #[arg(long, env = "TAGFLEET_MAX_MANIFEST_BYTES", default_value_t = 64 << 20)]
+    pub max_manifest_bytes: u64,
+
     /// Largest request body in bytes (inline manifests are the big ones).
     #[arg(long, env = "TAGFLEET_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
     pub max_request_bytes: usize,
@@ -133,6 +138,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
             chunk_size: args.chunk_size as usize,
             retention: args.store.retention(),
             max_job_images: args.max_job_images,
+            max_manifest_bytes: args.max_manifest_bytes,
             urls,
             fleet_store: args.store.s3_location()?,
             schedules: ScheduleLimits {

@@ -1,5 +1,6 @@
 //! The scheduler's API against an abusive client, on the real binary: connections that
-//! never finish their headers, more of them than the process has file descriptors.
+//! never finish their headers (more of them than the process has file descriptors), and
+//! manifests bigger than the scheduler should ever hold.
 //!
 //! The limits are given as environment variables rather than flags, so the same test runs
 //! (and fails for the right reason) against a binary that does not know them.
@@ -11,7 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::fleet::{Fleet, Worker, free_port, http_get, service_env, write_secrets};
+use serde_json::json;
+
+use crate::common::fleet::{
+    Fleet, Worker, api, free_port, http_get, put, service_env, write_secrets,
+};
 
 const ACME_TOKEN: &str = "acme-token-5e0c";
 
@@ -21,9 +26,16 @@ fn keys(dir: &Path) -> std::path::PathBuf {
     keys
 }
 
-/// Starts `tagfleet scheduler` on `fleet` with `envs`, its open-files limit lowered to
-/// `max_files` when given.
-fn scheduler(fleet: &Fleet, log: &Path, envs: &[(&str, &str)], max_files: Option<u64>) -> Worker {
+/// Starts `tagfleet scheduler` with an in-process queue, the store `store` (with the S3
+/// endpoint of the test services for `s3://`), the secrets in `keys` and `envs`; its
+/// open-files limit lowered to `max_files` when given.
+fn scheduler(
+    store: &str,
+    keys: &Path,
+    log: &Path,
+    envs: &[(&str, &str)],
+    max_files: Option<u64>,
+) -> Worker {
     let (port, metrics_port) = (free_port(), free_port());
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -33,11 +45,9 @@ fn scheduler(fleet: &Fleet, log: &Path, envs: &[(&str, &str)], max_files: Option
     let mut command = Command::new(env!("CARGO_BIN_EXE_tagfleet"));
     command
         .arg("scheduler")
-        .args(fleet.queue_args())
-        .args(["--store", &format!("s3://{}/fleet", fleet.bucket)])
-        .args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")])
+        .args(["--queue", "memory", "--store", store])
         .arg("--secrets")
-        .arg(fleet.secrets())
+        .arg(keys.join("secrets.toml"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env(
             "TAGFLEET_METRICS_LISTEN",
@@ -47,6 +57,9 @@ fn scheduler(fleet: &Fleet, log: &Path, envs: &[(&str, &str)], max_files: Option
         .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(log_file);
+    if store.starts_with("s3://") {
+        command.args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")]);
+    }
     if let Some(max) = max_files {
         let limit = libc::rlimit {
             rlim_cur: max as libc::rlim_t,
@@ -69,6 +82,18 @@ fn scheduler(fleet: &Fleet, log: &Path, envs: &[(&str, &str)], max_files: Option
         metrics_port,
         log: log.to_path_buf(),
     }
+}
+
+/// A scheduler that needs no service: its queue in process, its store a folder.
+fn local_scheduler(
+    dir: &Path,
+    name: &str,
+    envs: &[(&str, &str)],
+    max_files: Option<u64>,
+) -> Worker {
+    let store = format!("file://{}", dir.join(name).display());
+    let log = dir.join(format!("{name}.log"));
+    scheduler(&store, &keys(dir), &log, envs, max_files)
 }
 
 /// Descriptors the process holds now.
@@ -102,13 +127,11 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_half_sent_connections_cannot_starve_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new("amqp", &keys(dir.path()), dir.path());
-    fleet.store().await;
     // More idle connections than the process may open files, with a header deadline far
     // beyond the test: only the connection cap can keep /healthz answering.
-    let mut capped = scheduler(
-        &fleet,
-        &dir.path().join("capped.log"),
+    let mut capped = local_scheduler(
+        dir.path(),
+        "capped",
         &[
             ("TAGFLEET_MAX_CONNECTIONS", "64"),
             ("TAGFLEET_HEADER_READ_TIMEOUT_SECS", "600"),
@@ -152,9 +175,9 @@ async fn idle_half_sent_connections_cannot_starve_the_api() {
     drop(capped);
 
     // Under the cap, a connection whose headers do not arrive in time is closed.
-    let mut timely = scheduler(
-        &fleet,
-        &dir.path().join("timely.log"),
+    let mut timely = local_scheduler(
+        dir.path(),
+        "timely",
         &[("TAGFLEET_HEADER_READ_TIMEOUT_SECS", "2")],
         None,
     );
@@ -175,4 +198,97 @@ async fn idle_half_sent_connections_cannot_starve_the_api() {
         .await
         .unwrap();
     assert_eq!(answer.map(|(code, _)| code), Some(200));
+}
+
+/// The most memory the process has held so far, in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_over_a_limit_is_refused_without_being_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let fleet = Fleet::new("amqp", &keys, dir.path());
+    let store = fleet.store().await;
+    // The tenant may read the manifests' folder (allow-lists refuse anything else).
+    let secrets = std::fs::read_to_string(fleet.secrets()).unwrap();
+    let lists = format!("s3://{}/lists/", fleet.bucket);
+    std::fs::write(
+        fleet.secrets(),
+        secrets.replace("key = ", &format!("sources = [\"{lists}\"]\nkey = ")),
+    )
+    .unwrap();
+    let manifest = |refs: usize| {
+        let mut text = String::with_capacity(refs * 48);
+        for n in 0..refs {
+            text.push_str(&format!("s3://{}/photos/{n:012}.jpg\n", fleet.bucket));
+        }
+        text.into_bytes()
+    };
+    // Over 48 MiB of refs, and 2 MiB of them.
+    let huge = manifest(1_100_000);
+    assert!(huge.len() > 48 << 20);
+    put(&store, "lists/huge.txt", huge).await;
+    put(&store, "lists/long.txt", manifest(40_000)).await;
+
+    let mut scheduler = scheduler(
+        &format!("s3://{}/fleet", fleet.bucket),
+        &keys,
+        &dir.path().join("scheduler.log"),
+        &[
+            ("TAGFLEET_MAX_MANIFEST_BYTES", "8388608"),
+            ("TAGFLEET_MAX_JOB_IMAGES", "1000"),
+        ],
+        None,
+    );
+    scheduler.wait_ready().await;
+    let pid = scheduler.child.id();
+    let before = peak_memory(pid);
+    let (code, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(json!({"source": {"kind": "manifest", "uri": format!("{lists}huge.txt")}})),
+    );
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (400, Some("source.uri")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("over the limit"),
+        "{answer}"
+    );
+    let grown = peak_memory(pid).saturating_sub(before);
+    assert!(
+        grown < 16 << 20,
+        "the scheduler's peak memory grew by {grown} bytes for a refused 48 MiB manifest"
+    );
+    // Under the size limit, over the ref limit: refused at the first ref too many.
+    let (code, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(json!({"source": {"kind": "manifest", "uri": format!("{lists}long.txt")}})),
+    );
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (400, Some("source")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("at most 1000"),
+        "{answer}"
+    );
+    let (_, page) = api(scheduler.port, "GET", "/v1/jobs", Some(ACME_TOKEN), None);
+    assert_eq!(page["jobs"], json!([]), "no job was created");
 }
