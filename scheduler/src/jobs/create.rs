@@ -2,13 +2,14 @@
 
 use chrono::Utc;
 use tagfleet_contracts::job::JobState;
+use tagfleet_contracts::keys::Key;
 use tagfleet_contracts::secrets::Access;
 use tagfleet_contracts::{S3Location, TaskMessage};
 
 use super::{JobBook, JobId, gauges::refresh_gauges, unavailable};
 use crate::error::ApiError;
 use crate::metrics;
-use crate::record::{Counts, JobRecord, JobView, RECORD_VERSION, Round};
+use crate::record::{Counts, JobRecord, JobView, RECORD_VERSION, Round, without_refs};
 use crate::spec::{Invalid, JobSpec, Source};
 
 impl JobBook {
@@ -46,6 +47,7 @@ impl JobBook {
             rounds: Vec::new(),
             error: None,
             source_withheld: false,
+            source_apart: false,
             results_delivered: false,
         };
         let messages = self.messages(&record, 0, &refs);
@@ -54,6 +56,17 @@ impl JobBook {
             // Keep nothing: the record holds counts, not where the images were.
             record.spec.source = Source::Urls { urls: Vec::new() };
             record.source_withheld = true;
+        } else if let Some(kind) = without_refs(&record.spec.source) {
+            // Refs stay out of the records held in memory (and loaded at every start):
+            // they are read back only for a retry.
+            let source = std::mem::replace(&mut record.spec.source, kind);
+            let body = serde_json::to_vec(&source).expect("sources serialise");
+            drop(source);
+            self.store
+                .put(&Key::job_source(tenant, &id).to_string(), body)
+                .await
+                .map_err(|e| unavailable("writing the job's source", e))?;
+            record.source_apart = true;
         }
         self.write(&record)
             .await

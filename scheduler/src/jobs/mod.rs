@@ -13,6 +13,8 @@ mod expire;
 mod gauges;
 mod progress;
 mod retry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
