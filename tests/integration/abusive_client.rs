@@ -1,6 +1,6 @@
 //! The scheduler's API against an abusive client, on the real binary: connections that
-//! never finish their headers (more of them than the process has file descriptors), and
-//! manifests bigger than the scheduler should ever hold.
+//! never finish their headers (more of them than the process has file descriptors),
+//! manifests bigger than the scheduler should ever hold, and a tenant over its quotas.
 //!
 //! The limits are given as environment variables rather than flags, so the same test runs
 //! (and fails for the right reason) against a binary that does not know them.
@@ -12,13 +12,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::fleet::{
     Fleet, Worker, api, free_port, http_get, put, service_env, write_secrets,
 };
 
 const ACME_TOKEN: &str = "acme-token-5e0c";
+const GLOBEX_TOKEN: &str = "globex-token-0b7e";
+const INITECH_TOKEN: &str = "initech-token-91d4";
 
 fn keys(dir: &Path) -> std::path::PathBuf {
     let keys = dir.join("keys");
@@ -87,13 +89,14 @@ fn scheduler(
 /// A scheduler that needs no service: its queue in process, its store a folder.
 fn local_scheduler(
     dir: &Path,
+    keys: &Path,
     name: &str,
     envs: &[(&str, &str)],
     max_files: Option<u64>,
 ) -> Worker {
     let store = format!("file://{}", dir.join(name).display());
     let log = dir.join(format!("{name}.log"));
-    scheduler(&store, &keys(dir), &log, envs, max_files)
+    scheduler(&store, keys, &log, envs, max_files)
 }
 
 /// Descriptors the process holds now.
@@ -129,8 +132,10 @@ async fn idle_half_sent_connections_cannot_starve_the_api() {
     let dir = tempfile::tempdir().unwrap();
     // More idle connections than the process may open files, with a header deadline far
     // beyond the test: only the connection cap can keep /healthz answering.
+    let keys = keys(dir.path());
     let mut capped = local_scheduler(
         dir.path(),
+        &keys,
         "capped",
         &[
             ("TAGFLEET_MAX_CONNECTIONS", "64"),
@@ -177,6 +182,7 @@ async fn idle_half_sent_connections_cannot_starve_the_api() {
     // Under the cap, a connection whose headers do not arrive in time is closed.
     let mut timely = local_scheduler(
         dir.path(),
+        &keys,
         "timely",
         &[("TAGFLEET_HEADER_READ_TIMEOUT_SECS", "2")],
         None,
@@ -291,4 +297,103 @@ async fn a_manifest_over_a_limit_is_refused_without_being_read_whole() {
     );
     let (_, page) = api(scheduler.port, "GET", "/v1/jobs", Some(ACME_TOKEN), None);
     assert_eq!(page["jobs"], json!([]), "no job was created");
+}
+
+/// URL refs that pass the address check without a connection (no worker runs here).
+fn urls(n: usize) -> Value {
+    let urls: Vec<String> = (0..n)
+        .map(|i| format!("https://93.184.216.34/catalog/{i}.jpg"))
+        .collect();
+    json!({"source": {"kind": "urls", "urls": urls}})
+}
+
+/// The quota a 429 names: (quota, limit, used, requested).
+fn over(answer: &Value) -> (&str, u64, u64, u64) {
+    let n = |f: &str| answer[f].as_u64().unwrap_or(u64::MAX);
+    let quota = answer["quota"].as_str().unwrap_or("-");
+    (quota, n("limit"), n("used"), n("requested"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_a_quota_is_answered_429_with_the_quota_its_limit_and_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    write_secrets(
+        &keys,
+        &[
+            ("acme", &"ab".repeat(32), Some(ACME_TOKEN)),
+            ("globex", &"cd".repeat(32), Some(GLOBEX_TOKEN)),
+            ("initech", &"ef".repeat(32), Some(INITECH_TOKEN)),
+        ],
+    );
+    let mut secrets = std::fs::read_to_string(keys.join("secrets.toml")).unwrap();
+    secrets.push_str(
+        "[tenants.acme.quotas]\nschedules = 1\njobs_in_flight = 2\nimages_in_flight = 5\n\
+         [tenants.initech.quotas]\njobs_in_flight = 2\n",
+    );
+    std::fs::write(keys.join("secrets.toml"), secrets).unwrap();
+    let mut scheduler = local_scheduler(dir.path(), &keys, "quotas", &[], None);
+    scheduler.wait_ready().await;
+    let port = scheduler.port;
+    let post =
+        |path: &str, token: &str, body: Value| api(port, "POST", path, Some(token), Some(body));
+
+    // Jobs in flight (queued: no worker runs) and their images count against the quotas.
+    let (code, first) = post("/v1/jobs", ACME_TOKEN, urls(2));
+    assert_eq!(code, 201, "{first}");
+    let (code, answer) = post("/v1/jobs", ACME_TOKEN, urls(4));
+    assert_eq!(code, 429, "{answer}");
+    assert_eq!(over(&answer), ("images_in_flight", 5, 2, 4), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("images_in_flight")
+    );
+    let (code, answer) = post("/v1/jobs", ACME_TOKEN, urls(3));
+    assert_eq!(code, 201, "{answer}");
+    let (code, answer) = post("/v1/jobs", ACME_TOKEN, urls(1));
+    assert_eq!(code, 429, "{answer}");
+    assert_eq!(over(&answer), ("jobs_in_flight", 2, 2, 1), "{answer}");
+    // A job that ended (here: cancelled) is no longer in flight.
+    let first = first["id"].as_str().unwrap();
+    let (code, _) = api(
+        port,
+        "DELETE",
+        &format!("/v1/jobs/{first}"),
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(code, 200);
+    let (code, answer) = post("/v1/jobs", ACME_TOKEN, urls(1));
+    assert_eq!(code, 201, "{answer}");
+
+    // Schedules.
+    let schedule = json!({"cron": "0 2 * * *", "job": urls(1)});
+    let (code, answer) = post("/v1/schedules", ACME_TOKEN, schedule.clone());
+    assert_eq!(code, 201, "{answer}");
+    let (code, answer) = post("/v1/schedules", ACME_TOKEN, schedule.clone());
+    assert_eq!(code, 429, "{answer}");
+    assert_eq!(over(&answer), ("schedules", 1, 1, 1), "{answer}");
+
+    // Another tenant has quotas of its own (here the defaults).
+    let (code, answer) = post("/v1/jobs", GLOBEX_TOKEN, urls(10));
+    assert_eq!(code, 201, "{answer}");
+    let (code, answer) = post("/v1/schedules", GLOBEX_TOKEN, schedule);
+    assert_eq!(code, 201, "{answer}");
+
+    // Requests at once cannot all slip under a quota: two of six get in.
+    let racing: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                api(port, "POST", "/v1/jobs", Some(INITECH_TOKEN), Some(urls(1))).0
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for r in racing {
+        codes.push(r.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes, [201, 201, 429, 429, 429, 429]);
 }

@@ -1,4 +1,5 @@
-//! Creating a job: validate, expand the source, write the record, publish the tasks.
+//! Creating a job: validate, check the quotas, expand the source, write the record,
+//! publish the tasks.
 
 use chrono::Utc;
 use tagfleet_contracts::job::JobState;
@@ -6,6 +7,7 @@ use tagfleet_contracts::keys::Key;
 use tagfleet_contracts::secrets::Access;
 use tagfleet_contracts::{S3Location, TaskMessage};
 
+use super::quotas::InFlight;
 use super::{JobBook, JobId, gauges::refresh_gauges, unavailable};
 use crate::error::ApiError;
 use crate::metrics;
@@ -14,7 +16,7 @@ use crate::spec::{Invalid, JobSpec, Source};
 
 impl JobBook {
     /// Creates a job: validates, expands the source, writes the record, publishes the
-    /// tasks. A refused spec leaves nothing behind.
+    /// tasks. A refused spec, or one over the tenant's quotas (429), leaves nothing behind.
     pub async fn create(
         &self,
         tenant: &str,
@@ -23,10 +25,15 @@ impl JobBook {
     ) -> Result<JobView, ApiError> {
         let model = spec.validate(&self.config.models)?;
         self.check_locations(tenant, &spec)?;
+        // At the jobs quota already: refused before the source is read.
+        let one_job = InFlight { jobs: 1, images: 0 };
+        self.check_quotas(&*self.jobs.lock().await, tenant, one_job, Utc::now())?;
         let refs = self
             .sources
             .expand(&spec.source, self.tenant(tenant)?)
             .await?;
+        // Counted against the quotas from here until the job is in the book.
+        let _reservation = self.reserve(tenant, refs.len() as u64).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let now = Utc::now();
         let mut record = JobRecord {

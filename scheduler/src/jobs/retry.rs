@@ -44,6 +44,8 @@ impl JobBook {
                     .into(),
             ));
         }
+        // Its failed images are in flight again: within the quotas, before anything changes.
+        let _reservation = self.reserve(tenant, record.counts.failed).await?;
         let secrets = self.tenant(tenant)?;
         let pseudonymiser = Pseudonymiser::new(secrets.key.clone());
         // The source first, under today's allow-list: a refusal leaves the results as
