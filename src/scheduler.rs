@@ -11,6 +11,7 @@ use clap::Args;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
 use tagfleet_scheduler::server::{self, ServeConfig};
+use tagfleet_scheduler::tls::{self, TlsAcceptor, TlsError};
 use tagfleet_scheduler::{
     Intervals, ScheduleLimits, SchedulerConfig, Service, operations_router, router, run_background,
 };
@@ -107,6 +108,16 @@ pub struct SchedulerArgs {
     #[arg(long, env = "TAGFLEET_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_read_timeout_secs: u64,
 
+    /// PEM certificate chain of the API, leaf first: with --tls-key the API speaks HTTPS
+    /// only (TLS 1.2 and 1.3, rustls). Without them it speaks plain HTTP, and bearer
+    /// tokens cross the network in clear: keep it to loopback or behind a TLS proxy.
+    #[arg(long, env = "TAGFLEET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TAGFLEET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Seconds a client has to send a request's body once its headers are in.
     #[arg(long, env = "TAGFLEET_BODY_READ_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub body_read_timeout_secs: u64,
@@ -115,6 +126,7 @@ pub struct SchedulerArgs {
 pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
     crate::core_dumps::disable();
     fd_limit::fit(args.max_connections as u64).context("--max-connections")?;
+    let tls = tls_of(&args)?;
     let secrets = Secrets::load(&args.secrets).context("--secrets")?;
     let urls = UrlPolicy::new(&args.allow_url_range)
         .map_err(anyhow::Error::msg)
@@ -160,7 +172,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         max_connections: args.max_connections as usize,
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
         body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
-        tls: None,
+        tls,
     };
     let server = tokio::spawn(server::serve(
         listener,
@@ -173,7 +185,12 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         operations_router(service.clone()),
         &shutdown,
     );
-    tracing::info!(listen = %args.listen, metrics_listen = %args.metrics_listen, "scheduler listening");
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(listen = %args.listen, scheme, metrics_listen = %args.metrics_listen, "scheduler listening");
     let background = tokio::spawn(run_background(
         service,
         progress,
@@ -199,6 +216,22 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         .context("the metrics server panicked")?
         .context("serving the metrics")?;
     Ok(0)
+}
+
+/// The API's TLS acceptor, when --tls-cert and --tls-key are given; an error names the
+/// flag of the file at fault.
+fn tls_of(args: &SchedulerArgs) -> anyhow::Result<Option<TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    tls::acceptor(cert, key).map(Some).map_err(|e| {
+        let flag = match e {
+            TlsError::Cert { .. } => "--tls-cert",
+            TlsError::Key { .. } => "--tls-key",
+            TlsError::Pair(_) => "--tls-cert, --tls-key",
+        };
+        anyhow::Error::new(e).context(flag)
+    })
 }
 
 /// Serves the operations port (`/metrics`, probes) on `listener` until `shutdown`: it is

@@ -6,6 +6,7 @@
 mod common;
 
 mod abusive_client;
+mod api_tls;
 mod fence;
 mod fleet;
 mod hardening;
