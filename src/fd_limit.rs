@@ -4,8 +4,8 @@
 
 use anyhow::bail;
 
-/// Descriptors kept apart from API connections: the store's and queue's connections,
-/// the secrets file, the runtime's own.
+/// Descriptors kept apart from API connections: the operations port's (64), the store's
+/// and the queue's connections, the secrets file, the runtime's own.
 const RESERVED: u64 = 256;
 
 /// Raises the soft limit on open files, up to the hard limit, so `connections` API

@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::fd_limit;
 use crate::io_args::{QueueArgs, StoreArgs};
 
+/// Connections open at once on the operations port (probes, scrapers): beside the API's
+/// within the file descriptors fd_limit keeps apart.
+const OPERATIONS_CONNECTIONS: usize = 64;
+
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
     #[command(flatten)]
@@ -169,10 +173,19 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
     let shutdown = CancellationToken::new();
     let serving = ServeConfig {
+        listener: "api",
         max_connections: args.max_connections as usize,
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
         body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
         tls,
+    };
+    // The operations port gets the API's deadlines and a small cap of its own: a client
+    // there must not use up the file descriptors the API needs.
+    let operations = ServeConfig {
+        listener: "operations",
+        max_connections: OPERATIONS_CONNECTIONS,
+        tls: None,
+        ..serving.clone()
     };
     let server = tokio::spawn(server::serve(
         listener,
@@ -180,11 +193,12 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         serving,
         shutdown.clone(),
     ));
-    let metrics_server = serve_operations(
+    let metrics_server = tokio::spawn(server::serve(
         metrics_listener,
         operations_router(service.clone()),
-        &shutdown,
-    );
+        operations,
+        shutdown.clone(),
+    ));
     let scheme = if args.tls_cert.is_some() {
         "https"
     } else {
@@ -213,8 +227,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
     server.await.context("the API server panicked")?;
     metrics_server
         .await
-        .context("the metrics server panicked")?
-        .context("serving the metrics")?;
+        .context("the metrics server panicked")?;
     Ok(0)
 }
 
@@ -231,20 +244,5 @@ fn tls_of(args: &SchedulerArgs) -> anyhow::Result<Option<TlsAcceptor>> {
             TlsError::Pair(_) => "--tls-cert, --tls-key",
         };
         anyhow::Error::new(e).context(flag)
-    })
-}
-
-/// Serves the operations port (`/metrics`, probes) on `listener` until `shutdown`: it is
-/// for the cluster's scrapers and probes only, not for tenants.
-fn serve_operations(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    shutdown: &CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
     })
 }

@@ -104,22 +104,23 @@ pub static HTTP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// API connections open now.
-pub static HTTP_CONNECTIONS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
-    prometheus::register_int_gauge!(
+/// HTTP connections open now, by listener (`api`, `operations`).
+pub static HTTP_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
         "tagfleet_scheduler_http_connections",
-        "API connections open"
+        "HTTP connections open, by listener",
+        &["listener"],
     )
-    .expect("metric registers once")
 });
 
-/// API connections the server closed: `evicted` (idle, to make room at the connection
-/// cap), `timeout` (headers or TLS handshake not sent in time), `tls_failed`.
+/// HTTP connections the server closed, by listener and reason: `evicted` (idle, to make
+/// room at the connection cap), `timeout` (headers or TLS handshake not sent in time),
+/// `tls_failed`.
 pub static HTTP_CONNECTIONS_CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tagfleet_scheduler_http_connections_closed_total",
-        "API connections closed by the server, by reason",
-        &["reason"],
+        "HTTP connections closed by the server, by listener and reason",
+        &["listener", "reason"],
     )
 });
 
@@ -137,10 +138,12 @@ pub fn register() {
     for result in ["counted", "duplicate", "unknown_job"] {
         PROGRESS_MESSAGES.with_label_values(&[result]);
     }
-    for reason in ["evicted", "timeout", "tls_failed"] {
-        HTTP_CONNECTIONS_CLOSED.with_label_values(&[reason]);
+    for listener in ["api", "operations"] {
+        HTTP_CONNECTIONS.with_label_values(&[listener]);
+        for reason in ["evicted", "timeout", "tls_failed"] {
+            HTTP_CONNECTIONS_CLOSED.with_label_values(&[listener, reason]);
+        }
     }
-    LazyLock::force(&HTTP_CONNECTIONS);
     LazyLock::force(&TASKS_PUBLISHED);
     LazyLock::force(&SCHEDULE_FIRINGS);
     LazyLock::force(&IMAGES_PENDING);

@@ -37,6 +37,8 @@ use crate::metrics;
 /// How the API is served.
 #[derive(Clone)]
 pub struct ServeConfig {
+    /// Names the listener in metrics: `api` or `operations`.
+    pub listener: &'static str,
     /// Connections open at once, at most.
     pub max_connections: usize,
     /// A client must send a request's headers (and finish the TLS handshake) within this.
@@ -50,6 +52,7 @@ pub struct ServeConfig {
 impl std::fmt::Debug for ServeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeConfig")
+            .field("listener", &self.listener)
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("body_read_timeout", &self.body_read_timeout)
@@ -84,7 +87,10 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) {
-    let connections = Arc::new(Connections::new(config.max_connections.max(1)));
+    let connections = Arc::new(Connections::new(
+        config.listener,
+        config.max_connections.max(1),
+    ));
     let config = Arc::new(config);
     loop {
         let (stream, _) = tokio::select! {
@@ -117,13 +123,13 @@ pub async fn serve(
                         Ok(Ok(tls)) => serve_connection(tls, slot, app, &config, shutdown).await,
                         Ok(Err(e)) => {
                             metrics::HTTP_CONNECTIONS_CLOSED
-                                .with_label_values(&["tls_failed"])
+                                .with_label_values(&[config.listener, "tls_failed"])
                                 .inc();
                             tracing::debug!(error = %e, "a TLS handshake failed");
                         }
                         Err(_) => {
                             metrics::HTTP_CONNECTIONS_CLOSED
-                                .with_label_values(&["timeout"])
+                                .with_label_values(&[config.listener, "timeout"])
                                 .inc();
                         }
                     }
@@ -180,13 +186,14 @@ async fn serve_connection<S>(
         && e.is_timeout()
     {
         metrics::HTTP_CONNECTIONS_CLOSED
-            .with_label_values(&["timeout"])
+            .with_label_values(&[config.listener, "timeout"])
             .inc();
     }
 }
 
 /// The open connections, oldest first.
 struct Connections {
+    listener: &'static str,
     max: usize,
     open: Mutex<Open>,
     /// Notified whenever a connection closes.
@@ -228,7 +235,9 @@ impl Drop for Closer {
                 .lock()
                 .expect("the connection set is not poisoned");
             open.by_age.remove(&self.id);
-            metrics::HTTP_CONNECTIONS.set(open.by_age.len() as i64);
+            metrics::HTTP_CONNECTIONS
+                .with_label_values(&[connections.listener])
+                .set(open.by_age.len() as i64);
             drop(open);
             connections.closed.notify_waiters();
         }
@@ -236,8 +245,9 @@ impl Drop for Closer {
 }
 
 impl Connections {
-    fn new(max: usize) -> Self {
+    fn new(listener: &'static str, max: usize) -> Self {
         Self {
+            listener,
             max,
             open: Mutex::new(Open::default()),
             closed: Notify::new(),
@@ -279,7 +289,7 @@ impl Connections {
                 .find(|s| !s.evicted.is_cancelled() && s.requests.load(Ordering::SeqCst) == 0)?;
             idle.evicted.cancel();
             metrics::HTTP_CONNECTIONS_CLOSED
-                .with_label_values(&["evicted"])
+                .with_label_values(&[self.listener, "evicted"])
                 .inc();
         }
         let id = open.next;
@@ -289,7 +299,9 @@ impl Connections {
             evicted: CancellationToken::new(),
         };
         open.by_age.insert(id, tracked.clone());
-        metrics::HTTP_CONNECTIONS.set(open.by_age.len() as i64);
+        metrics::HTTP_CONNECTIONS
+            .with_label_values(&[self.listener])
+            .set(open.by_age.len() as i64);
         Some(Slot {
             requests: tracked.requests,
             evicted: tracked.evicted,
@@ -429,6 +441,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let config = ServeConfig {
+            listener: "api",
             max_connections,
             header_read_timeout: Duration::from_secs(header_secs),
             body_read_timeout: Duration::from_secs(body_secs),

@@ -99,7 +99,7 @@ async fn scheduler_metrics_have_their_own_listener_and_name_no_tenant_or_job() {
     assert!(!text.contains(ACME), "a tenant in the metrics:\n{text}");
     let names = label_names(&text);
     let fixed = [
-        "state", "event", "queue", "result", "route", "status", "le", "reason",
+        "state", "event", "queue", "result", "route", "status", "le", "reason", "listener",
     ];
     assert!(
         names.iter().all(|n| fixed.contains(&n.as_str())),
