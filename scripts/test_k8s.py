@@ -70,6 +70,37 @@ class Chart(unittest.TestCase):
         (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
         self.assertNotIn("TAGFLEET_ALLOW_URL_RANGES", config["data"])
 
+    def test_scheduler_tls_secret_is_mounted_and_named_when_set(self):
+        def scheduler_objects(values):
+            _, docs = k.render_chart(k.CHART / "ci" / values)
+            of = lambda kind: next(d for d in docs if d["kind"] == kind and k.component(d) == "scheduler")
+            return of("Deployment"), of("Service"), of("NetworkPolicy"), docs
+
+        deployment, service, policy, docs = scheduler_objects("rabbitmq-values.yaml")
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = k.env_of(container)
+        self.assertEqual(env["TAGFLEET_TLS_CERT"], "/etc/tagfleet/tls/tls.crt")
+        self.assertEqual(env["TAGFLEET_TLS_KEY"], "/etc/tagfleet/tls/tls.key")
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        self.assertEqual(volume["secret"]["secretName"], "tagfleet-scheduler-tls")
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+        self.assertEqual((mount["mountPath"], mount["readOnly"]), ("/etc/tagfleet/tls", True))
+        self.assertIn("https", [p["name"] for p in container["ports"]])
+        self.assertEqual(service["spec"]["ports"][0]["targetPort"], "https")
+        self.assertEqual(policy["spec"]["ingress"][0]["ports"][0]["port"], "https")
+        (test,) = [d for d in docs if d["kind"] == "Pod"]
+        args = test["spec"]["containers"][0]["args"]
+        self.assertTrue(args[-1].startswith("https://"), args)
+        self.assertIn("--cacert", args)
+        self.assertNotIn("--insecure", args)
+
+        deployment, service, policy, _ = scheduler_objects("sqs-values.yaml")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        self.assertNotIn("TAGFLEET_TLS_CERT", k.env_of(container))
+        self.assertEqual(service["spec"]["ports"][0]["targetPort"], "http")
+        self.assertEqual(policy["spec"]["ingress"][0]["ports"][0]["port"], "http")
+
     def test_config_checksum_on_pod_templates(self):
         _, docs = k.render_chart(k.CHART / "ci" / "rabbitmq-values.yaml")
         for d in docs:

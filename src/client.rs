@@ -1,4 +1,9 @@
 //! A small client of the scheduler API, for `submit --scheduler`, `status` and `erase`.
+//! It speaks HTTPS (trusting the system's roots and `--ca-file`) or HTTP, and warns before
+//! it sends a bearer token in clear text to a host other than this machine.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -13,6 +18,11 @@ pub struct ApiArgs {
     /// Bearer token of your tenant.
     #[arg(long, env = "TAGFLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// PEM certificate(s) of a CA to trust for the scheduler's HTTPS, besides the system's
+    /// roots: for a self-signed or in-house certificate.
+    #[arg(long, env = "TAGFLEET_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 pub struct Api {
@@ -31,15 +41,51 @@ impl ApiArgs {
             .token
             .clone()
             .context("--token (TAGFLEET_TOKEN) is required with --scheduler")?;
+        if let Some(warning) = cleartext_warning(&base) {
+            eprintln!("{warning}");
+        }
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(300));
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--ca-file: reading {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-file: {} is not PEM", path.display()))?;
+            if certs.is_empty() {
+                bail!("--ca-file: {} holds no certificate", path.display());
+            }
+            http = http.tls_certs_merge(certs);
+        }
         Ok(Api {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(300))
-                .build()
-                .context("building the HTTP client")?,
+            http: http.build().context("building the HTTP client")?,
         })
     }
+}
+
+/// The warning due when `base` would carry the bearer token in clear text to a host that
+/// is not this machine: anyone on the way could read it and act as the tenant.
+fn cleartext_warning(base: &str) -> Option<String> {
+    let url = reqwest::Url::parse(base).ok()?;
+    if url.scheme() != "http" {
+        return None;
+    }
+    let host = url.host_str()?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let name = bare.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    };
+    (!loopback).then(|| {
+        format!(
+            "tagfleet: warning: {host} is not this machine and http:// is not encrypted: \
+             the bearer token crosses the network in clear text. Use https:// (with \
+             --ca-file for a private CA)."
+        )
+    })
 }
 
 impl Api {
@@ -135,4 +181,35 @@ pub fn state(job: &Value) -> &str {
 /// Whether a job state is final.
 pub fn is_final(state: &str) -> bool {
     !matches!(state, "queued" | "running")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_clear_text_is_warned_of_unless_it_stays_on_this_machine() {
+        for remote in [
+            "http://example-host:8080",
+            "http://tagfleet-scheduler.tagfleet.svc:8080/",
+            "http://10.0.0.7:8080",
+            "http://[2001:db8::1]:8080",
+            "http://127.0.0.1.nip.io:8080",
+        ] {
+            let warning = cleartext_warning(remote).unwrap_or_default();
+            assert!(warning.contains("clear text"), "{remote}: {warning:?}");
+        }
+        for fine in [
+            "http://127.0.0.1:8080",
+            "http://127.8.9.1:8080",
+            "http://localhost:8080",
+            "http://LOCALHOST.:8080",
+            "http://api.localhost:8080",
+            "http://[::1]:8080",
+            "https://example-host:8443",
+            "not a url",
+        ] {
+            assert_eq!(cleartext_warning(fine), None, "{fine}");
+        }
+    }
 }

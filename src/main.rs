@@ -9,6 +9,7 @@ mod client;
 mod core_dumps;
 mod engine;
 mod erase;
+mod fd_limit;
 mod http;
 mod inputs;
 mod io_args;

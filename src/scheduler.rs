@@ -10,12 +10,19 @@ use anyhow::Context;
 use clap::Args;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
+use tagfleet_scheduler::server::{self, ServeConfig};
+use tagfleet_scheduler::tls::{self, TlsAcceptor, TlsError};
 use tagfleet_scheduler::{
     Intervals, ScheduleLimits, SchedulerConfig, Service, operations_router, router, run_background,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::fd_limit;
 use crate::io_args::{QueueArgs, StoreArgs};
+
+/// Connections open at once on the operations port (probes, scrapers): beside the API's
+/// within the file descriptors fd_limit keeps apart.
+const OPERATIONS_CONNECTIONS: usize = 64;
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
@@ -69,6 +76,11 @@ pub struct SchedulerArgs {
     #[arg(long, env = "TAGFLEET_MAX_JOB_IMAGES", default_value_t = 1_000_000)]
     pub max_job_images: usize,
 
+    /// Largest manifest read from S3, in bytes: a bigger one is refused before it is
+    /// read. Manifests are parsed as they stream in; this bounds one job's refs in memory.
+    #[arg(long, env = "TAGFLEET_MAX_MANIFEST_BYTES", default_value_t = 64 << 20)]
+    pub max_manifest_bytes: u64,
+
     /// Largest request body in bytes (inline manifests are the big ones).
     #[arg(long, env = "TAGFLEET_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
     pub max_request_bytes: usize,
@@ -89,10 +101,36 @@ pub struct SchedulerArgs {
     #[arg(long, env = "TAGFLEET_SCHEDULE_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub schedule_retention_days: u64,
+
+    /// API connections open at once, at most. At the cap the oldest idle connection is
+    /// closed to make room; the process's file descriptor limit is raised to fit.
+    #[arg(long, env = "TAGFLEET_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Seconds a client has to send a request's headers (and to finish the TLS
+    /// handshake); an idle kept-alive connection is closed after as long.
+    #[arg(long, env = "TAGFLEET_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+
+    /// PEM certificate chain of the API, leaf first: with --tls-key the API speaks HTTPS
+    /// only (TLS 1.2 and 1.3, rustls). Without them it speaks plain HTTP, and bearer
+    /// tokens cross the network in clear: keep it to loopback or behind a TLS proxy.
+    #[arg(long, env = "TAGFLEET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TAGFLEET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Seconds a client has to send a request's body once its headers are in.
+    #[arg(long, env = "TAGFLEET_BODY_READ_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_read_timeout_secs: u64,
 }
 
 pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
     crate::core_dumps::disable();
+    fd_limit::fit(args.max_connections as u64).context("--max-connections")?;
+    let tls = tls_of(&args)?;
     let secrets = Secrets::load(&args.secrets).context("--secrets")?;
     let urls = UrlPolicy::new(&args.allow_url_range)
         .map_err(anyhow::Error::msg)
@@ -116,6 +154,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
             chunk_size: args.chunk_size as usize,
             retention: args.store.retention(),
             max_job_images: args.max_job_images,
+            max_manifest_bytes: args.max_manifest_bytes,
             urls,
             fleet_store: args.store.s3_location()?,
             schedules: ScheduleLimits {
@@ -133,17 +172,39 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
     let shutdown = CancellationToken::new();
-    let server = serve(
+    let serving = ServeConfig {
+        listener: "api",
+        max_connections: args.max_connections as usize,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
+        tls,
+    };
+    // The operations port gets the API's deadlines and a small cap of its own: a client
+    // there must not use up the file descriptors the API needs.
+    let operations = ServeConfig {
+        listener: "operations",
+        max_connections: OPERATIONS_CONNECTIONS,
+        tls: None,
+        ..serving.clone()
+    };
+    let server = tokio::spawn(server::serve(
         listener,
         router(service.clone(), args.max_request_bytes),
-        &shutdown,
-    );
-    let metrics_server = serve(
+        serving,
+        shutdown.clone(),
+    ));
+    let metrics_server = tokio::spawn(server::serve(
         metrics_listener,
         operations_router(service.clone()),
-        &shutdown,
-    );
-    tracing::info!(listen = %args.listen, metrics_listen = %args.metrics_listen, "scheduler listening");
+        operations,
+        shutdown.clone(),
+    ));
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(listen = %args.listen, scheme, metrics_listen = %args.metrics_listen, "scheduler listening");
     let background = tokio::spawn(run_background(
         service,
         progress,
@@ -163,27 +224,25 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         .await
         .context("the background work panicked")?
         .context("the scheduler's background work failed")?;
-    server
-        .await
-        .context("the API server panicked")?
-        .context("serving the API")?;
+    server.await.context("the API server panicked")?;
     metrics_server
         .await
-        .context("the metrics server panicked")?
-        .context("serving the metrics")?;
+        .context("the metrics server panicked")?;
     Ok(0)
 }
 
-/// Serves `app` on `listener` until `shutdown`.
-fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    shutdown: &CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
+/// The API's TLS acceptor, when --tls-cert and --tls-key are given; an error names the
+/// flag of the file at fault.
+fn tls_of(args: &SchedulerArgs) -> anyhow::Result<Option<TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    tls::acceptor(cert, key).map(Some).map_err(|e| {
+        let flag = match e {
+            TlsError::Cert { .. } => "--tls-cert",
+            TlsError::Key { .. } => "--tls-key",
+            TlsError::Pair(_) => "--tls-cert, --tls-key",
+        };
+        anyhow::Error::new(e).context(flag)
     })
 }

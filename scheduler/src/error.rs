@@ -25,9 +25,45 @@ pub enum ApiError {
     Gone(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The client did not send its request in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A backend (store, queue) failed; the request can be retried.
     #[error("{0}")]
     Unavailable(String),
+    /// The tenant is at one of its quotas (see `tagfleet_contracts::secrets::Quotas`).
+    #[error("{0}")]
+    QuotaExceeded(QuotaExceeded),
+}
+
+/// A tenant quota a request would go over: which one, its limit, what is in use and
+/// what the request asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, ToSchema)]
+#[error("over the {quota} quota: {used} in use and {requested} more asked, {limit} allowed")]
+pub struct QuotaExceeded {
+    /// `schedules`, `jobs_in_flight` or `images_in_flight`.
+    pub quota: String,
+    /// The tenant's limit.
+    pub limit: u64,
+    /// In use now (jobs and images of jobs that have not ended; schedules).
+    pub used: u64,
+    /// What the request would add.
+    pub requested: u64,
+}
+
+impl QuotaExceeded {
+    /// Refuses (429) a request adding `requested` to `used` past `limit`.
+    pub fn check(quota: &str, limit: u64, used: u64, requested: u64) -> Result<(), ApiError> {
+        if used.saturating_add(requested) <= limit {
+            return Ok(());
+        }
+        Err(ApiError::QuotaExceeded(QuotaExceeded {
+            quota: quota.to_owned(),
+            limit,
+            used,
+            requested,
+        }))
+    }
 }
 
 /// The body of every error response.
@@ -41,6 +77,9 @@ pub struct ErrorBody {
     /// The valid values, when the field is a closed choice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid: Option<Vec<String>>,
+    /// The quota a 429 is about: `quota`, `limit`, `used`, `requested`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaExceeded>,
 }
 
 impl ApiError {
@@ -68,7 +107,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -81,11 +122,19 @@ impl IntoResponse for ApiError {
                 error: invalid.to_string(),
                 field: Some(invalid.field.clone()),
                 valid: invalid.valid.clone(),
+                quota: None,
+            },
+            ApiError::QuotaExceeded(over) => ErrorBody {
+                error: over.to_string(),
+                field: None,
+                valid: None,
+                quota: Some(over.clone()),
             },
             other => ErrorBody {
                 error: other.to_string(),
                 field: None,
                 valid: None,
+                quota: None,
             },
         };
         let mut response = (status, Json(body)).into_response();

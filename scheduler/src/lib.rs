@@ -8,8 +8,10 @@ mod jobs;
 pub mod metrics;
 pub mod record;
 pub mod schedules;
+pub mod server;
 mod sources;
 pub mod spec;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -104,6 +104,26 @@ pub static HTTP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// HTTP connections open now, by listener (`api`, `operations`).
+pub static HTTP_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tagfleet_scheduler_http_connections",
+        "HTTP connections open, by listener",
+        &["listener"],
+    )
+});
+
+/// HTTP connections the server closed, by listener and reason: `evicted` (idle, to make
+/// room at the connection cap), `timeout` (headers or TLS handshake not sent in time),
+/// `tls_failed`.
+pub static HTTP_CONNECTIONS_CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tagfleet_scheduler_http_connections_closed_total",
+        "HTTP connections closed by the server, by listener and reason",
+        &["listener", "reason"],
+    )
+});
+
 /// Touches every metric so each appears in /metrics from the start.
 pub fn register() {
     for state in JobState::ALL {
@@ -117,6 +137,12 @@ pub fn register() {
     }
     for result in ["counted", "duplicate", "unknown_job"] {
         PROGRESS_MESSAGES.with_label_values(&[result]);
+    }
+    for listener in ["api", "operations"] {
+        HTTP_CONNECTIONS.with_label_values(&[listener]);
+        for reason in ["evicted", "timeout", "tls_failed"] {
+            HTTP_CONNECTIONS_CLOSED.with_label_values(&[listener, reason]);
+        }
     }
     LazyLock::force(&TASKS_PUBLISHED);
     LazyLock::force(&SCHEDULE_FIRINGS);

@@ -1,5 +1,7 @@
 //! Job records: what the scheduler knows about a job, persisted at `jobs/<tenant>/<job>.json`
-//! after every change, so a restarted scheduler knows every job and its counts.
+//! after every change, so a restarted scheduler knows every job and its counts. A record
+//! stays small: a source that lists refs (an inline manifest, URLs) is kept apart, at
+//! `jobs/<tenant>/<job>/source.json`, and read back only for a retry.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -8,7 +10,7 @@ use tagfleet_contracts::job::JobState;
 use tagfleet_contracts::schema::TaskPlan;
 use utoipa::ToSchema;
 
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, Source};
 
 /// Version of the record layout.
 pub const RECORD_VERSION: u32 = 1;
@@ -127,6 +129,10 @@ pub struct JobRecord {
     /// `retain: false`: the source is not kept (the record holds counts only).
     #[serde(default)]
     pub source_withheld: bool,
+    /// The source lists refs and is kept apart (`Key::JobSource`); `spec.source` holds
+    /// its kind only (see [`without_refs`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_apart: bool,
     /// `retain: false`: the results were read once, completely, and deleted.
     #[serde(default)]
     pub results_delivered: bool,
@@ -225,6 +231,24 @@ impl JobRecord {
     }
 }
 
+/// What a record keeps of a source that lists refs: its kind, without the refs. `None`
+/// for a source that is only a location (an S3 prefix or manifest uri).
+pub fn without_refs(source: &Source) -> Option<Source> {
+    match source {
+        Source::Manifest {
+            inline: Some(_),
+            format,
+            ..
+        } => Some(Source::Manifest {
+            uri: None,
+            inline: None,
+            format: *format,
+        }),
+        Source::Urls { .. } => Some(Source::Urls { urls: Vec::new() }),
+        _ => None,
+    }
+}
+
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
@@ -277,6 +301,7 @@ mod tests {
             rounds: vec![Round::new(tasks)],
             error: None,
             source_withheld: false,
+            source_apart: false,
             results_delivered: false,
         }
     }

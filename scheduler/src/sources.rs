@@ -8,25 +8,26 @@
 //! never carry object contents or the S3 client's error text, only a fixed reason.
 
 use std::collections::HashMap;
+use std::io::Read;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use tagfleet_contracts::S3Location;
-use tagfleet_contracts::manifest::{self, ManifestFormat};
+use tagfleet_contracts::manifest::{self, ManifestFormat, ReadError};
 use tagfleet_contracts::secrets::{Access, TenantSecrets};
 use tagfleet_io::listing;
 use tagfleet_io::netguard::{UrlError, UrlPolicy};
+use tokio_util::io::SyncIoBridge;
 
 use crate::error::ApiError;
 use crate::spec::{Invalid, Source};
-
-/// Largest manifest read from S3.
-const MAX_MANIFEST_BYTES: i64 = 256 << 20;
 
 pub struct SourceReader {
     pub s3: Option<aws_sdk_s3::Client>,
     pub urls: UrlPolicy,
     /// Refs one job may hold at most.
     pub max_refs: usize,
+    /// Largest manifest read from S3, in bytes.
+    pub max_manifest_bytes: u64,
     /// The folder of the fleet's own store (results, jobs, schedules), when on S3: never
     /// a source, whatever an allow-list says.
     pub fleet_store: Option<S3Location>,
@@ -57,9 +58,8 @@ impl SourceReader {
                 let location = S3Location::parse_object(uri)
                     .map_err(|e| Invalid::new("source.uri", e.to_string()))?;
                 self.fence(tenant, &location, Access::Read, "source.uri")?;
-                let text = self.read_manifest(&location).await?;
                 (
-                    parse_manifest(&text, *format, "source.uri")?,
+                    self.read_manifest(&location, *format).await?,
                     Some("source.uri"),
                 )
             }
@@ -68,7 +68,8 @@ impl SourceReader {
                 format,
                 ..
             } => (
-                parse_manifest(text, *format, "source.inline")?,
+                manifest::read(text.as_bytes(), *format, self.max_refs)
+                    .map_err(|e| self.manifest_refusal(e, "source.inline"))?,
                 Some("source.inline"),
             ),
             Source::Urls { urls } => (urls.clone(), Some("source.urls")),
@@ -130,30 +131,57 @@ impl SourceReader {
         .map_err(|e| refusal("source.uri", "listing the prefix", e.code.as_deref()))
     }
 
-    async fn read_manifest(&self, location: &S3Location) -> Result<String, ApiError> {
+    /// The refs of a manifest in S3, read as it streams in: an object over the size limit
+    /// is refused before its body is read, and reading stops at the ref limit.
+    async fn read_manifest(
+        &self,
+        location: &S3Location,
+        format: ManifestFormat,
+    ) -> Result<Vec<String>, ApiError> {
+        const FIELD: &str = "source.uri";
         let object = self
-            .client("source.uri")?
+            .client(FIELD)?
             .get_object()
             .bucket(location.bucket())
             .key(location.key())
             .send()
             .await
-            .map_err(|e| refusal("source.uri", "reading the manifest", e.code()))?;
-        if object.content_length().unwrap_or(0) > MAX_MANIFEST_BYTES {
-            return Err(Invalid::new(
-                "source.uri",
-                format!("the manifest is over {MAX_MANIFEST_BYTES} bytes"),
-            )
-            .into());
+            .map_err(|e| refusal(FIELD, "reading the manifest", e.code()))?;
+        let limit = self.max_manifest_bytes;
+        if let Some(size) = object.content_length().and_then(|n| u64::try_from(n).ok())
+            && size > limit
+        {
+            return Err(too_large(FIELD, limit).into());
         }
-        let bytes = object
-            .body
-            .collect()
-            .await
-            .map_err(|_| refusal("source.uri", "reading the manifest", None))?
-            .into_bytes();
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| Invalid::new("source.uri", "the manifest is not UTF-8 text").into())
+        // The parser reads synchronously, on a blocking thread, from the body as it arrives.
+        let body = SyncIoBridge::new(object.body.into_async_read());
+        let max_refs = self.max_refs;
+        let parsed = tokio::task::spawn_blocking(move || {
+            let capped = Capped {
+                inner: body,
+                left: limit,
+            };
+            manifest::read(std::io::BufReader::new(capped), format, max_refs)
+        })
+        .await
+        .map_err(|_| refusal(FIELD, "reading the manifest", None))?;
+        parsed.map_err(|e| self.manifest_refusal(e, FIELD))
+    }
+
+    /// Why a manifest in `field` is refused; never a ref or the store's error text.
+    fn manifest_refusal(&self, e: ReadError, field: &str) -> ApiError {
+        match e {
+            ReadError::Line(e) => Invalid::new(field, e.to_string()).into(),
+            ReadError::TooManyRefs(max) => Invalid::new(
+                "source",
+                format!("over {max} images; a job holds at most {max}: split it"),
+            )
+            .into(),
+            ReadError::Io(e) if e.get_ref().is_some_and(|e| e.is::<OverLimit>()) => {
+                too_large(field, self.max_manifest_bytes).into()
+            }
+            ReadError::Io(_) => refusal(field, "reading the manifest", None),
+        }
     }
 
     /// Refs must be `s3://` objects inside the tenant's sources, or `https://` URLs whose
@@ -225,13 +253,34 @@ fn url_refusal(e: &UrlError) -> String {
     }
 }
 
-/// The refs of a manifest text, or the line at fault in `field`.
-pub fn parse_manifest(
-    text: &str,
-    format: ManifestFormat,
-    field: &str,
-) -> Result<Vec<String>, Invalid> {
-    manifest::parse(text, format).map_err(|e| Invalid::new(field, e.to_string()))
+fn too_large(field: &str, limit: u64) -> Invalid {
+    Invalid::new(
+        field,
+        format!("the manifest is over the limit of {limit} bytes: split the job"),
+    )
+}
+
+/// A manifest body went past the size limit.
+#[derive(Debug, thiserror::Error)]
+#[error("over the size limit")]
+struct OverLimit;
+
+/// A reader that fails once more than `left` bytes came through: a manifest whose size the
+/// store did not say (or said wrong) is cut off at the limit all the same.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self
+            .left
+            .checked_sub(n as u64)
+            .ok_or_else(|| std::io::Error::other(OverLimit))?;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -243,6 +292,7 @@ mod tests {
             s3: None,
             urls: UrlPolicy::default(),
             max_refs: 3,
+            max_manifest_bytes: 1 << 20,
             fleet_store: Some(S3Location::parse("s3://fleet/tagfleet").unwrap()),
         }
     }

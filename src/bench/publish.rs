@@ -51,6 +51,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
             chunk_size,
             retention: tagfleet_contracts::retention::DEFAULT_RETENTION,
             max_job_images: refs.max(1),
+            max_manifest_bytes: 64 << 20,
             urls: UrlPolicy::default(),
             fleet_store: None,
             schedules: tagfleet_scheduler::ScheduleLimits::default(),

@@ -5,6 +5,8 @@
 
 mod common;
 
+mod abusive_client;
+mod api_tls;
 mod fence;
 mod fleet;
 mod hardening;

@@ -6,6 +6,7 @@
 //! results/<tenant>/<job>/<task>.jsonl    one task's result lines
 //! jobs/<tenant>/<job>.json               a job record (or its erasure tombstone)
 //! jobs/<tenant>/<job>/state.json         the job's state, all a worker reads of a job
+//! jobs/<tenant>/<job>/source.json        a job's source when it lists refs (for retries)
 //! schedules/<tenant>/<schedule>.json     a cron schedule
 //! ```
 
@@ -59,10 +60,14 @@ pub enum Key {
     },
     /// A job record.
     Job { tenant: String, job: String },
-    /// A job's state object: small, so workers can read it often (a record can hold a
-    /// whole inline manifest). Under the job's own folder, so sweeping and erasing the
-    /// tenant's job records take it too.
+    /// A job's state object: small, so workers can read it often (a record is bigger).
+    /// Under the job's own folder, so sweeping and erasing the tenant's job records take
+    /// it too.
     JobState { tenant: String, job: String },
+    /// A job's source when it lists refs (an inline manifest, URLs): kept apart from the
+    /// record so the scheduler holds only small records in memory, and read back only for
+    /// a retry. Under the job's own folder, so it is swept and erased with the job.
+    JobSource { tenant: String, job: String },
     /// A cron schedule.
     Schedule { tenant: String, schedule: String },
 }
@@ -90,6 +95,13 @@ impl Key {
         }
     }
 
+    pub fn job_source(tenant: &str, job: &str) -> Self {
+        Key::JobSource {
+            tenant: tenant.to_owned(),
+            job: job.to_owned(),
+        }
+    }
+
     pub fn schedule(tenant: &str, schedule: &str) -> Self {
         Key::Schedule {
             tenant: tenant.to_owned(),
@@ -112,6 +124,7 @@ impl Key {
             (Area::Results, [tenant, job, task]) => Some(Key::result(tenant, job, task)),
             (Area::Jobs, [tenant, job]) => Some(Key::job(tenant, job)),
             (Area::Jobs, [tenant, job, STATE]) => Some(Key::job_state(tenant, job)),
+            (Area::Jobs, [tenant, job, SOURCE]) => Some(Key::job_source(tenant, job)),
             (Area::Schedules, [tenant, schedule]) => Some(Key::schedule(tenant, schedule)),
             _ => None,
         }
@@ -120,7 +133,7 @@ impl Key {
     pub fn area(&self) -> Area {
         match self {
             Key::Result { .. } => Area::Results,
-            Key::Job { .. } | Key::JobState { .. } => Area::Jobs,
+            Key::Job { .. } | Key::JobState { .. } | Key::JobSource { .. } => Area::Jobs,
             Key::Schedule { .. } => Area::Schedules,
         }
     }
@@ -130,6 +143,7 @@ impl Key {
             Key::Result { tenant, .. }
             | Key::Job { tenant, .. }
             | Key::JobState { tenant, .. }
+            | Key::JobSource { tenant, .. }
             | Key::Schedule { tenant, .. } => tenant,
         }
     }
@@ -143,6 +157,7 @@ impl fmt::Display for Key {
             Key::Result { tenant, job, task } => write!(f, "{prefix}{tenant}/{job}/{task}{suffix}"),
             Key::Job { tenant, job } => write!(f, "{prefix}{tenant}/{job}{suffix}"),
             Key::JobState { tenant, job } => write!(f, "{prefix}{tenant}/{job}/{STATE}{suffix}"),
+            Key::JobSource { tenant, job } => write!(f, "{prefix}{tenant}/{job}/{SOURCE}{suffix}"),
             Key::Schedule { tenant, schedule } => write!(f, "{prefix}{tenant}/{schedule}{suffix}"),
         }
     }
@@ -150,6 +165,9 @@ impl fmt::Display for Key {
 
 /// The name of a job's state object in its folder.
 const STATE: &str = "state";
+
+/// The name of a job's source object in its folder.
+const SOURCE: &str = "source";
 
 /// The prefix under which all results of one job live.
 pub fn job_results_prefix(tenant: &str, job: &str) -> String {
@@ -197,6 +215,10 @@ mod tests {
             "jobs/acme/j1/state.json"
         );
         assert_eq!(
+            Key::job_source("acme", "j1").to_string(),
+            "jobs/acme/j1/source.json"
+        );
+        assert_eq!(
             Key::schedule("acme", "s1").to_string(),
             "schedules/acme/s1.json"
         );
@@ -209,6 +231,7 @@ mod tests {
             Key::result("acme", "j1", "r2-t000031"),
             Key::job("acme", "j1"),
             Key::job_state("acme", "j1"),
+            Key::job_source("acme", "j1"),
             Key::schedule("a.b", "nightly"),
         ] {
             assert_eq!(Key::parse(&key.to_string()), Some(key.clone()), "{key}");

@@ -122,3 +122,18 @@ The tenants Secret volume, mounted read-only at the folder of TAGFLEET_SECRETS.
   mountPath: {{ .Values.tenants.mountPath }}
   readOnly: true
 {{- end }}
+
+{{/*
+The scheduler API's scheme, which is also the name of its port: https when
+scheduler.tls.secretName names a TLS Secret, else http.
+*/}}
+{{- define "tagfleet.schedulerScheme" -}}
+{{- if .Values.scheduler.tls.secretName }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/*
+Where the scheduler's TLS Secret is mounted (read-only).
+*/}}
+{{- define "tagfleet.schedulerTlsDir" -}}
+/etc/tagfleet/tls
+{{- end }}

@@ -25,7 +25,9 @@ use crate::spec::{self, Invalid, JobSpec};
         (status = 400, description = "The spec is invalid or the source is empty", body = ErrorBody),
         (status = 403, description = "A location outside the tenant's allow-lists, or the fleet's own store", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 408, description = "The request body was not sent in time", body = ErrorBody),
         (status = 413, description = "Request body too large", body = ErrorBody),
+        (status = 429, description = "Over the tenant's jobs_in_flight or images_in_flight quota", body = ErrorBody),
         (status = 503, description = "The store or queue failed", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn create_job(
@@ -108,7 +110,8 @@ pub(super) async fn cancel_job(
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = Retried), (status = 409, description = "Nothing to retry", body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 429, description = "Over the tenant's jobs_in_flight or images_in_flight quota", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn retry_job(
     State(service): State<Shared>,

@@ -53,6 +53,8 @@ pub struct SchedulerConfig {
     pub retention: std::time::Duration,
     /// Refs one job may hold at most.
     pub max_job_images: usize,
+    /// Largest manifest read from S3, in bytes.
+    pub max_manifest_bytes: u64,
     /// Which addresses image URLs may point to.
     pub urls: UrlPolicy,
     /// The folder of the fleet's own store when it is on S3: never a tenant's source
@@ -78,6 +80,7 @@ impl Service {
             urls: config.urls,
             max_refs: config.max_job_images,
             fleet_store: config.fleet_store,
+            max_manifest_bytes: config.max_manifest_bytes,
         };
         let book = JobBook::new(
             store.clone(),
@@ -207,6 +210,9 @@ fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
             "the request body is over the limit ({e}); send big manifests by S3 uri"
         )),
+        _ if crate::server::is_body_timeout(&e) => ApiError::RequestTimeout(
+            "the request body was not sent in time; send big manifests by S3 uri".into(),
+        ),
         _ => ApiError::Invalid(Invalid::new("body", e.body_text())),
     })
 }

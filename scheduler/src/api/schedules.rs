@@ -18,7 +18,8 @@ use crate::spec::{self, Invalid};
 /// Creates a recurring job.
 #[utoipa::path(post, path = "/v1/schedules", request_body = ScheduleSpec, tag = "schedules",
     responses((status = 201, body = Schedule), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, description = "A location outside the tenant's allow-lists", body = ErrorBody)),
+              (status = 403, description = "A location outside the tenant's allow-lists", body = ErrorBody),
+              (status = 429, description = "Over the tenant's schedules quota", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn create_schedule(
     State(service): State<Shared>,

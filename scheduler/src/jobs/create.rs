@@ -1,19 +1,22 @@
-//! Creating a job: validate, expand the source, write the record, publish the tasks.
+//! Creating a job: validate, check the quotas, expand the source, write the record,
+//! publish the tasks.
 
 use chrono::Utc;
 use tagfleet_contracts::job::JobState;
+use tagfleet_contracts::keys::Key;
 use tagfleet_contracts::secrets::Access;
 use tagfleet_contracts::{S3Location, TaskMessage};
 
+use super::quotas::InFlight;
 use super::{JobBook, JobId, gauges::refresh_gauges, unavailable};
 use crate::error::ApiError;
 use crate::metrics;
-use crate::record::{Counts, JobRecord, JobView, RECORD_VERSION, Round};
+use crate::record::{Counts, JobRecord, JobView, RECORD_VERSION, Round, without_refs};
 use crate::spec::{Invalid, JobSpec, Source};
 
 impl JobBook {
     /// Creates a job: validates, expands the source, writes the record, publishes the
-    /// tasks. A refused spec leaves nothing behind.
+    /// tasks. A refused spec, or one over the tenant's quotas (429), leaves nothing behind.
     pub async fn create(
         &self,
         tenant: &str,
@@ -22,10 +25,15 @@ impl JobBook {
     ) -> Result<JobView, ApiError> {
         let model = spec.validate(&self.config.models)?;
         self.check_locations(tenant, &spec)?;
+        // At the jobs quota already: refused before the source is read.
+        let one_job = InFlight { jobs: 1, images: 0 };
+        self.check_quotas(&*self.jobs.lock().await, tenant, one_job, Utc::now())?;
         let refs = self
             .sources
             .expand(&spec.source, self.tenant(tenant)?)
             .await?;
+        // Counted against the quotas from here until the job is in the book.
+        let _reservation = self.reserve(tenant, refs.len() as u64).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let now = Utc::now();
         let mut record = JobRecord {
@@ -46,6 +54,7 @@ impl JobBook {
             rounds: Vec::new(),
             error: None,
             source_withheld: false,
+            source_apart: false,
             results_delivered: false,
         };
         let messages = self.messages(&record, 0, &refs);
@@ -54,6 +63,17 @@ impl JobBook {
             // Keep nothing: the record holds counts, not where the images were.
             record.spec.source = Source::Urls { urls: Vec::new() };
             record.source_withheld = true;
+        } else if let Some(kind) = without_refs(&record.spec.source) {
+            // Refs stay out of the records held in memory (and loaded at every start):
+            // they are read back only for a retry.
+            let source = std::mem::replace(&mut record.spec.source, kind);
+            let body = serde_json::to_vec(&source).expect("sources serialise");
+            drop(source);
+            self.store
+                .put(&Key::job_source(tenant, &id).to_string(), body)
+                .await
+                .map_err(|e| unavailable("writing the job's source", e))?;
+            record.source_apart = true;
         }
         self.write(&record)
             .await

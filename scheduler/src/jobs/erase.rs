@@ -21,8 +21,9 @@ pub struct Erased {
 }
 
 impl JobBook {
-    /// Cancels a job and erases its results at once. Workers skip its queued tasks; results
-    /// of tasks in flight are deleted when their progress report arrives.
+    /// Cancels a job and erases its results (and its source, when kept apart) at once.
+    /// Workers skip its queued tasks; results of tasks in flight are deleted when their
+    /// progress report arrives.
     pub async fn cancel(&self, tenant: &str, id: &str) -> Result<JobView, ApiError> {
         let writing = self.writing.lock().await;
         let key = (tenant.to_owned(), id.to_owned());
@@ -41,6 +42,10 @@ impl JobBook {
             .await
             .map_err(|e| unavailable("writing the job record", e))?;
         drop(writing);
+        self.store
+            .delete(&Key::job_source(tenant, id).to_string())
+            .await
+            .map_err(|e| unavailable("deleting the job's source", e))?;
         let erased = self
             .erase_results(tenant, id)
             .await

@@ -8,7 +8,7 @@ use tagfleet_io::StoreError;
 use super::{JobBook, JobId, gauges::refresh_gauges};
 
 impl JobBook {
-    /// Jobs past their retention become `expired`: their record and results are deleted
+    /// Jobs past their retention become `expired`: their record, source and results are deleted
     /// now (the sweeper and the lifecycle rule are the backstops). Returns how many.
     pub async fn expire(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let _writing = self.writing.lock().await;
@@ -30,7 +30,11 @@ impl JobBook {
         };
         for (tenant, id) in &due {
             self.erase_results(tenant, id).await?;
-            for key in [Key::job(tenant, id), Key::job_state(tenant, id)] {
+            for key in [
+                Key::job_source(tenant, id),
+                Key::job(tenant, id),
+                Key::job_state(tenant, id),
+            ] {
                 self.store.delete(&key.to_string()).await?;
             }
         }

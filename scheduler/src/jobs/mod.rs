@@ -3,8 +3,8 @@
 //! and how it is read; each of its other jobs has a file of its own:
 //! [`create`] (expand, chunk, persist, publish), [`progress`] (count what workers report,
 //! once per task), [`deliver`] (deliver-once results), [`erase`] (cancel, the right to
-//! erasure), [`retry`] (re-publish failed images), [`expire`] (jobs past their retention)
-//! and [`gauges`] (metrics).
+//! erasure), [`retry`] (re-publish failed images), [`expire`] (jobs past their retention),
+//! [`quotas`] (jobs and images in flight per tenant) and [`gauges`] (metrics).
 
 mod create;
 mod deliver;
@@ -12,7 +12,10 @@ mod erase;
 mod expire;
 mod gauges;
 mod progress;
+mod quotas;
 mod retry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -64,6 +67,8 @@ pub struct JobBook {
     writing: Mutex<()>,
     /// Deliver-once jobs whose results a read holds now.
     readers: deliver::Readers,
+    /// Jobs and images of creations and retries under way, counted against quotas.
+    reserved: quotas::Reservations,
 }
 
 /// What replaces the record and the state object of an erased job.
@@ -103,6 +108,7 @@ impl JobBook {
             erased: Mutex::new(HashSet::new()),
             writing: Mutex::new(()),
             readers: deliver::Readers::default(),
+            reserved: quotas::Reservations::default(),
         }
     }
 

@@ -5,14 +5,15 @@ use std::collections::HashSet;
 use serde::Serialize;
 use tagfleet_contracts::Pseudonymiser;
 use tagfleet_contracts::job::JobState;
-use tagfleet_contracts::keys::job_results_prefix;
+use tagfleet_contracts::keys::{Key, job_results_prefix};
 use tagfleet_contracts::schema::{ResultLine, Status};
 use tagfleet_io::StoreError;
 use utoipa::ToSchema;
 
 use super::{JobBook, gauges::refresh_gauges, unavailable};
 use crate::error::ApiError;
-use crate::record::{JobView, Round};
+use crate::record::{JobRecord, JobView, Round};
+use crate::spec::Source;
 
 /// What a retry re-published.
 #[derive(Debug, Serialize, ToSchema)]
@@ -43,13 +44,16 @@ impl JobBook {
                     .into(),
             ));
         }
+        // Its failed images are in flight again: within the quotas, before anything changes.
+        let _reservation = self.reserve(tenant, record.counts.failed).await?;
         let secrets = self.tenant(tenant)?;
         let pseudonymiser = Pseudonymiser::new(secrets.key.clone());
         // The source first, under today's allow-list: a refusal leaves the results as
         // they were.
+        let source = self.source_of(&record).await?;
         let source = self
             .sources
-            .expand(&record.spec.source, secrets)
+            .expand(&source, secrets)
             .await
             .map_err(|e| match e {
                 ApiError::Forbidden(_) => e,
@@ -91,6 +95,26 @@ impl JobBook {
         let view = self.publish(&job, messages, images).await?;
         tracing::info!(tenant, job = %id, images, "failed images re-published");
         Ok(Retried { job: view, images })
+    }
+
+    /// The job's source: in its record, or kept apart when it lists refs.
+    async fn source_of(&self, record: &JobRecord) -> Result<Source, ApiError> {
+        if !record.source_apart {
+            return Ok(record.spec.source.clone());
+        }
+        let key = Key::job_source(&record.tenant, &record.id).to_string();
+        let body = match self.store.get(&key).await {
+            Ok(body) => body,
+            Err(StoreError::Expired(_) | StoreError::NotFound(_)) => {
+                return Err(ApiError::Conflict(
+                    "the job's source is gone (past its retention): submit the failed images \
+                     again"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(unavailable("reading the job's source", e)),
+        };
+        serde_json::from_slice(&body).map_err(|e| unavailable("reading the job's source", e))
     }
 
     /// Removes the error lines from a job's result objects; returns their pseudonyms.

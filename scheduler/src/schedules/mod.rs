@@ -29,7 +29,7 @@ use tagfleet_io::{ObjectStore, StoreError};
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, QuotaExceeded};
 use crate::jobs::{Erased, JobBook};
 use crate::metrics;
 use crate::spec::{Invalid, JobSpec, Source};
@@ -233,6 +233,15 @@ impl Schedules {
             expires_at: holds_refs.then(|| later(now, self.limits.retention)),
         };
         let _changing = self.changing.lock().await;
+        let used = self
+            .all
+            .lock()
+            .await
+            .keys()
+            .filter(|(t, _)| t == tenant)
+            .count();
+        let limit = book.tenant(tenant)?.quotas.schedules;
+        QuotaExceeded::check("schedules", limit as u64, used as u64, 1)?;
         self.write(&schedule).await?;
         self.all
             .lock()

@@ -34,6 +34,7 @@ fn new_service(store: Arc<dyn ObjectStore>) -> Arc<Service> {
             chunk_size: 32,
             retention: Duration::from_secs(24 * 3600),
             max_job_images: 1000,
+            max_manifest_bytes: 1 << 20,
             urls: UrlPolicy::default(),
             schedules: ScheduleLimits::default(),
             fleet_store: None,
