@@ -78,6 +78,7 @@ fn progress_of(msg: &TaskMessage, lines: &[ResultLine]) -> Vec<u8> {
         task_id: msg.task_id.clone(),
         ok: lines.len() as u32 - failed,
         failed,
+        given_up: None,
     }
     .to_json()
 }

@@ -116,6 +116,44 @@ pub struct ProgressMessage {
     pub ok: u32,
     /// Images of the task that ended in an error line.
     pub failed: u32,
+    /// Set when the task was given up (its last delivery failed, or it failed for a
+    /// reason retrying cannot fix): none of its images has a result, and its message
+    /// went to the dead-letter queue. `ok` and `failed` are then 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_up: Option<GivenUp>,
+}
+
+/// Why a worker gave a task up. A fixed set of reasons: a report carries no free text,
+/// which could name an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GivenUp {
+    /// Every delivery of the task failed (a failing device, a worker that died on it).
+    Attempts,
+    /// The job's output location refused the write (not allowed, no such bucket, access
+    /// denied): retrying cannot help.
+    OutputRefused,
+    /// The fleet's store refused the write for good (access denied, no such bucket).
+    StoreRefused,
+}
+
+impl GivenUp {
+    pub fn name(self) -> &'static str {
+        match self {
+            GivenUp::Attempts => "attempts",
+            GivenUp::OutputRefused => "output_refused",
+            GivenUp::StoreRefused => "store_refused",
+        }
+    }
+
+    /// What a job's record says about images of tasks given up for this reason.
+    pub fn explanation(self) -> &'static str {
+        match self {
+            GivenUp::Attempts => "every delivery of their task failed",
+            GivenUp::OutputRefused => "the job's output location refused the results",
+            GivenUp::StoreRefused => "the fleet's store refused the results",
+        }
+    }
 }
 
 impl ProgressMessage {

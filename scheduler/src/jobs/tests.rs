@@ -123,6 +123,7 @@ async fn an_inline_source_is_kept_apart_read_back_for_a_retry_and_deleted_with_t
         task_id: task.into(),
         ok,
         failed,
+        given_up: None,
     };
     book.apply_progress(&[report("t000001", 1, 1), report("t000002", 1, 0)])
         .await
