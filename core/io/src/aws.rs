@@ -2,7 +2,23 @@
 //! credential chain and region, with an optional endpoint for S3- or SQS-compatible
 //! servers (SeaweedFS, MinIO, moto, LocalStack).
 
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+/// Deadlines on every S3 and SQS call: a store or queue that stops answering (a frozen
+/// server, a dropped route) must fail the call, so the caller can back off and say so,
+/// instead of stalling the fleet. The read timeout bounds silence between two reads; an
+/// SQS long poll (at most 20 s) stays under it.
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(25))
+        .operation_attempt_timeout(Duration::from_secs(60))
+        .operation_timeout(Duration::from_secs(120))
+        .build()
+}
 
 /// Where an AWS-compatible service is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,7 +59,7 @@ pub fn is_plaintext_remote(url: &str) -> bool {
 /// Loads the SDK configuration for `endpoint`.
 pub async fn sdk_config(endpoint: &Endpoint) -> SdkConfig {
     let loader = |region: Option<String>| {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts());
         if let Some(region) = region {
             loader = loader.region(Region::new(region));
         }

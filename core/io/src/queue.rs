@@ -78,6 +78,15 @@ pub trait Queue: Send + Sync {
     /// queue's delivery limit, then dead-lettered); without, it is dead-lettered now.
     async fn nack(&self, delivery: &Delivery, requeue: bool) -> Result<(), QueueError>;
 
+    /// Stops the flow of new messages, for a worker that drains: the broker stops
+    /// pushing, and messages it had already pushed that were not received yet go back
+    /// now, unstarted (each push a draining worker would never start costs a delivery).
+    /// Messages already received stay to be settled. Queues that only hand out what is
+    /// asked for have nothing to do.
+    async fn stop_receiving(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Messages waiting in the queue and in its dead-letter queue, where the backend can
     /// tell (approximately, on SQS). For metrics.
     async fn depth(&self) -> Result<Option<Depth>, QueueError> {

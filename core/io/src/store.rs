@@ -34,6 +34,22 @@ pub enum StoreError {
          versions kept so far expire by the lifecycle rule) or give --store a bucket without it"
     )]
     Versioned(String),
+    /// The store did not answer, or answered that it cannot serve now (a timeout, a
+    /// refused connection, a 5xx, throttling): the same call may succeed later.
+    #[error("{op} {key}: the store is unavailable: {message}")]
+    Unavailable {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    /// The store answered that this cannot work (access denied, no such bucket, a bad
+    /// request): trying again will not help.
+    #[error("{op} {key}: the store refused: {message}")]
+    Refused {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("{op} {key}")]
     Io {
         op: &'static str,
@@ -41,6 +57,36 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later: the store was unreachable or busy, not
+    /// asked for something it will never do. Transient errors are waited out; permanent
+    /// ones are reported once.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind as Io;
+        match self {
+            StoreError::Unavailable { .. } => true,
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                Io::TimedOut
+                    | Io::Interrupted
+                    | Io::WouldBlock
+                    | Io::ConnectionRefused
+                    | Io::ConnectionReset
+                    | Io::ConnectionAborted
+                    | Io::NotConnected
+                    | Io::BrokenPipe
+                    | Io::StorageFull
+                    | Io::ResourceBusy
+            ),
+            StoreError::NotFound(_)
+            | StoreError::Expired(_)
+            | StoreError::InvalidKey(_)
+            | StoreError::Versioned(_)
+            | StoreError::Refused { .. } => false,
+        }
+    }
 }
 
 #[async_trait]

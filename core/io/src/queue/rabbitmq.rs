@@ -17,9 +17,9 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::Acker;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -399,6 +399,36 @@ impl Queue for RabbitQueue {
             .await
             .map(drop)
             .map_err(|e| lost("acking", e))
+    }
+
+    async fn stop_receiving(&self) -> Result<(), QueueError> {
+        let Some((generation, channel, mut stream)) = self.consumer.lock().await.take() else {
+            return Ok(());
+        };
+        if !channel.status().connected() {
+            // Nothing to cancel: the broker returned everything with the connection.
+            self.forget_link(generation).await;
+            return Ok(());
+        }
+        channel
+            .basic_cancel(stream.tag(), BasicCancelOptions::default())
+            .await
+            .map_err(|e| lost("cancelling the consumer", e))?;
+        // Pushed before the cancel and never received: back to the queue now.
+        let mut returned = 0;
+        while let Some(Some(Ok(d))) = futures_util::FutureExt::now_or_never(stream.next()) {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            d.acker
+                .nack(requeue)
+                .await
+                .map_err(|e| lost("returning an unstarted message", e))?;
+            returned += 1;
+        }
+        tracing::info!(returned, "stopped consuming");
+        Ok(())
     }
 
     async fn depth(&self) -> Result<Option<Depth>, QueueError> {

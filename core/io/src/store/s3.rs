@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -85,16 +86,58 @@ impl S3Store {
     }
 }
 
-fn io(
-    op: &'static str,
-    key: &str,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> StoreError {
+/// Whether a failed S3 call may succeed later: no answer, a timeout, a 5xx or throttling.
+/// Any other answer (access denied, no such bucket or key) will not change by retrying.
+pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            status >= 500
+                || status == 429
+                || status == 408
+                || matches!(
+                    service.err().code(),
+                    Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")
+                )
+        }
+        _ => false,
+    }
+}
+
+/// A failed S3 call as a store error, classified by [`is_transient`]. The message keeps
+/// the SDK's chain of causes, which tells a refused connection from a denied request.
+fn s3_error<E>(op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
+    let transient = is_transient(&e);
     let message = DisplayErrorContext(&e).to_string();
-    StoreError::Io {
+    let key = key.to_owned();
+    if transient {
+        StoreError::Unavailable { op, key, message }
+    } else {
+        StoreError::Refused { op, key, message }
+    }
+}
+
+/// A store set-up step that cannot work as asked.
+fn refused(op: &'static str, key: &str, e: impl std::error::Error) -> StoreError {
+    StoreError::Refused {
         op,
         key: key.to_owned(),
-        source: std::io::Error::other(message),
+        message: DisplayErrorContext(&e).to_string(),
+    }
+}
+
+/// A failed read of an object's body: the connection broke mid-way, worth another try.
+fn body_error(key: &str, e: impl std::error::Error) -> StoreError {
+    StoreError::Unavailable {
+        op: "reading",
+        key: key.to_owned(),
+        message: DisplayErrorContext(&e).to_string(),
     }
 }
 
@@ -152,7 +195,7 @@ impl S3Store {
             {
                 Ok(())
             }
-            Err(e) => Err(io("creating bucket", self.bucket(), e)),
+            Err(e) => Err(s3_error("creating bucket", self.bucket(), e)),
         }
     }
 
@@ -176,7 +219,7 @@ impl S3Store {
                 return Ok(());
             }
             Err(e) => {
-                return Err(io(
+                return Err(s3_error(
                     "reading the versioning state (s3:GetBucketVersioning) of",
                     bucket,
                     e,
@@ -210,7 +253,7 @@ impl S3Store {
         {
             Ok(out) => out.rules.unwrap_or_default(),
             Err(e) if is_no_lifecycle(&e) => Vec::new(),
-            Err(e) => return Err(io("reading lifecycle rules of", bucket, e)),
+            Err(e) => return Err(s3_error("reading lifecycle rules of", bucket, e)),
         };
         let mut rules: Vec<LifecycleRule> = existing
             .into_iter()
@@ -221,14 +264,14 @@ impl S3Store {
         let config = BucketLifecycleConfiguration::builder()
             .set_rules(Some(rules))
             .build()
-            .map_err(|e| io("building lifecycle rules for", bucket, e))?;
+            .map_err(|e| refused("building lifecycle rules for", bucket, e))?;
         self.client
             .put_bucket_lifecycle_configuration()
             .bucket(bucket)
             .lifecycle_configuration(config)
             .send()
             .await
-            .map_err(|e| io("setting lifecycle rules of", bucket, e))?;
+            .map_err(|e| s3_error("setting lifecycle rules of", bucket, e))?;
 
         let now = self
             .client
@@ -237,7 +280,7 @@ impl S3Store {
             .send()
             .await;
         let now = now
-            .map_err(|e| io("reading back lifecycle rules of", bucket, e))?
+            .map_err(|e| s3_error("reading back lifecycle rules of", bucket, e))?
             .rules
             .unwrap_or_default();
         for rule in &wanted {
@@ -250,7 +293,7 @@ impl S3Store {
                     && r.status() == &ExpirationStatus::Enabled
             });
             if !present {
-                return Err(io(
+                return Err(refused(
                     "verifying lifecycle rules of",
                     bucket,
                     std::io::Error::other(format!(
@@ -321,7 +364,7 @@ impl ObjectStore for S3Store {
         put.send()
             .await
             .map(drop)
-            .map_err(|e| io("writing", key, e))
+            .map_err(|e| s3_error("writing", key, e))
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
@@ -337,7 +380,7 @@ impl ObjectStore for S3Store {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                 return Err(StoreError::NotFound(key.to_owned()));
             }
-            Err(e) => return Err(io("reading", key, e)),
+            Err(e) => return Err(s3_error("reading", key, e)),
         };
         let modified = out
             .last_modified()
@@ -345,11 +388,7 @@ impl ObjectStore for S3Store {
         if modified.is_some_and(|m| is_expired(m, self.options.retention, SystemTime::now())) {
             return Err(StoreError::Expired(key.to_owned()));
         }
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| io("reading", key, e))?;
+        let body = out.body.collect().await.map_err(|e| body_error(key, e))?;
         Ok(body.into_bytes().to_vec())
     }
 
@@ -363,7 +402,7 @@ impl ObjectStore for S3Store {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| io("listing", prefix, e))?;
+            let page = page.map_err(|e| s3_error("listing", prefix, e))?;
             for object in page.contents() {
                 let Some(full) = object.key() else { continue };
                 let Some(key) = full.strip_prefix(&self.prefix) else {
@@ -391,6 +430,6 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map(drop)
-            .map_err(|e| io("deleting", key, e))
+            .map_err(|e| s3_error("deleting", key, e))
     }
 }
