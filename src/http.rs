@@ -11,17 +11,27 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-/// Flipped to true once the service can do its work.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Flipped to true once the service can do its work; while true, also asks `check` (the
+/// worker's health: no dead stage, the store answers).
+#[derive(Clone, Default)]
+pub struct Readiness {
+    flag: Arc<AtomicBool>,
+    check: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.flag.store(ready, Ordering::SeqCst);
+    }
+
+    /// Ready only while `check` also says so.
+    pub fn also(mut self, check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.check = Some(Arc::new(check));
+        self
     }
 
     fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst) && self.check.as_ref().is_none_or(|check| check())
     }
 }
 

@@ -95,9 +95,19 @@ pub struct PipelineArgs {
     /// while this is spent.
     #[arg(long, env = "TAGFLEET_PIXEL_BUDGET_MIB", default_value_t = tagfleet_worker::DEFAULT_PIXEL_BUDGET >> 20)]
     pub pixel_budget_mib: usize,
+
+    /// Longest one batch may run on a device, in seconds, before the device is taken to
+    /// be hung: the worker then says unready and exits non-zero, so that it is restarted
+    /// and its tasks go to other workers.
+    #[arg(long, env = "TAGFLEET_BATCH_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_timeout_secs: u64,
 }
 
 impl PipelineArgs {
+    pub fn batch_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.batch_timeout_secs)
+    }
+
     /// The batch policy for these executors: the model's GPU batch when any runs on a GPU
     /// (the batcher feeds all of them from one queue), its CPU batch otherwise.
     pub fn batch(

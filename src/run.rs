@@ -14,9 +14,9 @@ use tagfleet_contracts::keys::job_results_prefix;
 use tagfleet_contracts::schema::ResultLine;
 use tagfleet_contracts::{Pseudonymiser, TenantKey};
 use tagfleet_io::Queue;
-use tagfleet_io::queue::MemoryQueue;
+use tagfleet_io::queue::{DEFAULT_DELIVERY_LIMIT, MemoryQueue};
 use tagfleet_io::store::FsStore;
-use tagfleet_worker::{Event, FileRoots, Pipeline, PipelineConfig, Summary, Tenants};
+use tagfleet_worker::{Event, FileRoots, Health, Pipeline, PipelineConfig, Summary, Tenants};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{self, EngineArgs};
@@ -142,15 +142,18 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         // The tasks live in this process only: a long run must not refuse its own.
         max_task_age: None,
         outputs: None,
+        delivery_limit: DEFAULT_DELIVERY_LIMIT,
+        batch_timeout: args.pipeline.batch_timeout(),
     };
     let pipeline = Pipeline {
         queue,
         store: Arc::new(store),
-        tenants: Tenants::single(LOCAL_TENANT, pseudonymiser.clone()),
+        tenants: Tenants::single(LOCAL_TENANT, pseudonymiser.clone()).into(),
         spec: model.spec,
         labels: model.labels,
         backends,
         config,
+        health: Health::default(),
     };
     let start = Instant::now();
     let (summary, written) = watch(pipeline, inputs.items.len() as u64).await?;
@@ -190,22 +193,40 @@ async fn watch(pipeline: Pipeline, images: u64) -> anyhow::Result<(Summary, Vec<
         }
     });
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let health = pipeline.health.clone();
     let run = tokio::spawn(pipeline.run(shutdown, Some(events_tx)));
     let mut progress = Progress::new(images);
     let mut written = Vec::new();
-    while let Some(event) = events_rx.recv().await {
+    // A hung device never lets the pipeline end: once it failed, wait a little, no more.
+    let given_up = async {
+        health.failed().await;
+        tokio::time::sleep(FAILED_DRAIN).await;
+    };
+    tokio::pin!(given_up);
+    loop {
+        let event = tokio::select! {
+            event = events_rx.recv() => event,
+            () = &mut given_up => bail!("the run stopped: {}", health.failure().unwrap_or_default()),
+        };
         match event {
-            Event::Image { .. } => progress.inc(),
-            Event::TaskWritten { lines, .. } => written.extend(lines),
-            Event::TaskFailed { task_id, .. } => {
+            None => break,
+            Some(Event::Image { .. }) => progress.inc(),
+            Some(Event::TaskWritten { lines, .. }) => written.extend(lines),
+            Some(Event::TaskFailed { task_id, .. }) => {
                 tracing::error!(task = %task_id, "a result could not be written")
             }
         }
     }
     let summary = run.await.context("the pipeline stopped unexpectedly")?;
     progress.finish();
+    if let Some(failure) = health.failure() {
+        bail!("the run stopped: {failure}");
+    }
     Ok((summary, written))
 }
+
+/// How long a failed run waits for the work in flight before it exits.
+const FAILED_DRAIN: Duration = Duration::from_secs(30);
 
 /// Joins pseudonyms back to the user's own names, on the user's side, with their key;
 /// sorted by name.

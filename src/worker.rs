@@ -11,7 +11,7 @@ use clap::Args;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
 use tagfleet_worker::https::HttpsFetcher;
-use tagfleet_worker::{FileRoots, Pipeline, PipelineConfig, Sources, Tenants};
+use tagfleet_worker::{FileRoots, Health, LiveTenants, Pipeline, PipelineConfig, Sources, Tenants};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::EngineArgs;
@@ -82,7 +82,8 @@ pub struct WorkerArgs {
 
 pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     crate::core_dumps::disable();
-    let tenants = load_tenants(&args.secrets)?;
+    let (reload, tenants) = LiveTenants::channel(load_tenants(&args.secrets)?);
+    tokio::spawn(reload_tenants(args.secrets.clone(), reload));
     let model = args.engine.load_model()?;
     let backends = args.engine.backends(&model)?;
     let opened = args.store.open(args.queue.region.clone()).await?;
@@ -102,7 +103,11 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     };
 
     tagfleet_worker::gpu::spawn_sampler(Duration::from_secs(5));
-    let readiness = Readiness::default();
+    let health = Health::default();
+    let readiness = Readiness::default().also({
+        let health = health.clone();
+        move || health.is_ready()
+    });
     http::serve(args.listen, readiness.clone()).await?;
 
     let batch = args.pipeline.batch(&model.spec, &backends);
@@ -126,7 +131,10 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
             job_check_interval: Duration::from_millis(args.job_check_interval_ms),
             max_task_age: Some(args.store.retention()),
             outputs: opened.s3.clone(),
+            delivery_limit: args.queue.delivery_limit,
+            batch_timeout: args.pipeline.batch_timeout(),
         },
+        health: health.clone(),
     };
     let shutdown = CancellationToken::new();
     let mut run = tokio::spawn(pipeline.run(shutdown.clone(), None));
@@ -136,8 +144,12 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     tokio::select! {
         summary = &mut run => {
             let summary = summary.context("the pipeline stopped unexpectedly")?;
-            tracing::error!(?summary, "the pipeline stopped by itself");
+            let why = health.failure().unwrap_or("it stopped by itself");
+            tracing::error!(?summary, failure = why, "the pipeline stopped; exiting non-zero");
             return Ok(1);
+        }
+        () = health.failed() => {
+            tracing::error!("a pipeline stage failed: finishing the work in flight, then exiting non-zero");
         }
         signal = crate::signals::stop_signal() => tracing::info!(signal, "stopping: finishing the work in flight"),
     }
@@ -155,13 +167,49 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
         Ok(Err(e)) => bail!("the pipeline failed while draining: {e}"),
         Err(_) => {
             // Unacked messages go back to the queue when the connection closes.
-            tracing::warn!(
+            tracing::error!(
                 drain_timeout_secs = args.drain_timeout_secs,
-                "drain timeout: leaving unfinished tasks to redelivery"
+                "drain timeout: leaving unfinished tasks to redelivery; exiting non-zero"
             );
+            return Ok(1);
         }
     }
+    if let Some(failure) = health.failure() {
+        tracing::error!(failure, "exiting non-zero");
+        return Ok(1);
+    }
     Ok(0)
+}
+
+/// How often the secrets file is checked for changes.
+const SECRETS_CHECK: Duration = Duration::from_secs(5);
+
+/// Reloads the tenants when the secrets file changes: Kubernetes replaces a mounted
+/// Secret in place (a symlink swap), so its content is compared, not its timestamps. A
+/// file that does not load keeps the tenants as they were, with an error logged.
+async fn reload_tenants(path: PathBuf, tenants: tokio::sync::watch::Sender<Tenants>) {
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(SECRETS_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = tokio::fs::read(&path).await.ok();
+        if now.is_none() || now == last {
+            continue;
+        }
+        last = now;
+        match load_tenants(&path) {
+            Ok(loaded) => {
+                tenants.send_replace(loaded);
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "the changed secrets file does not load; keeping the tenants as they were"
+                )
+            }
+        }
+    }
 }
 
 /// Every tenant of the secrets file: its pseudonym key and allow-lists.

@@ -7,46 +7,109 @@
 //! threads left it to the executors.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use tagfleet_contracts::schema::{Analysis, ResultLine, SCHEMA_VERSION, Status};
-use tagfleet_contracts::{ErrorKind, ImageError};
 use tagfleet_models::postprocess::{l2_normalised, top_k_tags};
 use tagfleet_models::preprocess::Crop;
 use tagfleet_models::spec::InputSpec;
 use tagfleet_models::{Backend, BackendError, BatchOutput, Decoded, Preprocessor};
 
 use crate::batcher::Batch;
+use crate::health::Health;
 use crate::prepare::{ModelInput, Prepared};
 use crate::task::Completed;
 
-/// Starts the executor thread for `backend`; it stops when `input` closes.
+/// Consecutive failed batches after which an executor stops taking batches: its device
+/// is taken to be lost (a sticky CUDA error fails every batch, fast, and would otherwise
+/// pull the whole queue through itself).
+pub const BREAKER_FAILURES: u32 = 3;
+
+/// What executors share: how many still run, and what each is running since when, for
+/// the watchdog.
+#[derive(Debug, Default)]
+pub struct Executors {
+    live: AtomicUsize,
+    busy: Mutex<Vec<(String, Option<Instant>)>>,
+}
+
+impl Executors {
+    /// The executor that has been running its current batch the longest, and how long.
+    pub fn longest_batch(&self) -> Option<(String, Duration)> {
+        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.iter()
+            .filter_map(|(name, since)| since.map(|s| (name.clone(), s.elapsed())))
+            .max_by_key(|(_, elapsed)| *elapsed)
+    }
+
+    fn register(&self, name: String) -> usize {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.push((name, None));
+        busy.len() - 1
+    }
+
+    fn set_busy(&self, slot: usize, busy: bool) {
+        let mut all = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        all[slot].1 = busy.then(Instant::now);
+    }
+}
+
+/// Starts the executor thread for `backend`; it stops when `input` closes, or after
+/// [`BREAKER_FAILURES`] failed batches in a row. The last executor to stop that way
+/// fails the worker: nothing is left to run its batches.
 pub fn spawn(
     mut backend: Box<dyn Backend>,
     spec: &InputSpec,
     input: Receiver<Batch>,
     output: Sender<Completed>,
     labels: Arc<Vec<String>>,
+    executors: Arc<Executors>,
+    health: Health,
 ) -> std::thread::JoinHandle<()> {
     let name = format!("executor-{}", backend.device());
-    let device = backend.requested_device();
-    crate::metrics::EXECUTORS
-        .with_label_values(&[
-            device.to_string().as_str(),
-            backend.device().kind(),
-            if backend.preprocesses() { "gpu" } else { "cpu" },
-        ])
-        .set(1);
+    let device = backend.requested_device().to_string();
+    let info = [
+        device.clone(),
+        backend.device().kind().to_owned(),
+        if backend.preprocesses() { "gpu" } else { "cpu" }.to_owned(),
+    ];
+    crate::metrics::EXECUTORS.with_label_values(&info).set(1);
+    let slot = executors.register(name.clone());
     let mut pre = Preprocessor::new(spec);
     std::thread::Builder::new()
-        .name(name)
+        .name(name.clone())
         .spawn(move || {
+            let mut failures = 0;
             while let Ok(batch) = input.recv_blocking() {
-                for done in execute(backend.as_mut(), &mut pre, batch, &labels) {
-                    if output.send_blocking(done).is_err() {
-                        return;
+                executors.set_busy(slot, true);
+                let done = execute(backend.as_mut(), &mut pre, batch, &labels);
+                executors.set_busy(slot, false);
+                match done {
+                    Ok(done) => {
+                        failures = 0;
+                        for done in done {
+                            if output.send_blocking(done).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= BREAKER_FAILURES {
+                            crate::metrics::EXECUTORS.with_label_values(&info).set(0);
+                            let left = executors.live.fetch_sub(1, Ordering::SeqCst) - 1;
+                            tracing::error!(executor = %name, failures, left, error = %e, "stopping the executor: its device failed every batch");
+                            if left == 0 {
+                                health.fail(format!(
+                                    "every executor stopped: {name} failed {failures} batches in a row ({e})"
+                                ));
+                            }
+                            return;
+                        }
                     }
                 }
             }
@@ -54,13 +117,15 @@ pub fn spawn(
         .expect("spawning an executor thread")
 }
 
-/// Runs one batch and turns its outputs into result lines, one per image.
+/// Runs one batch and turns its outputs into result lines, one per image. A failed batch
+/// gives its images back: dropping them returns their tasks to the queue (a device
+/// failure says nothing about the images).
 pub fn execute(
     backend: &mut dyn Backend,
     pre: &mut Preprocessor,
     batch: Batch,
     labels: &[String],
-) -> Vec<Completed> {
+) -> Result<Vec<Completed>, BackendError> {
     let n = batch.items.len();
     let want_embedding = batch
         .items
@@ -81,30 +146,33 @@ pub fn execute(
     .unwrap_or_else(|_| Err(BackendError::new("the inference backend panicked")));
     let inference_ms = start.elapsed().as_secs_f64() * 1e3;
     crate::metrics::BATCH_SIZE.observe(n as f64);
+    let device = backend.requested_device().to_string();
     crate::metrics::EXECUTOR_BUSY
-        .with_label_values(&[&backend.requested_device().to_string()])
+        .with_label_values(&[&device])
         .inc_by(inference_ms / 1e3);
-    if let Err(e) = &result {
-        tracing::error!(device = %backend.device(), images = n, error = %e, "batch failed");
-    }
-    batch
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            crate::metrics::BATCH_FAILURES
+                .with_label_values(&[&device])
+                .inc();
+            tracing::error!(device = %backend.device(), images = n, error = %e, "batch failed; its tasks go back to the queue");
+            return Err(e);
+        }
+    };
+    Ok(batch
         .items
         .into_iter()
         .enumerate()
         .map(|(i, mut prepared)| {
             prepared.work.timings.record("inference", inference_ms);
-            let line = match &result {
-                Ok(out) => ok_line(&mut prepared, out, i, labels),
-                Err(e) => prepared
-                    .work
-                    .failed(ImageError::new(ErrorKind::Inference, e.to_string())),
-            };
+            let line = ok_line(&mut prepared, &out, i, labels);
             Completed {
                 work: prepared.work,
                 line,
             }
         })
-        .collect()
+        .collect())
 }
 
 /// The batch's decoded images with their crops, when all of them came as pixels.

@@ -6,11 +6,15 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
+use aws_sdk_s3::error::SdkError;
 use tagfleet_contracts::secrets::Access;
 use tagfleet_contracts::{ErrorKind, ImageError, S3Location};
+use tagfleet_io::StoreError;
+use tagfleet_io::store::s3;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::health::Health;
 use crate::prepare::Fetched;
 use crate::task::{Completed, Tenant, Timings, Work};
 
@@ -78,44 +82,68 @@ impl From<FileRoots> for Sources {
 
 /// Reads the bytes of `reference` for `tenant`, refusing images over `max_bytes` before
 /// reading them. An `s3://` ref outside the tenant's `sources` is refused before any S3
-/// call: the scheduler checked it already, this is the second line.
+/// call: the scheduler checked it already, this is the second line. A store that did not
+/// answer is an error line here; the fetch stage waits such outages out instead.
 pub async fn fetch(
     reference: &str,
     sources: &Sources,
     tenant: &Tenant,
     max_bytes: u64,
 ) -> Result<Vec<u8>, ImageError> {
+    fetch_attempt(reference, sources, tenant, max_bytes)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ImageError::new(
+                ErrorKind::Fetch,
+                "the store did not answer",
+            ))
+        })
+}
+
+/// One try at [`fetch`]: the outer error is an S3 read that may succeed later (a
+/// timeout, a 5xx, throttling), which must not become the image's final error line.
+async fn fetch_attempt(
+    reference: &str,
+    sources: &Sources,
+    tenant: &Tenant,
+    max_bytes: u64,
+) -> Result<Result<Vec<u8>, ImageError>, StoreError> {
     if let Some(path) = reference.strip_prefix("file://") {
-        return fetch_file(path, &sources.roots, max_bytes).await;
+        return Ok(fetch_file(path, &sources.roots, max_bytes).await);
     }
     if reference.starts_with("s3://") {
-        let location = S3Location::parse_object(reference)
-            .map_err(|e| ImageError::new(ErrorKind::Fetch, format!("invalid s3 ref: {e}")))?;
-        tenant
-            .check(&location, Access::Read, sources.fleet_store.as_ref())
-            .map_err(|denied| ImageError::new(ErrorKind::Fetch, denied.to_string()))?;
+        let location = match S3Location::parse_object(reference) {
+            Ok(location) => location,
+            Err(e) => {
+                let message = format!("invalid s3 ref: {e}");
+                return Ok(Err(ImageError::new(ErrorKind::Fetch, message)));
+            }
+        };
+        if let Err(denied) = tenant.check(&location, Access::Read, sources.fleet_store.as_ref()) {
+            return Ok(Err(ImageError::new(ErrorKind::Fetch, denied.to_string())));
+        }
         return match &sources.s3 {
             Some(client) => fetch_s3(client, &location, max_bytes).await,
-            None => Err(ImageError::new(
+            None => Ok(Err(ImageError::new(
                 ErrorKind::Fetch,
                 "this worker has no S3 access for s3:// refs",
-            )),
+            ))),
         };
     }
     if reference.starts_with("https://") {
-        return match &sources.https {
+        return Ok(match &sources.https {
             Some(client) => client.fetch(reference, max_bytes).await,
             None => Err(ImageError::new(
                 ErrorKind::Fetch,
                 "this worker does not fetch https:// refs",
             )),
-        };
+        });
     }
     let scheme = reference.split_once("://").map_or("none", |(s, _)| s);
-    Err(ImageError::new(
+    Ok(Err(ImageError::new(
         ErrorKind::Fetch,
         format!("unsupported ref scheme {scheme:?}; refs are file://, s3:// or https://"),
-    ))
+    )))
 }
 
 pub(crate) fn too_large(size: u64, max_bytes: u64) -> ImageError {
@@ -129,35 +157,48 @@ async fn fetch_s3(
     client: &aws_sdk_s3::Client,
     location: &S3Location,
     max_bytes: u64,
-) -> Result<Vec<u8>, ImageError> {
-    let fetch_error = |message: String| ImageError::new(ErrorKind::Fetch, message);
-    let object = client
+) -> Result<Result<Vec<u8>, ImageError>, StoreError> {
+    let fetch_error = |message: String| Ok(Err(ImageError::new(ErrorKind::Fetch, message)));
+    // The SDK's messages can repeat the key: errors keep only the error code.
+    let unavailable = |code: &str| StoreError::Unavailable {
+        op: "reading",
+        key: "an image".into(),
+        message: code.to_owned(),
+    };
+    let object = match client
         .get_object()
         .bucket(location.bucket())
         .key(location.key())
         .send()
         .await
-        .map_err(|e| {
-            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                fetch_error("object not found".into())
-            } else {
-                // The SDK's messages can repeat the key: keep only the error code.
-                let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e)
-                    .unwrap_or("request failed")
-                    .to_owned();
-                fetch_error(format!("reading the object failed ({code})"))
+    {
+        Ok(object) => object,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+            return fetch_error("object not found".into());
+        }
+        Err(e) => {
+            let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e)
+                .unwrap_or(match &e {
+                    SdkError::TimeoutError(_) => "timeout",
+                    SdkError::DispatchFailure(_) => "no connection",
+                    _ => "request failed",
+                })
+                .to_owned();
+            if s3::is_transient(&e) {
+                return Err(unavailable(&code));
             }
-        })?;
+            return fetch_error(format!("reading the object failed ({code})"));
+        }
+    };
     let size = object.content_length().unwrap_or(0).max(0) as u64;
     if size > max_bytes {
-        return Err(too_large(size, max_bytes));
+        return Ok(Err(too_large(size, max_bytes)));
     }
-    let body = object
-        .body
-        .collect()
-        .await
-        .map_err(|_| fetch_error("reading the object body failed".into()))?;
-    Ok(body.into_bytes().to_vec())
+    match object.body.collect().await {
+        Ok(body) => Ok(Ok(body.into_bytes().to_vec())),
+        // The connection broke mid-body: worth another try.
+        Err(_) => Err(unavailable("the object body was cut off")),
+    }
 }
 
 async fn fetch_file(path: &str, roots: &FileRoots, max_bytes: u64) -> Result<Vec<u8>, ImageError> {
@@ -205,6 +246,7 @@ pub(crate) async fn fetch_stage(
     sources: Sources,
     max_bytes: u64,
     concurrency: usize,
+    health: Health,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let sources = Arc::new(sources);
@@ -216,20 +258,36 @@ pub(crate) async fn fetch_stage(
             .await
             .expect("the semaphore is never closed");
         let (output, failed, sources) = (output.clone(), failed.clone(), sources.clone());
+        let health = health.clone();
         fetches.spawn(async move {
             work.timings = Timings::start();
-            let result = fetch(work.reference(), &sources, &work.task.tenant, max_bytes).await;
+            let (reference, tenant) = (work.reference(), &work.task.tenant);
+            let result = if reference.starts_with("s3://") {
+                // Our store's outage is waited out (holding the message), not written down.
+                health
+                    .persist("reading an image", || {
+                        fetch_attempt(reference, &sources, tenant, max_bytes)
+                    })
+                    .await
+            } else {
+                fetch_attempt(reference, &sources, tenant, max_bytes).await
+            };
             work.timings.lap("fetch");
             drop(slot);
             let _ = match result {
-                Ok(bytes) => output.send(Fetched { work, bytes }).await.map_err(drop),
-                Err(error) => failed
+                Ok(Ok(bytes)) => output.send(Fetched { work, bytes }).await.map_err(drop),
+                Ok(Err(error)) => failed
                     .send(Completed {
                         line: work.failed(error),
                         work,
                     })
                     .await
                     .map_err(drop),
+                // Dropping the work returns its task's message to the queue.
+                Err(e) => {
+                    tracing::warn!(job = %work.task.msg.job_id, task = %work.task.msg.task_id, error = %e, "the store stayed unavailable; returning the task");
+                    Ok(())
+                }
             };
         });
         while fetches.try_join_next().is_some() {}

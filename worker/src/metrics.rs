@@ -35,7 +35,8 @@ pub static IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Task messages settled: `acked` after their write, `requeued`, `dead_lettered`, or
+/// Task messages settled: `acked` after their write, `requeued`, `dead_lettered`,
+/// `given_up` (dead-lettered and reported, so the job ends), or
 /// acked unprocessed: `skipped` (its job was cancelled or erased) and `expired` (older
 /// than the retention, or of unknown age and of a job the store does not know).
 pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -78,6 +79,33 @@ pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
         "Images taken from the queue and not yet written"
     )
     .expect("metric registers once")
+});
+
+/// 1 while the store answers, 0 while it does not (no new work is taken then).
+pub static STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tagfleet_worker_store_up",
+        "1 while the object store answers; 0 while it is unavailable and no work is taken"
+    )
+    .expect("metric registers once")
+});
+
+/// 1 once a stage died or a device hung: the worker is stopping and will exit non-zero.
+pub static FAILED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tagfleet_worker_failed",
+        "1 once a pipeline stage died or a device failed for good; the worker then exits non-zero"
+    )
+    .expect("metric registers once")
+});
+
+/// Batches that failed on a device, by device; their tasks went back to the queue.
+pub static BATCH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tagfleet_worker_batch_failures_total",
+        "Batches that failed on a device (their tasks go back to the queue)",
+        &["device"],
+    )
 });
 
 /// Images per executed batch.

@@ -15,12 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{self, BatchPolicy};
 use crate::budget::PixelBudget;
-use crate::consume::consume;
-use crate::executor;
+use crate::consume::Consumer;
+use crate::executor::{self, Executors};
 use crate::fetch::{Sources, fetch_stage};
 use crate::gate::JobGate;
+use crate::health::{Health, spawn_task};
 use crate::prepare::{self, Fetched, Preprocessing};
-use crate::task::{Completed, Tenants, Work};
+use crate::settle::Settler;
+use crate::task::{Completed, LiveTenants, Work};
 use crate::writer::{self, Event, Summary};
 
 #[derive(Clone)]
@@ -51,23 +53,35 @@ pub struct PipelineConfig {
     /// Where jobs' own output locations are written from (the S3 client and encryption
     /// of the worker's store); without it, tasks with an output fail their write.
     pub outputs: Option<tagfleet_io::store::S3Store>,
+    /// Deliveries of a message before the queue dead-letters it (the queue's setting):
+    /// a task that fails on its last delivery is given up and reported.
+    pub delivery_limit: u32,
+    /// The longest one batch may run on a device before the device is taken to be hung
+    /// and the worker fails (and exits, so the orchestrator restarts it).
+    pub batch_timeout: Duration,
 }
 
 /// Everything a worker needs to run.
 pub struct Pipeline {
     pub queue: Arc<dyn Queue>,
     pub store: Arc<dyn ObjectStore>,
-    pub tenants: Tenants,
+    pub tenants: LiveTenants,
     pub spec: ModelSpec,
     pub labels: Arc<Vec<String>>,
     /// One per device; every one pulls from the same batch queue.
     pub backends: Vec<Box<dyn Backend>>,
     pub config: PipelineConfig,
+    /// Shared with `/readyz`: a stage that dies or a device that hangs fails it, and the
+    /// pipeline stops taking work; a store that does not answer pauses it.
+    pub health: Health,
 }
 
 impl Pipeline {
     /// Runs until `shutdown` (or, with `exit_when_drained`, until the queue is drained),
-    /// then finishes what is in flight and returns the counts.
+    /// then finishes what is in flight and returns the counts. When a stage dies it stops
+    /// taking work and returns once the rest has drained; `health` then says why, and the
+    /// caller should exit non-zero. A device that hangs never returns its thread: callers
+    /// bound their wait once `health` has failed.
     pub async fn run(
         self,
         shutdown: CancellationToken,
@@ -81,6 +95,7 @@ impl Pipeline {
             labels,
             backends,
             config,
+            health,
         } = self;
         assert!(
             !backends.is_empty(),
@@ -102,34 +117,62 @@ impl Pipeline {
             config.job_check_interval,
             config.max_task_age,
         ));
-        let consumer = tokio::spawn(consume(
-            queue.clone(),
+        // Consumption stops on shutdown, and as soon as a stage dies.
+        let stop = shutdown.child_token();
+        let stopper = tokio::spawn({
+            let (health, stop) = (health.clone(), stop.clone());
+            async move {
+                tokio::select! {
+                    () = health.failed() => stop.cancel(),
+                    () = stop.cancelled() => {}
+                }
+            }
+        });
+        let consumer = Consumer {
+            queue: queue.clone(),
+            store: store.clone(),
             gate,
             tenants,
-            spec.id(),
-            Arc::new(Semaphore::new(config.max_tasks_in_flight.max(1))),
-            work_tx,
-            shutdown,
-            config.exit_when_drained,
-        ));
-        let fetcher = tokio::spawn(fetch_stage(
-            work_rx,
-            fetched_tx,
-            done_tx.clone(),
-            config.sources.clone(),
-            config.limits.max_bytes,
-            config.fetch_concurrency.max(1),
-        ));
+            model_id: spec.id(),
+            settler: Settler::new(queue, config.progress.clone(), config.delivery_limit),
+            health: health.clone(),
+            in_flight: Arc::new(Semaphore::new(config.max_tasks_in_flight.max(1))),
+            out: work_tx,
+            stop: stop.clone(),
+            exit_when_drained: config.exit_when_drained,
+        };
+        let consumer = spawn_task(&health, "consume", consumer.run());
+        let fetcher = spawn_task(
+            &health,
+            "fetch",
+            fetch_stage(
+                work_rx,
+                fetched_tx,
+                done_tx.clone(),
+                config.sources.clone(),
+                config.limits.max_bytes,
+                config.fetch_concurrency.max(1),
+                health.clone(),
+            ),
+        );
         let preparers = prepare::spawn(
             threads,
             fetched_rx,
             prepared_tx,
             done_tx.clone(),
-            spec.input.clone(),
-            config.limits,
-            preprocessing,
+            prepare::Recipe {
+                spec: spec.input.clone(),
+                limits: config.limits,
+                preprocessing,
+            },
+            &health,
         );
-        let batcher = tokio::spawn(batcher::run(prepared_rx, batch_tx, config.batch));
+        let batcher = spawn_task(
+            &health,
+            "batch",
+            batcher::run(prepared_rx, batch_tx, config.batch),
+        );
+        let executors = Arc::new(Executors::default());
         let stages = Stages {
             tasks: vec![consumer, fetcher, batcher],
             threads: preparers,
@@ -141,20 +184,48 @@ impl Pipeline {
                 batch_rx.clone(),
                 done_tx.clone(),
                 labels.clone(),
+                executors.clone(),
+                health.clone(),
             )
         }));
         drop((batch_rx, done_tx));
+        let watchdog = tokio::spawn(watch_batches(
+            executors,
+            config.batch_timeout,
+            health.clone(),
+        ));
         let summary = writer::run(
             done_rx,
             store,
-            queue,
-            config.progress.clone(),
             config.outputs.clone(),
+            health.clone(),
             events,
         )
         .await;
         stages.join().await;
+        watchdog.abort();
+        stop.cancel();
+        let _ = stopper.await;
         summary
+    }
+}
+
+/// Fails the worker when a device has run one batch for longer than `limit`: a hung
+/// device never returns, and its batch's tasks would wait for it for ever.
+async fn watch_batches(executors: Arc<Executors>, limit: Duration, health: Health) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(limit));
+    loop {
+        tick.tick().await;
+        if let Some((executor, running)) = executors.longest_batch()
+            && running > limit
+        {
+            health.fail(format!(
+                "{executor} has run one batch for {} s (limit {} s): its device hung",
+                running.as_secs(),
+                limit.as_secs()
+            ));
+            return;
+        }
     }
 }
 
@@ -186,12 +257,12 @@ impl Stages {
         self
     }
 
-    /// Waits for every stage to end (the writer has seen all their output by now).
+    /// Waits for every stage to end (the writer has seen all their output by now). Panics
+    /// were caught where they happened ([`spawn_task`], [`spawn_thread`]) and failed the
+    /// worker's health; nothing is left to report here.
     async fn join(self) {
         for task in self.tasks {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "pipeline stage panicked");
-            }
+            let _ = task.await;
         }
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {

@@ -13,6 +13,7 @@ use tagfleet_models::preprocess::Crop;
 use tagfleet_models::{DecodeLimits, Decoded, Preprocessor, spec::InputSpec};
 
 use crate::budget::{PixelBudget, Reservation};
+use crate::health::{Health, spawn_thread};
 use crate::task::{Completed, Work};
 
 /// Fetched bytes of one image.
@@ -50,16 +51,27 @@ pub struct Prepared {
     pub height: u32,
 }
 
+/// What the threads make of fetched bytes.
+pub struct Recipe {
+    pub spec: InputSpec,
+    pub limits: DecodeLimits,
+    pub preprocessing: Preprocessing,
+}
+
 /// Starts `threads` workers; they stop when `input` is closed and drained.
 pub fn spawn(
     threads: usize,
     input: Receiver<Fetched>,
     output: Sender<Prepared>,
     failed: Sender<Completed>,
-    spec: InputSpec,
-    limits: DecodeLimits,
-    preprocessing: Preprocessing,
+    recipe: Recipe,
+    health: &Health,
 ) -> Vec<std::thread::JoinHandle<()>> {
+    let Recipe {
+        spec,
+        limits,
+        preprocessing,
+    } = recipe;
     (0..threads.max(1))
         .map(|i| {
             let (input, output, failed, spec, preprocessing) = (
@@ -69,33 +81,30 @@ pub fn spawn(
                 spec.clone(),
                 preprocessing.clone(),
             );
-            std::thread::Builder::new()
-                .name(format!("prepare-{i}"))
-                .spawn(move || {
-                    let mut pre = Preprocessor::new(&spec);
-                    while let Ok(Fetched { mut work, bytes }) = input.recv_blocking() {
-                        let result = prepare(&mut pre, &preprocessing, &bytes, limits, &mut work);
-                        drop(bytes);
-                        let sent = match result {
-                            Ok((input, width, height)) => output
-                                .send_blocking(Prepared {
-                                    work,
-                                    input,
-                                    width,
-                                    height,
-                                })
-                                .is_ok(),
-                            Err(error) => {
-                                let line = work.failed(error);
-                                failed.send_blocking(Completed { work, line }).is_ok()
-                            }
-                        };
-                        if !sent {
-                            break;
+            spawn_thread(health, format!("prepare-{i}"), move || {
+                let mut pre = Preprocessor::new(&spec);
+                while let Ok(Fetched { mut work, bytes }) = input.recv_blocking() {
+                    let result = prepare(&mut pre, &preprocessing, &bytes, limits, &mut work);
+                    drop(bytes);
+                    let sent = match result {
+                        Ok((input, width, height)) => output
+                            .send_blocking(Prepared {
+                                work,
+                                input,
+                                width,
+                                height,
+                            })
+                            .is_ok(),
+                        Err(error) => {
+                            let line = work.failed(error);
+                            failed.send_blocking(Completed { work, line }).is_ok()
                         }
+                    };
+                    if !sent {
+                        break;
                     }
-                })
-                .expect("spawning a prepare thread")
+                }
+            })
         })
         .collect()
 }

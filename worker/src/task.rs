@@ -8,13 +8,50 @@ use std::time::Instant;
 
 use tagfleet_contracts::secrets::{Access, Denied, TenantSecrets};
 use tagfleet_contracts::{ImageError, Pseudonymiser, ResultLine, S3Location, Secrets, TaskMessage};
-use tagfleet_io::Delivery;
 use tokio::sync::OwnedSemaphorePermit;
+
+use crate::settle::Ticket;
 
 /// The tenants this worker serves, each with its pseudonym key and allow-lists.
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
     by_name: HashMap<String, Arc<Tenant>>,
+}
+
+/// The tenants as last loaded: a worker reloads its secrets file when it changes
+/// (Kubernetes updates a mounted Secret in place), and every stage sees the new set.
+#[derive(Debug, Clone)]
+pub struct LiveTenants(tokio::sync::watch::Receiver<Tenants>);
+
+impl LiveTenants {
+    /// Tenants and the sender that replaces them.
+    pub fn channel(tenants: Tenants) -> (tokio::sync::watch::Sender<Tenants>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(tenants);
+        (tx, Self(rx))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.0.borrow().get(name).cloned()
+    }
+
+    /// Whether anything can still replace the tenants (a reloader runs).
+    pub fn can_change(&self) -> bool {
+        self.0.has_changed().is_ok()
+    }
+
+    /// Completes when the tenants were replaced (never, once nothing can replace them).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl From<Tenants> for LiveTenants {
+    /// Tenants that never change (the embedded mode, tests).
+    fn from(tenants: Tenants) -> Self {
+        Self::channel(tenants).1
+    }
 }
 
 /// One tenant as a worker knows it.
@@ -75,7 +112,9 @@ impl Tenants {
 /// A task message being worked on.
 pub struct TaskState {
     pub msg: TaskMessage,
-    pub delivery: Delivery,
+    /// Its message's settlement: taken by the writer; when the task is dropped with it
+    /// still here (an image was lost on the way), the message goes back to the queue.
+    ticket: Mutex<Option<Ticket>>,
     pub model_id: String,
     pub tenant: Arc<Tenant>,
     lines: Mutex<Vec<Option<ResultLine>>>,
@@ -87,7 +126,7 @@ pub struct TaskState {
 impl TaskState {
     pub fn new(
         msg: TaskMessage,
-        delivery: Delivery,
+        ticket: Option<Ticket>,
         model_id: String,
         tenant: Arc<Tenant>,
         permit: OwnedSemaphorePermit,
@@ -95,7 +134,7 @@ impl TaskState {
         let n = msg.items.len();
         Arc::new(Self {
             msg,
-            delivery,
+            ticket: Mutex::new(ticket),
             model_id,
             tenant,
             lines: Mutex::new(vec![None; n]),
@@ -110,11 +149,19 @@ impl TaskState {
 
     /// The work items of this task, one per image.
     pub fn items(self: &Arc<Self>) -> impl Iterator<Item = Work> + '_ {
-        (0..self.msg.items.len()).map(move |index| Work {
-            task: self.clone(),
-            index,
-            timings: Timings::start(),
+        (0..self.msg.items.len()).map(move |index| {
+            crate::metrics::IN_FLIGHT.inc();
+            Work {
+                task: self.clone(),
+                index,
+                timings: Timings::start(),
+            }
         })
+    }
+
+    /// The message's settlement, once (the writer takes it when the task is complete).
+    pub fn take_ticket(&self) -> Option<Ticket> {
+        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Records one image's line; true when it was the last one.
@@ -138,11 +185,18 @@ impl TaskState {
     }
 }
 
-/// One image of a task on its way through the pipeline.
+/// One image of a task on its way through the pipeline. A stage that drops one without
+/// completing it leaves its task unfinished: the task's ticket then returns the message.
 pub struct Work {
     pub task: Arc<TaskState>,
     pub index: usize,
     pub timings: Timings,
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        crate::metrics::IN_FLIGHT.dec();
+    }
 }
 
 impl Work {
@@ -227,17 +281,12 @@ pub(crate) mod tests {
                 })
                 .collect(),
         };
-        let delivery = Delivery {
-            body: Vec::new(),
-            handle: "1".into(),
-            attempt: 1,
-        };
         let permit = Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap();
         let key = Pseudonymiser::new(TenantKey::new(vec![7; 32]).unwrap());
         let tenant = Tenants::single("t", key).get("t").unwrap().clone();
-        let task = TaskState::new(msg, delivery, "m@1".into(), tenant, permit);
+        let task = TaskState::new(msg, None, "m@1".into(), tenant, permit);
         task.items().collect()
     }
 

@@ -4,24 +4,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_channel::Receiver;
 use tagfleet_contracts::ErrorKind;
 use tagfleet_contracts::keys::{Key, output_key};
+use tagfleet_contracts::schema::GivenUp;
 use tagfleet_contracts::schema::{ResultLine, Status};
 use tagfleet_contracts::secrets::Access;
 use tagfleet_io::store::S3Store;
-use tagfleet_io::{ObjectStore, Queue};
+use tagfleet_io::{ObjectStore, StoreError};
 
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
-use crate::settle::Settler;
+use crate::health::Health;
 use crate::task::{Completed, TaskState};
-
-/// Attempts at writing one result object before the message goes back to the queue.
-const WRITE_ATTEMPTS: u32 = 3;
 
 /// What the pipeline reports as it goes, for progress displays.
 #[derive(Debug, Clone)]
@@ -74,12 +71,10 @@ impl Summary {
 pub async fn run(
     input: Receiver<Completed>,
     store: Arc<dyn ObjectStore>,
-    queue: Arc<dyn Queue>,
-    progress: Option<Arc<dyn Queue>>,
     outputs: Option<S3Store>,
+    health: Health,
     events: Option<UnboundedSender<Event>>,
 ) -> Summary {
-    let settler = Arc::new(Settler::new(queue, progress));
     let mut writes = JoinSet::new();
     let mut summary = Summary::default();
     let emit = |event: Event| {
@@ -94,20 +89,19 @@ pub async fn run(
                 let error = line.error.as_ref().map(|e| e.kind);
                 let outcome = error.map_or("ok", |k| k.name());
                 crate::metrics::IMAGES.with_label_values(&[outcome, &work.task.model_id]).inc();
-                crate::metrics::IN_FLIGHT.dec();
                 crate::metrics::observe_stages(&line.timings_ms);
                 emit(Event::Image { error });
                 if work.task.complete(work.index, line) {
-                    writes.spawn(finish(work.task, store.clone(), outputs.clone(), settler.clone()));
+                    writes.spawn(finish(work.task.clone(), store.clone(), outputs.clone(), health.clone()));
                 }
             }
             Some(done) = writes.join_next(), if !writes.is_empty() => {
-                record(done, &mut summary, &emit);
+                record(done, &mut summary, &emit, &health);
             }
         }
     }
     while let Some(done) = writes.join_next().await {
-        record(done, &mut summary, &emit);
+        record(done, &mut summary, &emit, &health);
     }
     summary
 }
@@ -116,6 +110,7 @@ fn record(
     done: Result<Event, tokio::task::JoinError>,
     summary: &mut Summary,
     emit: &impl Fn(Event),
+    health: &Health,
 ) {
     match done {
         Ok(event) => {
@@ -126,23 +121,36 @@ fn record(
             emit(event);
         }
         Err(e) => {
+            // Its task's ticket was dropped with it: the message is back in the queue.
             summary.tasks_failed += 1;
-            tracing::error!(error = %e, "result writer panicked");
+            let why = match e.try_into_panic() {
+                Ok(panic) => crate::health::panic_message(&*panic),
+                Err(e) => e.to_string(),
+            };
+            health.fail(format!("a result write panicked: {why}"));
         }
     }
 }
 
-/// Writes the task's result object, retrying a few times, then settles its message:
-/// reported and acked once the object is durable, back to the queue when it is not. A
-/// crash between any two steps means redelivery: the write lands on the same key and the
-/// scheduler counts the task once.
+/// Writes the task's result object, then settles its message: reported and acked once
+/// the object is durable. A store that is unavailable is waited out, holding the message
+/// (see [`Health::persist`]); a store or output that refuses the write for good gives the
+/// task up at once, reported so that its job ends. A crash between any two steps means
+/// redelivery: the write lands on the same key and the scheduler counts the task once.
 async fn finish(
     task: Arc<TaskState>,
     store: Arc<dyn ObjectStore>,
     outputs: Option<S3Store>,
-    settler: Arc<Settler>,
+    health: Health,
 ) -> Event {
     let msg = &task.msg;
+    let Some(ticket) = task.take_ticket() else {
+        tracing::error!(job = %msg.job_id, task = %msg.task_id, "a task was finished twice");
+        return Event::TaskFailed {
+            job_id: msg.job_id.clone(),
+            task_id: msg.task_id.clone(),
+        };
+    };
     let lines = task.take_lines();
     let key = Key::result(&msg.tenant, &msg.job_id, &msg.task_id).to_string();
     let mut body = Vec::new();
@@ -150,38 +158,42 @@ async fn finish(
         serde_json::to_writer(&mut body, line).expect("result lines serialise");
         body.push(b'\n');
     }
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1..=WRITE_ATTEMPTS {
-        let started = std::time::Instant::now();
-        match write(&*store, outputs.as_ref(), &task, &key, &body).await {
-            Ok(()) => {
-                crate::metrics::STAGE_SECONDS
-                    .with_label_values(&["write"])
-                    .observe(started.elapsed().as_secs_f64());
-                return settler.written(&task, key, lines).await;
-            }
-            Err(WriteError::Refused(reason)) => {
-                tracing::error!(job = %msg.job_id, task = %msg.task_id, reason, "refusing to write the task's output");
-                return settler.refused(&task).await;
-            }
-            Err(WriteError::Failed(e)) => {
-                tracing::warn!(job = %msg.job_id, task = %msg.task_id, attempt, error = %e, "writing result failed");
-                if attempt < WRITE_ATTEMPTS {
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                }
-            }
+    let started = std::time::Instant::now();
+    match write(&*store, outputs.as_ref(), &health, &task, &key, &body).await {
+        Ok(()) => {
+            crate::metrics::STAGE_SECONDS
+                .with_label_values(&["write"])
+                .observe(started.elapsed().as_secs_f64());
+            ticket.written(key, lines).await
+        }
+        Err(WriteError::Refused(reason, given_up)) => {
+            tracing::error!(job = %msg.job_id, task = %msg.task_id, reason, "the task's results cannot be written there");
+            ticket.give_up(given_up).await
+        }
+        Err(WriteError::Unavailable(e)) => {
+            tracing::warn!(job = %msg.job_id, task = %msg.task_id, error = %e, "the store stayed unavailable; returning the task");
+            ticket.unwritten().await
         }
     }
-    settler.unwritten(&task).await
 }
 
 /// Why a result object was not written.
 enum WriteError {
-    /// Writing would break a rule (an output outside the tenant's allow-list): trying
-    /// again cannot help.
-    Refused(String),
-    Failed(String),
+    /// Writing there cannot work (an output outside the tenant's allow-list, access
+    /// denied, no such bucket): trying again cannot help.
+    Refused(String, GivenUp),
+    /// The store did not answer for as long as a message may be held.
+    Unavailable(StoreError),
+}
+
+impl WriteError {
+    fn from_store(e: StoreError, refused: GivenUp) -> Self {
+        if e.is_transient() {
+            WriteError::Unavailable(e)
+        } else {
+            WriteError::Refused(e.to_string(), refused)
+        }
+    }
 }
 
 /// Writes a task's result object where its job wants it: our store, unless the job keeps
@@ -190,28 +202,33 @@ enum WriteError {
 async fn write(
     store: &dyn ObjectStore,
     outputs: Option<&S3Store>,
+    health: &Health,
     task: &TaskState,
     key: &str,
     body: &[u8],
 ) -> Result<(), WriteError> {
     let msg = &task.msg;
     if let Some(location) = &msg.output {
-        let base = outputs.ok_or_else(|| {
-            WriteError::Refused("this worker has no S3 access for output locations".into())
-        })?;
+        let refused = |reason: String| WriteError::Refused(reason, GivenUp::OutputRefused);
+        let base = outputs
+            .ok_or_else(|| refused("this worker has no S3 access for output locations".into()))?;
         task.tenant
             .check(location, Access::Write, Some(base.location()))
-            .map_err(|denied| WriteError::Refused(denied.to_string()))?;
-        base.elsewhere(location)
-            .put(&output_key(&msg.job_id, &msg.task_id), body.to_vec())
+            .map_err(|denied| refused(denied.to_string()))?;
+        let output = base.elsewhere(location);
+        let output_key = output_key(&msg.job_id, &msg.task_id);
+        health
+            .persist("writing to an output location", || {
+                output.put(&output_key, body.to_vec())
+            })
             .await
-            .map_err(|e| WriteError::Failed(format!("writing to the output location: {e}")))?;
+            .map_err(|e| WriteError::from_store(e, GivenUp::OutputRefused))?;
     }
     if msg.options.retain || msg.output.is_none() {
-        store
-            .put(key, body.to_vec())
+        health
+            .persist("writing a result", || store.put(key, body.to_vec()))
             .await
-            .map_err(|e| WriteError::Failed(e.to_string()))?;
+            .map_err(|e| WriteError::from_store(e, GivenUp::StoreRefused))?;
     }
     Ok(())
 }

@@ -1,169 +1,19 @@
 //! The pipeline end to end with the real model on real photos: redelivery, poison
-//! messages, failing backends, several executors sharing one batch queue, and executors
-//! that preprocess on their device.
+//! messages, several executors sharing one batch queue, and executors that preprocess on
+//! their device.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tagfleet_contracts::keys::Key;
-use tagfleet_contracts::schema::{
-    Analysis, ResultLine, SCHEMA_VERSION, Status, TaskItem, TaskMessage, TaskOptions,
-};
-use tagfleet_contracts::{ErrorKind, Pseudonymiser, TenantKey};
-use tagfleet_io::queue::MemoryQueue;
-use tagfleet_io::store::FsStore;
+use common::{Harness, PHOTOS, ort, spec, task};
+use tagfleet_contracts::schema::Status;
 use tagfleet_io::{ObjectStore, Queue};
 use tagfleet_models::gpu_preprocess;
 use tagfleet_models::preprocess::Crop;
-use tagfleet_models::{
-    Backend, BackendError, BatchOutput, DecodeLimits, Decoded, Device, ModelSpec, OrtBackend,
-};
-use tagfleet_worker::{BatchPolicy, FileRoots, Pipeline, PipelineConfig, Summary, Tenants};
-use tokio_util::sync::CancellationToken;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn photos() -> PathBuf {
-    let dir = repo().join("samples/photos");
-    assert!(
-        dir.join("coffee.png").is_file(),
-        "run `make photos` (make test does)"
-    );
-    dir.canonicalize().unwrap()
-}
-
-fn spec() -> ModelSpec {
-    ModelSpec::load(&repo().join("models/efficientnet-lite0"))
-        .expect("run `make model` (make test does)")
-}
-
-fn ort() -> Box<dyn Backend> {
-    Box::new(OrtBackend::cpu(&spec(), 1, None).expect("ONNX Runtime from .venv (`make venv`)"))
-}
-
-fn task(task_id: &str, files: &[&str]) -> TaskMessage {
-    TaskMessage {
-        v: SCHEMA_VERSION,
-        job_id: "job1".into(),
-        task_id: task_id.into(),
-        tenant: "acme".into(),
-        analyses: vec![Analysis::Tags],
-        model: spec().id(),
-        options: TaskOptions::default(),
-        output: None,
-        created_at: None,
-        items: files
-            .iter()
-            .map(|f| TaskItem {
-                reference: format!("file://{}/{f}", photos().display()),
-            })
-            .collect(),
-    }
-}
-
-const PHOTOS: [&str; 6] = [
-    "coffee.png",
-    "chelsea.png",
-    "astronaut.png",
-    "rocket.jpg",
-    "camera.png",
-    "horse.png",
-];
-
-struct Harness {
-    queue: Arc<MemoryQueue>,
-    store: Arc<FsStore>,
-    _dir: tempfile::TempDir,
-}
-
-impl Harness {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FsStore::new(dir.path(), None).unwrap());
-        Self {
-            queue: Arc::new(MemoryQueue::new(3)),
-            store,
-            _dir: dir,
-        }
-    }
-
-    async fn run(&self, backends: Vec<Box<dyn Backend>>, max_batch: usize) -> Summary {
-        self.run_with(backends, max_batch, tagfleet_worker::DEFAULT_PIXEL_BUDGET)
-            .await
-    }
-
-    async fn run_with(
-        &self,
-        backends: Vec<Box<dyn Backend>>,
-        max_batch: usize,
-        pixel_budget: usize,
-    ) -> Summary {
-        let spec = spec();
-        let labels = Arc::new(spec.load_labels().unwrap());
-        let key = Pseudonymiser::new(TenantKey::new(vec![42; 32]).unwrap());
-        let pipeline = Pipeline {
-            queue: self.queue.clone(),
-            store: self.store.clone(),
-            tenants: Tenants::single("acme", key),
-            spec,
-            labels,
-            backends,
-            config: PipelineConfig {
-                batch: BatchPolicy {
-                    max_batch,
-                    max_delay: Duration::from_millis(5),
-                },
-                prepare_threads: 2,
-                fetch_concurrency: 4,
-                max_tasks_in_flight: 2,
-                limits: DecodeLimits::default(),
-                pixel_budget,
-                sources: FileRoots::new([photos()]).unwrap().into(),
-                exit_when_drained: true,
-                progress: None,
-                job_check_interval: tagfleet_worker::gate::DEFAULT_INTERVAL,
-                max_task_age: None,
-                outputs: None,
-            },
-        };
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            pipeline.run(CancellationToken::new(), None),
-        )
-        .await
-        .expect("the pipeline drains and stops")
-    }
-
-    /// Tasks t000001..t000004, each of the six photos: 24 images, coffee first.
-    async fn publish_four_tasks_of_the_photos(&self) {
-        for i in 1..=4 {
-            self.queue
-                .publish(task(&format!("t{i:06}"), &PHOTOS).to_json())
-                .await
-                .unwrap();
-        }
-    }
-
-    async fn lines(&self, task_id: &str) -> Vec<ResultLine> {
-        let body = self
-            .store
-            .get(&Key::result("acme", "job1", task_id).to_string())
-            .await
-            .unwrap();
-        String::from_utf8(body)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
+use tagfleet_models::{Backend, BackendError, BatchOutput, Decoded, Device};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivery_rewrites_the_same_key() {
@@ -288,36 +138,6 @@ async fn two_executors_share_the_batches_and_run_each_once() {
         assert_eq!(lines.len(), 6);
         assert_eq!(lines[0].tags.as_ref().unwrap()[0].label, "espresso");
     }
-}
-
-/// A device that fails every batch.
-struct Broken;
-
-impl Backend for Broken {
-    fn device(&self) -> Device {
-        Device::Cpu
-    }
-    fn run(&mut self, _: &[f32], _: usize, _: bool) -> Result<BatchOutput, BackendError> {
-        Err(BackendError::new("device lost"))
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_backend_gives_inference_error_records() {
-    let h = Harness::new();
-    h.queue
-        .publish(task("t000001", &["coffee.png", "chelsea.png", "missing.png"]).to_json())
-        .await
-        .unwrap();
-    let summary = h.run(vec![Box::new(Broken)], 4).await;
-    assert_eq!(summary.errors.get(&ErrorKind::Inference), Some(&2));
-    assert_eq!(summary.errors.get(&ErrorKind::Fetch), Some(&1));
-    let lines = h.lines("t000001").await;
-    assert_eq!(lines[0].error.as_ref().unwrap().message, "device lost");
-    assert!(
-        h.queue.is_drained(),
-        "the task was written and acked, not redelivered forever"
-    );
 }
 
 /// A device that preprocesses itself, as a GPU executor does, with the GPU kernel's

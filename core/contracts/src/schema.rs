@@ -135,6 +135,8 @@ pub enum GivenUp {
     OutputRefused,
     /// The fleet's store refused the write for good (access denied, no such bucket).
     StoreRefused,
+    /// No worker that took the task knew its tenant (a secrets file without it).
+    UnknownTenant,
 }
 
 impl GivenUp {
@@ -143,6 +145,7 @@ impl GivenUp {
             GivenUp::Attempts => "attempts",
             GivenUp::OutputRefused => "output_refused",
             GivenUp::StoreRefused => "store_refused",
+            GivenUp::UnknownTenant => "unknown_tenant",
         }
     }
 
@@ -152,6 +155,9 @@ impl GivenUp {
             GivenUp::Attempts => "every delivery of their task failed",
             GivenUp::OutputRefused => "the job's output location refused the results",
             GivenUp::StoreRefused => "the fleet's store refused the results",
+            GivenUp::UnknownTenant => {
+                "no worker knew the job's tenant (check the workers' secrets)"
+            }
         }
     }
 }
