@@ -10,6 +10,7 @@ mod api_tls;
 mod fence;
 mod fleet;
 mod hardening;
+mod outages;
 mod privacy;
 mod privacy_edges;
 mod run;
