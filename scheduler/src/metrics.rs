@@ -29,11 +29,12 @@ pub static JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// Images: `submitted` in jobs, `done` with a result, `failed` with an error line.
+/// Images: `submitted` in jobs, `done` with a result, `failed` with an error line,
+/// `unfinished` never run (their task was given up).
 pub static IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tagfleet_scheduler_images_total",
-        "Images submitted, done and failed",
+        "Images submitted, done, failed and never run",
         &["event"],
     )
 });
@@ -66,7 +67,8 @@ pub static IMAGES_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Progress reports: `counted`, `duplicate` (a redelivered task), `unknown_job`.
+/// Progress reports: `counted`, `given_up` (counted, its images never ran), `duplicate`
+/// (a redelivered task), `unknown_job`.
 pub static PROGRESS_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tagfleet_scheduler_progress_messages_total",
@@ -129,13 +131,13 @@ pub fn register() {
     for state in JobState::ALL {
         JOBS.with_label_values(&[state.name()]);
     }
-    for event in ["submitted", "done", "failed"] {
+    for event in ["submitted", "done", "failed", "unfinished"] {
         IMAGES.with_label_values(&[event]);
     }
     for queue in ["tasks", "dead_letter"] {
         QUEUE_MESSAGES.with_label_values(&[queue]);
     }
-    for result in ["counted", "duplicate", "unknown_job"] {
+    for result in ["counted", "given_up", "duplicate", "unknown_job"] {
         PROGRESS_MESSAGES.with_label_values(&[result]);
     }
     for listener in ["api", "operations"] {
