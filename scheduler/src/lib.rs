@@ -31,7 +31,8 @@ pub struct Intervals {
     pub schedules: Duration,
     /// Queue depth is sampled this often.
     pub queue_depth: Duration,
-    /// Expired jobs are erased and the store swept this often.
+    /// Expired jobs are erased, running jobs reconciled with their results and the store
+    /// swept this often.
     pub sweep: Duration,
 }
 
@@ -45,7 +46,8 @@ impl Default for Intervals {
     }
 }
 
-/// Loads the job records and schedules, then runs the background work (progress, schedules,
+/// Loads the job records and schedules, counts the tasks of running jobs whose results
+/// exist but were never counted, then runs the background work (progress, schedules,
 /// queue depth, expiry) until `shutdown`. Marks the service ready once loaded.
 pub async fn run_background(
     service: Arc<Service>,
@@ -58,7 +60,13 @@ pub async fn run_background(
     metrics::register();
     let jobs = service.book.load().await?;
     let schedules = service.schedules.load().await?;
-    tracing::info!(jobs, schedules, "job records and schedules loaded");
+    let reconciled = service.book.reconcile().await?;
+    tracing::info!(
+        jobs,
+        schedules,
+        reconciled,
+        "job records and schedules loaded"
+    );
     service.ready.store(true, Ordering::Relaxed);
 
     let consumer = tokio::spawn(consume_progress(
@@ -87,6 +95,9 @@ pub async fn run_background(
                 }
                 if let Err(e) = service.schedules.expire(chrono::Utc::now()).await {
                     tracing::warn!(error = %e, "deleting schedules past their retention failed");
+                }
+                if let Err(e) = service.book.reconcile().await {
+                    tracing::warn!(error = %e, "reconciling running jobs with their results failed");
                 }
                 match tagfleet_io::sweep(store.as_ref(), retention, std::time::SystemTime::now()).await {
                     Ok(0) => {}

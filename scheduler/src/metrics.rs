@@ -77,6 +77,16 @@ pub static PROGRESS_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Tasks counted from their result object because no report of theirs was counted: the
+/// reconciliation of running jobs at start-up and at every sweep.
+pub static TASKS_RECONCILED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tagfleet_scheduler_tasks_reconciled_total",
+        "Tasks counted from their result object, without a report"
+    )
+    .expect("metric registers once")
+});
+
 /// Jobs created by schedules.
 pub static SCHEDULE_FIRINGS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -148,6 +158,7 @@ pub fn register() {
     }
     LazyLock::force(&TASKS_PUBLISHED);
     LazyLock::force(&SCHEDULE_FIRINGS);
+    LazyLock::force(&TASKS_RECONCILED);
     LazyLock::force(&IMAGES_PENDING);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_SECONDS);

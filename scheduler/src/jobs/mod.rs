@@ -2,9 +2,10 @@
 //! is written to the job's record before it is acknowledged. This file holds the book
 //! and how it is read; each of its other jobs has a file of its own:
 //! [`create`] (expand, chunk, persist, publish), [`progress`] (count what workers report,
-//! once per task), [`deliver`] (deliver-once results), [`erase`] (cancel, the right to
-//! erasure), [`retry`] (re-publish images without a result), [`expire`] (jobs past their
-//! retention), [`quotas`] (jobs and images in flight per tenant) and [`gauges`] (metrics).
+//! once per task), [`reconcile`] (count tasks from their result objects), [`deliver`]
+//! (deliver-once results), [`erase`] (cancel, the right to erasure), [`retry`]
+//! (re-publish images without a result), [`expire`] (jobs past their retention),
+//! [`quotas`] (jobs and images in flight per tenant) and [`gauges`] (metrics).
 
 mod create;
 mod deliver;
@@ -13,6 +14,7 @@ mod expire;
 mod gauges;
 mod progress;
 mod quotas;
+mod reconcile;
 mod retry;
 #[cfg(test)]
 mod tests;

@@ -313,3 +313,75 @@ async fn a_job_whose_every_task_was_given_up_fails_and_can_be_retried() {
     assert_eq!(retried.images, 3);
     assert_eq!(published(&queue).await.concat(), SHOP);
 }
+
+#[tokio::test]
+async fn a_restarted_book_counts_the_tasks_whose_results_exist_but_were_never_reported() {
+    let Setup {
+        _dir,
+        store,
+        queue,
+        book,
+        tenant,
+    } = setup();
+    let id = create(&book, &SHOP).await;
+    published(&queue).await;
+    // The first task was reported; the second one's report was lost (dead-lettered by
+    // an older scheduler whose store was down), but its result object is there.
+    let lines = Lines::new(&tenant);
+    lines
+        .put(&store, &id, "t000001", &[(SHOP[0], true), (SHOP[1], false)])
+        .await;
+    book.apply_progress(&[report(&id, "t000001", 1, 1, None)])
+        .await
+        .unwrap();
+    lines.put(&store, &id, "t000002", &[(SHOP[2], true)]).await;
+    drop(book);
+
+    let restarted = book_on(&store, &queue, &tenant);
+    assert_eq!(restarted.load().await.unwrap(), 1);
+    assert_eq!(
+        restarted.get("acme", &id).await.unwrap().state,
+        JobState::Running
+    );
+    assert_eq!(restarted.reconcile().await.unwrap(), 1);
+    let job = restarted.get("acme", &id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!((job.counts.done, job.counts.failed), (2, 1));
+    let stored =
+        JobRecord::from_json(&store.get(&Key::job("acme", &id).to_string()).await.unwrap())
+            .unwrap();
+    assert_eq!(stored.state, JobState::Succeeded, "written");
+    // Counted once: neither a second pass nor the late report counts it again.
+    assert_eq!(restarted.reconcile().await.unwrap(), 0);
+    restarted
+        .apply_progress(&[report(&id, "t000002", 1, 0, None)])
+        .await
+        .unwrap();
+    assert_eq!(restarted.get("acme", &id).await.unwrap().counts.done, 2);
+}
+
+#[tokio::test]
+async fn a_task_given_up_whose_result_object_exists_after_all_is_counted_from_it() {
+    let Setup {
+        store,
+        queue,
+        book,
+        tenant,
+        ..
+    } = setup();
+    let id = create(&book, &SHOP).await;
+    published(&queue).await;
+    book.apply_progress(&[report(&id, "t000001", 0, 0, Some(GivenUp::Attempts))])
+        .await
+        .unwrap();
+    // An operator moved the dead letter back; it ran, but its report was lost.
+    Lines::new(&tenant)
+        .put(&store, &id, "t000001", &[(SHOP[0], true), (SHOP[1], true)])
+        .await;
+    assert_eq!(book.reconcile().await.unwrap(), 1);
+    let job = book.get("acme", &id).await.unwrap();
+    assert_eq!(
+        (job.counts.done, job.counts.unfinished, job.state),
+        (2, 0, JobState::Running)
+    );
+}
