@@ -15,6 +15,7 @@ mod privacy;
 mod privacy_edges;
 mod run;
 mod scheduler;
+mod scheduler_outages;
 mod schedules;
 mod telemetry;
 mod tenant;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use tagfleet_contracts::keys::Area;
 
 use super::{ObjectMeta, ObjectStore, StoreError};
 
@@ -42,8 +43,15 @@ impl FsStore {
         Ok(self.root.join(key))
     }
 
-    fn is_expired(&self, modified: SystemTime) -> bool {
-        tagfleet_contracts::retention::is_expired(modified, self.retention, SystemTime::now())
+    /// Whether the object at `key`, written at `modified`, is past the retention (which
+    /// applies to results and job records only).
+    fn is_expired(&self, key: &str, modified: SystemTime) -> bool {
+        Area::is_swept(key)
+            && tagfleet_contracts::retention::is_expired(
+                modified,
+                self.retention,
+                SystemTime::now(),
+            )
     }
 }
 
@@ -121,7 +129,7 @@ impl ObjectStore for FsStore {
             Err(e) if e.kind() == IoKind::NotFound => return Err(StoreError::NotFound(key.into())),
             Err(e) => return Err(io_err("reading", key)(e)),
         };
-        if self.is_expired(meta.modified().map_err(io_err("reading", key))?) {
+        if self.is_expired(key, meta.modified().map_err(io_err("reading", key))?) {
             return Err(StoreError::Expired(key.to_owned()));
         }
         match tokio::fs::read(&path).await {
@@ -240,5 +248,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let err = store.get("results/t/j/a.jsonl").await.unwrap_err();
         assert!(matches!(err, StoreError::Expired(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn schedules_outlive_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path(), Some(Duration::from_millis(200))).unwrap();
+        store
+            .put("schedules/t/weekly.json", b"{}".to_vec())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            store.get("schedules/t/weekly.json").await.unwrap(),
+            b"{}".to_vec()
+        );
     }
 }
