@@ -1,11 +1,17 @@
-//! Outages of the real services around a running fleet: a worker draining while RabbitMQ
-//! restarts, and a drain that must not make the broker push work nobody will start.
+//! Outages of the real services around a running fleet: S3 gone for 30 s mid-job, a
+//! worker draining while RabbitMQ restarts, and a drain that must not make the broker
+//! push work nobody will start.
 //! Tests named `broker_restart…` restart the shared broker: `make test` runs them alone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::fleet::{Fleet, Worker, service_env, write_secrets};
+use serde_json::json;
+
+use crate::common::fleet::{
+    Fleet, Worker, create_job, http_get, service_env, upload, wait_state, write_secrets,
+};
+use crate::common::private_s3::PrivateS3;
 use crate::common::*;
 use tagfleet_contracts::keys::job_results_prefix;
 use tagfleet_io::queue::{RabbitOptions, RabbitQueue};
@@ -158,6 +164,95 @@ async fn broker_restart_during_a_drain_loses_nothing() {
     let all = images.len();
     images.dedup();
     assert_eq!((all, images.len()), (44, 44), "every image exactly once");
+    let queue = task_queue(&fleet).await;
+    let dead = queue.options().dead_letter_queue();
+    assert_eq!(
+        queue.message_count(&dead).await.unwrap(),
+        0,
+        "nothing dead-lettered"
+    );
+}
+
+/// SeaweedFS is stopped for 30 s in the middle of a job. The worker waits the outage out:
+/// it says unready and `tagfleet_worker_store_up 0`, holds its messages instead of
+/// spending their deliveries, and writes no transient read error as a result. When S3 is
+/// back the job ends `succeeded` with every image counted and nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_of_30_s_mid_job_is_waited_out_and_the_job_ends_whole() {
+    const TOKEN: &str = "acme-token-5e1a";
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let names = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"];
+    copy_photos(&photos, &names.map(|n| (n, n)));
+    let keys = dir.path().join("keys");
+    write_secrets(&keys, &[(TENANT, &"ab".repeat(32), Some(TOKEN))]);
+    let mut s3 = PrivateS3::start_new().await;
+    let fleet = Fleet {
+        s3_endpoint: s3.endpoint(),
+        ..Fleet::new("amqp", &keys, &photos)
+    };
+    let store = fleet.store().await;
+    // 64 images from S3, in 16 tasks of 4.
+    let source = upload(&store, &photos, "media/", 16).await;
+    let mut scheduler = fleet.scheduler(&dir.path().join("scheduler.log"), &["--chunk-size", "4"]);
+    scheduler.wait_ready().await;
+    let id = create_job(
+        &scheduler,
+        TOKEN,
+        json!({"source": {"kind": "s3_prefix", "uri": source}}),
+    );
+    let mut worker = fleet.worker(
+        &dir.path().join("worker.log"),
+        &["--max-batch", "1", "--max-tasks-in-flight", "2"],
+    );
+    worker.wait_ready().await;
+    let prefix = job_results_prefix(TENANT, &id);
+    wait_for_results(&store, &prefix, 1, &worker).await;
+
+    s3.stop();
+    let stopped = Instant::now();
+    let ready = || http_get(worker.port, "/readyz").map(|(code, _)| code);
+    let store_up = || {
+        http_get(worker.port, "/metrics")
+            .and_then(|(_, text)| {
+                text.lines()
+                    .find(|l| l.starts_with("tagfleet_worker_store_up "))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    };
+    while ready() != Some(503) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(25),
+            "still ready with S3 down:\n{}",
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(store_up(), "tagfleet_worker_store_up 0");
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker outlives the outage:\n{}",
+        worker.logs()
+    );
+    s3.start().await;
+
+    let job = wait_state(&scheduler, TOKEN, &id, &["final"], &[&scheduler, &worker]).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let counts = &job["counts"];
+    assert_eq!(
+        [
+            &counts["total"],
+            &counts["done"],
+            &counts["failed"],
+            &counts["unfinished"]
+        ],
+        [64, 64, 0, 0],
+        "{job}"
+    );
+    assert_eq!(ready(), Some(200), "ready again once S3 answers");
+    assert_eq!(store_up(), "tagfleet_worker_store_up 1");
     let queue = task_queue(&fleet).await;
     let dead = queue.options().dead_letter_queue();
     assert_eq!(
