@@ -6,6 +6,8 @@ pub mod backend;
 pub mod decode;
 pub mod devices;
 pub mod gpu_preprocess;
+#[cfg(any(test, feature = "hostile-images"))]
+pub mod hostile;
 pub mod ort_backend;
 pub mod postprocess;
 pub mod preprocess;
