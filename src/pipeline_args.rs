@@ -90,6 +90,18 @@ pub struct PipelineArgs {
     #[arg(long, env = "TAGFLEET_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
     pub max_image_pixels: u64,
 
+    /// Memory one image may hold while it is decoded, in MiB, reckoned from its header
+    /// before decoding: its pixels as decoded (16-bit, alpha), the decoder's buffers, the
+    /// conversion to RGB8 and a rotation's copy. An image that needs more is refused
+    /// (error kind too_large).
+    #[arg(
+        long,
+        env = "TAGFLEET_MAX_DECODE_MIB",
+        default_value_t = DecodeLimits::default().max_decode_bytes >> 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_decode_mib: u64,
+
     /// Memory for decoded images on their way to GPU preprocessing, in MiB. The decode
     /// threads hand over full-size pixels then (a 12-megapixel photo is 36 MB) and wait
     /// while this is spent.
@@ -126,6 +138,7 @@ impl PipelineArgs {
         DecodeLimits {
             max_bytes: self.max_image_bytes,
             max_pixels: self.max_image_pixels,
+            max_decode_bytes: self.max_decode_mib.saturating_mul(1 << 20),
         }
     }
 }
