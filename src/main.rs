@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cgroup;
 mod client;
 mod core_dumps;
+mod decode_threads;
 mod engine;
 mod erase;
 mod fd_limit;

@@ -128,7 +128,9 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
 
     let config = PipelineConfig {
         batch: args.pipeline.batch(&model.spec, &backends),
-        prepare_threads: args.pipeline.decode_threads(),
+        prepare_threads: args.pipeline.decode_threads(
+            tagfleet_worker::pipeline::preprocesses_on_executors(&backends),
+        ),
         fetch_concurrency: 16,
         max_tasks_in_flight: 4,
         limits: args.pipeline.limits(),

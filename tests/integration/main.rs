@@ -7,6 +7,7 @@ mod common;
 
 mod abusive_client;
 mod api_tls;
+mod decode_memory;
 mod fence;
 mod fleet;
 mod hardening;
