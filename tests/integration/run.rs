@@ -453,3 +453,40 @@ fn exif_metadata_never_reaches_results_keys_or_logs() {
         }
     }
 }
+
+/// Results and the folders that hold them are the user's alone.
+#[test]
+fn results_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
+    let out = dir.path().join("out");
+    let run = run_on(
+        &dir.path().join("photos"),
+        &out,
+        &dir.path().join("key"),
+        &["--format", "none"],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut stack = vec![out.clone()];
+    let mut files = 0;
+    while let Some(folder) = stack.pop() {
+        let mode = std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}: {mode:o}", folder.display());
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(files, 1, "one result object");
+}
