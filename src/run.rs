@@ -171,11 +171,18 @@ async fn open_store(args: &RunArgs) -> anyhow::Result<FsStore> {
     let store = FsStore::new(&args.out, Some(retention))
         .with_context(|| format!("creating results folder {}", args.out.display()))?;
     let swept = tagfleet_io::sweep(&store, retention, SystemTime::now()).await?;
-    if swept > 0 {
+    if swept.deleted > 0 {
         tracing::info!(
-            deleted = swept,
+            deleted = swept.deleted,
             retention_hours = args.retention_hours,
             "deleted expired results"
+        );
+    }
+    if swept.foreign > 0 {
+        // Counted, not named: they are not tagfleet's, so their names may be anything.
+        tracing::warn!(
+            files = swept.foreign,
+            "files under results/ and jobs/ that tagfleet did not write were left alone"
         );
     }
     Ok(store)

@@ -490,3 +490,47 @@ fn results_are_readable_by_their_owner_only() {
     }
     assert_eq!(files, 1, "one result object");
 }
+
+/// The sweep deletes tagfleet's own results past the retention, and nothing else: files
+/// others put in the folder stay, however old, and are not named in the logs.
+#[test]
+fn the_sweep_deletes_only_results_tagfleet_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
+    let out = dir.path().join("out");
+    let ours = out.join("results/local/oldjob/t000001.jsonl");
+    let foreign = [
+        out.join("results/notes.txt"),
+        out.join("results/local/oldjob/holiday-marker.jpg"),
+        out.join("jobs/readme.md"),
+    ];
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+    for file in foreign.iter().chain([&ours]) {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, b"{}\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+    }
+
+    let run = run_on(
+        &dir.path().join("photos"),
+        &out,
+        &dir.path().join("key"),
+        &["--format", "none"],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        !ours.exists(),
+        "tagfleet's own expired result outlived the retention"
+    );
+    for file in &foreign {
+        assert!(file.exists(), "{} was deleted", file.display());
+    }
+    assert!(stderr.contains("left alone"), "{stderr}");
+    assert!(!stderr.contains("marker"), "{stderr}");
+}
