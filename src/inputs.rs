@@ -39,12 +39,11 @@ pub fn collect_refs(path: &Path) -> anyhow::Result<Inputs> {
 }
 
 fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("reading input {}", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading input {}", shown(path)))?;
     if meta.is_dir() {
         let root = path
             .canonicalize()
-            .with_context(|| format!("resolving {}", path.display()))?;
+            .with_context(|| format!("resolving {}", shown(path)))?;
         let mut inputs = Inputs {
             roots: vec![root.clone()],
             ..Inputs::default()
@@ -56,7 +55,7 @@ fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
         // One photo: its folder bounds what may be read.
         let canonical = path
             .canonicalize()
-            .with_context(|| format!("resolving {}", path.display()))?;
+            .with_context(|| format!("resolving {}", shown(path)))?;
         let reference = format!("file://{}", canonical.display());
         let root = canonical.parent().unwrap_or(Path::new("/")).to_path_buf();
         let display = path.file_name().map_or_else(
@@ -74,7 +73,7 @@ fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
 }
 
 fn walk(dir: &Path, root: &Path, inputs: &mut Inputs) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", shown(dir)))? {
         let entry = entry?;
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
@@ -107,11 +106,11 @@ fn is_image_name(path: &Path) -> bool {
 
 fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading manifest {}", path.display()))?;
+        .with_context(|| format!("reading manifest {}", shown(path)))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut inputs = Inputs::default();
     let entries = manifest::parse(&text, ManifestFormat::Auto)
-        .map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("manifest {}: {e}", shown(path)))?;
     for (n, entry) in entries.into_iter().enumerate() {
         if allow_s3 && entry.starts_with("s3://") {
             S3Location::parse_object(&entry)
@@ -151,11 +150,16 @@ fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
     if !inputs.roots.is_empty() && inputs.roots.iter().all(|r| !r.exists()) {
         bail!(
             "none of the folders named in manifest {} exists",
-            path.display()
+            shown(path)
         );
     }
     inputs.roots.retain(|r| r.exists());
     Ok(inputs)
+}
+
+/// A path for an error message, safe on a terminal.
+fn shown(path: &Path) -> String {
+    crate::terminal::escaped(&path.display().to_string()).into_owned()
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -165,7 +169,7 @@ fn absolute(path: &Path) -> PathBuf {
 fn file_ref(path: &Path) -> anyhow::Result<String> {
     let canonical = path
         .canonicalize()
-        .with_context(|| format!("resolving {}", path.display()))?;
+        .with_context(|| format!("resolving {}", shown(path)))?;
     Ok(format!("file://{}", canonical.display()))
 }
 

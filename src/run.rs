@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{self, EngineArgs};
 use crate::inputs::{self, Inputs};
 use crate::pipeline_args::{PipelineArgs, TaskArgs};
+use crate::terminal;
 
 /// Exit code when the run finished but some images have error records.
 pub const EXIT_SOME_FAILED: i32 = 3;
@@ -87,7 +88,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<i32> {
     if inputs.items.is_empty() {
         bail!(
             "no images found in {} ({} other files skipped)",
-            args.input.display(),
+            terminal::escaped(&args.input.display().to_string()),
             inputs.skipped
         );
     }
@@ -311,18 +312,22 @@ fn print_results(args: &RunArgs, report: &RunReport) -> anyhow::Result<()> {
             for (name, line) in &report.lines {
                 let mut value = serde_json::to_value(line)?;
                 value["file"] = serde_json::Value::String(name.clone());
-                writeln!(out, "{value}")?;
+                writeln!(out, "{}", terminal::json_line(&value))?;
             }
         }
         Format::Table => {
-            let width = report
+            let names: Vec<_> = report
                 .lines
                 .iter()
                 .take(args.show)
-                .map(|(n, _)| n.len())
+                .map(|(name, line)| (terminal::escaped(name), line))
+                .collect();
+            let width = names
+                .iter()
+                .map(|(n, _)| n.chars().count())
                 .max()
                 .unwrap_or(0);
-            for (name, line) in report.lines.iter().take(args.show) {
+            for (name, line) in names {
                 writeln!(out, "{name:width$}  {}", describe(line))?;
             }
             if report.lines.len() > args.show {

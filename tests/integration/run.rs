@@ -534,3 +534,43 @@ fn the_sweep_deletes_only_results_tagfleet_wrote() {
     assert!(stderr.contains("left alone"), "{stderr}");
     assert!(!stderr.contains("marker"), "{stderr}");
 }
+
+/// A file name is the user's, but not always friendly: control characters and terminal
+/// escape sequences in it are shown escaped, never sent to the terminal as they are.
+#[test]
+fn file_names_reach_the_terminal_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let evil = "evil\n\x1b[31mred.png";
+    let csi = "csi\u{9b}2J.png";
+    copy_photos(&photos, &[("coffee.png", evil), ("chelsea.png", csi)]);
+    let out = dir.path().join("out");
+    let key = dir.path().join("key");
+
+    let table = run_on(&photos, &out, &key, &["--format", "table"]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let text = String::from_utf8(table.stdout.clone()).unwrap();
+    assert!(
+        !table.stdout.contains(&0x1b),
+        "a raw ESC on stdout: {text:?}"
+    );
+    assert!(!text.contains('\u{9b}'), "a raw CSI on stdout: {text:?}");
+    assert_eq!(text.lines().count(), 2, "one line per image: {text:?}");
+    assert!(
+        text.contains(r"evil\n\u{1b}[31mred.png") && text.contains(r"csi\u{9b}2J.png"),
+        "{text}"
+    );
+
+    // JSON keeps the names exact, with every control character escaped the JSON way.
+    let json = run_on(&photos, &out, &key, &["--format", "json"]);
+    assert!(json.status.success());
+    assert!(!json.stdout.contains(&0x1b));
+    assert!(!String::from_utf8_lossy(&json.stdout).contains('\u{9b}'));
+    let lines = json_lines(&json);
+    assert_eq!(labels(line_for(&lines, evil))[0], "espresso");
+    assert_eq!(line_for(&lines, csi)["status"], "ok");
+}
