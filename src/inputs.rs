@@ -21,6 +21,9 @@ pub struct Inputs {
     pub items: Vec<Input>,
     /// Files in the directory whose extension is not an image's.
     pub skipped: usize,
+    /// Sub-folders that could not be listed (no permission, gone while walked): what is in
+    /// them is not in the run.
+    pub unlisted: usize,
     /// Folders the refs may be read from (the worker's allowed roots).
     pub roots: Vec<PathBuf>,
 }
@@ -64,23 +67,38 @@ fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
         );
         Ok(Inputs {
             items: vec![Input { reference, display }],
-            skipped: 0,
             roots: vec![root],
+            ..Inputs::default()
         })
     } else {
         manifest(path, allow_s3)
     }
 }
 
+/// Walks `dir`; links are not followed into folders. An image-named entry that cannot be
+/// resolved (a dangling link, a loop of links) is still an input: the worker's fetch makes
+/// it an error record, as for any file that cannot be read, so the run goes on.
 fn walk(dir: &Path, root: &Path, inputs: &mut Inputs) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", shown(dir)))? {
-        let entry = entry?;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if dir == root => {
+            return Err(e).with_context(|| format!("listing {}", shown(root)));
+        }
+        Err(_) => {
+            inputs.unlisted += 1;
+            return Ok(());
+        }
+    };
+    for entry in entries {
+        let Ok(entry) = entry else {
+            inputs.unlisted += 1;
+            break;
+        };
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let path = entry.path();
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             walk(&path, root, inputs)?;
         } else if is_image_name(&path) {
             let display = path
@@ -89,7 +107,7 @@ fn walk(dir: &Path, root: &Path, inputs: &mut Inputs) -> anyhow::Result<()> {
                 .display()
                 .to_string();
             inputs.items.push(Input {
-                reference: file_ref(&path)?,
+                reference: file_ref(&path),
                 display,
             });
         } else {
@@ -166,11 +184,11 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-fn file_ref(path: &Path) -> anyhow::Result<String> {
-    let canonical = path
-        .canonicalize()
-        .with_context(|| format!("resolving {}", shown(path)))?;
-    Ok(format!("file://{}", canonical.display()))
+/// The canonical ref of a walked file; the path as walked (absolute, under the canonical
+/// root) when it cannot be resolved, for the fetch to report.
+fn file_ref(path: &Path) -> String {
+    let resolved = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", resolved.display())
 }
 
 #[cfg(test)]
@@ -193,6 +211,25 @@ mod tests {
             inputs.items[1].reference,
             format!("file://{}/sub/b.png", root.display())
         );
+    }
+
+    #[test]
+    fn links_that_lead_nowhere_are_inputs_and_folder_links_are_not_followed() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+        symlink("loop.jpg", dir.path().join("loop.jpg")).unwrap();
+        symlink("nowhere.png", dir.path().join("gone.png")).unwrap();
+        symlink(".", dir.path().join("again")).unwrap();
+        let inputs = collect(dir.path()).unwrap();
+        let names: Vec<_> = inputs.items.iter().map(|i| i.display.as_str()).collect();
+        assert_eq!(names, ["a.png", "gone.png", "loop.jpg"]);
+        let root = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            inputs.items[2].reference,
+            format!("file://{}/loop.jpg", root.display())
+        );
+        assert_eq!((inputs.skipped, inputs.unlisted), (1, 0));
     }
 
     #[test]

@@ -24,7 +24,8 @@ use crate::inputs::{self, Inputs};
 use crate::pipeline_args::{PipelineArgs, TaskArgs};
 use crate::terminal;
 
-/// Exit code when the run finished but some images have error records.
+/// Exit code when the run finished but some images have error records (or some folders
+/// could not be listed, so their images were not in it).
 pub const EXIT_SOME_FAILED: i32 = 3;
 
 /// The tenant of the embedded mode.
@@ -96,7 +97,10 @@ pub async fn main(args: RunArgs) -> anyhow::Result<i32> {
     print_results(&args, &report)?;
     print_summary(&args, &inputs, &report);
     Ok(
-        if report.summary.image_errors() > 0 || report.summary.tasks_failed > 0 {
+        if report.summary.image_errors() > 0
+            || report.summary.tasks_failed > 0
+            || inputs.unlisted > 0
+        {
             EXIT_SOME_FAILED
         } else {
             0
@@ -386,6 +390,12 @@ fn print_summary(args: &RunArgs, inputs: &Inputs, report: &RunReport) {
         eprintln!(
             "{} files skipped: not image files by their extension",
             inputs.skipped
+        );
+    }
+    if inputs.unlisted > 0 {
+        eprintln!(
+            "{} folders could not be listed (permissions?): their images are not in this run",
+            inputs.unlisted
         );
     }
     if s.tasks_failed > 0 {

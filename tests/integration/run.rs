@@ -574,3 +574,44 @@ fn file_names_reach_the_terminal_escaped() {
     assert_eq!(labels(line_for(&lines, evil))[0], "espresso");
     assert_eq!(line_for(&lines, csi)["status"], "ok");
 }
+
+/// Links that lead nowhere (dangling, or in a loop) are images that cannot be read: error
+/// records, counted like a broken file, and the photos around them are still tagged.
+#[test]
+fn dangling_and_looping_links_are_error_records_and_the_photos_are_tagged() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_photos(
+        &photos,
+        &[("chelsea.png", "chelsea.png"), ("coffee.png", "coffee.png")],
+    );
+    symlink("loop.jpg", photos.join("loop.jpg")).unwrap();
+    symlink("pong.png", photos.join("ping.png")).unwrap();
+    symlink("ping.png", photos.join("pong.png")).unwrap();
+    symlink("nowhere.jpg", photos.join("gone.jpg")).unwrap();
+    // A folder that contains itself: never walked into.
+    symlink(".", photos.join("again")).unwrap();
+
+    let run = run_on(
+        &photos,
+        &dir.path().join("out"),
+        &dir.path().join("key"),
+        &["--format", "json"],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(3), "some images failed: {stderr}");
+    assert!(
+        stderr.contains("6 images") && stderr.contains("4 failed"),
+        "{stderr}"
+    );
+    let lines = json_lines(&run);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for file in ["loop.jpg", "ping.png", "pong.png", "gone.jpg"] {
+        let line = line_for(&lines, file);
+        assert_eq!(line["status"], "error", "{file}: {line}");
+        assert_eq!(line["error"]["kind"], "fetch", "{file}: {line}");
+    }
+    assert_eq!(labels(line_for(&lines, "coffee.png"))[0], "espresso");
+    assert_eq!(line_for(&lines, "chelsea.png")["status"], "ok");
+}
