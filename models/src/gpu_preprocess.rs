@@ -472,6 +472,23 @@ mod tests {
         }
     }
 
+    /// The seed of a random test: `$TAGFLEET_TEST_SEED` when set, else a fresh one. Printed
+    /// either way, so that a failure can be run again on the same images.
+    fn test_seed() -> u64 {
+        let seed = match std::env::var("TAGFLEET_TEST_SEED") {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("TAGFLEET_TEST_SEED={text:?} is not a u64")),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        };
+        eprintln!("seed {seed} (TAGFLEET_TEST_SEED={seed} repeats this run)");
+        seed
+    }
+
     /// The largest error of the kernel against the reference over `images`, relative to
     /// the value (absolute below 1).
     fn worst_error(gpu: &mut GpuPreprocessor, input: &InputSpec, images: &[Decoded]) -> f32 {
@@ -505,17 +522,14 @@ mod tests {
     }
 
     /// The kernel against the reference on fresh random images of random sizes, crops
-    /// and scales (up and down), to 1e-5.
+    /// and scales (up and down), to 1e-5. The seed is printed; `TAGFLEET_TEST_SEED` sets it.
     #[test]
     #[ignore = "needs a CUDA GPU: make test-gpu, or --run-ignored all"]
     fn the_gpu_kernel_equals_the_reference_on_random_images() {
         let input = spec();
         let mut gpu = gpu(&input);
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
+        // xorshift64 must not start at 0.
+        let mut seed = test_seed() | 1;
         let mut next = move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
