@@ -23,6 +23,7 @@ mod scheduler;
 mod signals;
 mod status;
 mod submit;
+mod terminal;
 mod worker;
 
 /// Batch image analysis: tags and embeddings for many images, on one machine or a fleet.

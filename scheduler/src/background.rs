@@ -2,7 +2,7 @@
 //! reports, firing schedules, sampling the queue, expiring and sweeping.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -135,8 +135,22 @@ async fn sweep_once(service: &Service, store: &dyn ObjectStore, retention: Durat
         tracing::warn!(error = %e, "reconciling running jobs with their results failed");
     }
     match tagfleet_io::sweep(store, retention, std::time::SystemTime::now()).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(objects = n, "swept objects past their retention"),
+        Ok(swept) => {
+            if swept.deleted > 0 {
+                tracing::info!(
+                    objects = swept.deleted,
+                    "swept objects past their retention"
+                );
+            }
+            // Objects in the store that are not the fleet's are said once, not every round.
+            static FOREIGN_SAID: AtomicBool = AtomicBool::new(false);
+            if swept.foreign > 0 && !FOREIGN_SAID.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    objects = swept.foreign,
+                    "objects under results/ and jobs/ that tagfleet did not write were left alone"
+                );
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "sweeping failed"),
     }
 }
