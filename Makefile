@@ -26,12 +26,13 @@ test: model photos tools
 	$(MAKE) --no-print-directory k8s-check
 	scripts/with-services.sh $(MAKE) --no-print-directory nextest
 
-# The broker-restart test restarts the shared RabbitMQ, so it runs alone, after the rest.
+# The broker-restart tests restart the shared RabbitMQ, so they run alone, after the rest,
+# one at a time.
 # TAGFLEET_REQUIRE_NVRTC: the GPU kernel must compile to PTX (NVRTC from the venv).
 nextest: export TAGFLEET_REQUIRE_NVRTC = 1
 nextest:
 	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) -E 'not test(broker_restart)'
-	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) -E 'test(broker_restart)'
+	cargo nextest run --workspace --no-fail-fast $(CARGO_FLAGS) --test-threads 1 -E 'test(broker_restart)'
 
 # GPU tests are #[ignore]d, so on a machine without a GPU `make test` lists them as
 # skipped, never as passed. On a machine with an NVIDIA GPU (CUDA 13 driver) this runs
