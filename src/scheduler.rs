@@ -1,6 +1,6 @@
-//! `tagfleet scheduler`: the job API in front of the fleet. Publishes task messages to the
-//! queue, counts the workers' progress reports, keeps job records and schedules in the
-//! store. One replica per queue: it owns the schedules.
+//! `tagfleet scheduler`: the job API in front of the fleet. Publishes each job's task
+//! messages to its model's task queue, counts the workers' progress reports, keeps job
+//! records and schedules in the store. One replica per fleet: it owns the schedules.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,7 +51,7 @@ pub struct SchedulerArgs {
     pub metrics_listen: SocketAddr,
 
     /// Models the fleet's workers serve, as name@version (comma separated); the first is
-    /// what a job gets when it names none.
+    /// what a job gets when it names none. Each has its own task queue.
     #[arg(
         long = "model-id",
         env = "TAGFLEET_MODEL_IDS",
@@ -139,14 +139,17 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--model-id: expected name@version, got {:?}", args.models);
     }
     let opened = args.store.open(args.queue.region.clone()).await?;
-    let queue = args.queue.open(1, args.store.retention()).await?;
+    let queues = args
+        .queue
+        .open_tasks(&args.models, args.store.retention())
+        .await?;
     let progress = args
         .queue
         .open_progress(256, args.store.retention())
         .await?;
     let service = Service::new(
         opened.store.clone(),
-        queue,
+        queues,
         secrets,
         opened.s3.as_ref().map(|s| s.client().clone()),
         SchedulerConfig {

@@ -55,7 +55,7 @@ pub async fn run_background(
     intervals: Intervals,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    metrics::register();
+    metrics::register(service.book.models());
     let jobs = service.book.load().await?;
     let schedules = service.schedules.load().await?;
     tracing::info!(jobs, schedules, "job records and schedules loaded");

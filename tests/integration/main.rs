@@ -12,6 +12,7 @@ mod fleet;
 mod hardening;
 mod privacy;
 mod privacy_edges;
+mod routing;
 mod run;
 mod scheduler;
 mod schedules;

@@ -37,6 +37,12 @@ impl JobBook {
         if record.counts.failed == 0 {
             return Err(ApiError::Conflict("no image of the job failed".into()));
         }
+        if self.queues.get(&record.model).is_none() {
+            return Err(ApiError::Conflict(format!(
+                "the fleet does not serve the job's model {} any more",
+                record.model
+            )));
+        }
         if record.source_withheld {
             return Err(ApiError::Conflict(
                 "the job keeps nothing (retain: false), not even its source: submit the \

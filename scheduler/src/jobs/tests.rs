@@ -8,11 +8,12 @@ use tagfleet_contracts::schema::{ProgressMessage, SCHEMA_VERSION};
 use tagfleet_contracts::secrets::{NewTenant, new_tenant};
 use tagfleet_contracts::{ErrorKind, ImageError, Pseudonymiser, ResultLine, Secrets, TaskMessage};
 use tagfleet_io::netguard::UrlPolicy;
-use tagfleet_io::queue::MemoryQueue;
+use tagfleet_io::queue::{MemoryQueue, TaskQueues};
 use tagfleet_io::store::FsStore;
 use tagfleet_io::{ObjectStore, Queue, StoreError};
 
 use super::{BookConfig, JobBook};
+use crate::error::ApiError;
 use crate::sources::SourceReader;
 use crate::spec::JobSpec;
 
@@ -29,9 +30,26 @@ fn setup() -> Setup {
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(dir.path(), None).unwrap());
     let queue = Arc::new(MemoryQueue::new(3));
     let tenant = new_tenant("acme").unwrap();
-    let book = JobBook::new(
+    let book = book_on(
         store.clone(),
-        queue.clone(),
+        TaskQueues::shared(["m@1"], queue.clone()),
+        &tenant,
+    );
+    Setup {
+        _dir: dir,
+        store,
+        queue,
+        book,
+        tenant,
+    }
+}
+
+/// A book on `store` serving the models of `queues`, the first the default.
+fn book_on(store: Arc<dyn ObjectStore>, queues: TaskQueues, tenant: &NewTenant) -> JobBook {
+    let models = queues.iter().map(|(m, _)| m.to_owned()).collect();
+    JobBook::new(
+        store,
+        queues,
         Secrets::parse(&tenant.stanza).unwrap(),
         SourceReader {
             s3: None,
@@ -41,18 +59,11 @@ fn setup() -> Setup {
             fleet_store: None,
         },
         BookConfig {
-            models: vec!["m@1".into()],
+            models,
             chunk_size: 2,
             retention: Duration::from_secs(3600),
         },
-    );
-    Setup {
-        _dir: dir,
-        store,
-        queue,
-        book,
-        tenant,
-    }
+    )
 }
 
 /// The refs of the task messages waiting in the queue (and acks them).
@@ -138,4 +149,53 @@ async fn an_inline_source_is_kept_apart_read_back_for_a_retry_and_deleted_with_t
         store.get(&source_key).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn tasks_go_to_their_models_queue_and_a_model_no_longer_served_is_not_retried() {
+    let Setup { store, tenant, .. } = setup();
+    let (m, n) = (Arc::new(MemoryQueue::new(3)), Arc::new(MemoryQueue::new(3)));
+    let queues = TaskQueues::new([
+        ("m@1".to_owned(), m.clone() as Arc<dyn Queue>),
+        ("n@2".to_owned(), n.clone() as Arc<dyn Queue>),
+    ]);
+    let book = book_on(store.clone(), queues, &tenant);
+    let image = "https://93.184.216.34/shop/a.jpg";
+    let spec = |model: Option<&str>| -> JobSpec {
+        let mut spec = serde_json::json!({"source": {"kind": "urls", "urls": [image]}});
+        if let Some(model) = model {
+            spec["model"] = model.into();
+        }
+        crate::spec::parse(spec.to_string().as_bytes()).unwrap()
+    };
+    let id = book
+        .create("acme", spec(Some("n@2")), None)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(published(&m).await, Vec::<Vec<String>>::new());
+    assert_eq!(published(&n).await, vec![vec![image.to_owned()]]);
+    book.create("acme", spec(None), None).await.unwrap();
+    assert_eq!(published(&m).await, vec![vec![image.to_owned()]]);
+    assert_eq!(published(&n).await, Vec::<Vec<String>>::new());
+
+    // The n@2 job fails; a fleet that serves only m@1 now will not re-publish it.
+    let report = ProgressMessage {
+        v: SCHEMA_VERSION,
+        tenant: "acme".into(),
+        job_id: id.clone(),
+        task_id: "t000001".into(),
+        ok: 0,
+        failed: 1,
+        given_up: None,
+    };
+    book.apply_progress(&[report]).await.unwrap();
+    book.flush().await.unwrap();
+    let fewer = book_on(store, TaskQueues::shared(["m@1"], m.clone()), &tenant);
+    fewer.load().await.unwrap();
+    match fewer.retry("acme", &id).await {
+        Err(ApiError::Conflict(why)) => assert!(why.contains("n@2"), "{why}"),
+        other => panic!("{:?}", other.map(|r| r.images)),
+    }
+    assert_eq!(published(&m).await, Vec::<Vec<String>>::new());
 }
