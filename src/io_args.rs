@@ -61,6 +61,8 @@ enum QueueRole<'a> {
     /// The task queue of the model with this id.
     Tasks(&'a str),
     Progress,
+    /// The one task queue of versions before per-model queues.
+    Legacy,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -160,6 +162,17 @@ impl QueueArgs {
         Ok(TaskQueues::new(queues))
     }
 
+    /// The one task queue of every model that versions before per-model queues used
+    /// (named as the base, see [`QueueArgs::base_name`]): only to move what still waits
+    /// there. Declares it (empty) where it is not.
+    pub async fn open_legacy(
+        &self,
+        prefetch: u16,
+        retention: Duration,
+    ) -> anyhow::Result<Arc<dyn Queue>> {
+        self.open_role(prefetch, retention, QueueRole::Legacy).await
+    }
+
     /// The queue on which workers report finished tasks to the scheduler: the base name
     /// with `.progress` (RabbitMQ) or `-progress` (SQS) appended. One for every model.
     pub async fn open_progress(
@@ -199,6 +212,7 @@ impl QueueArgs {
             QueueRole::Tasks(model) => routing::task_queue(base, model)
                 .with_context(|| format!("naming the task queue of {model}"))?,
             QueueRole::Progress => format!("{base}{progress_separator}progress"),
+            QueueRole::Legacy => base.to_owned(),
         })
     }
 

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod error;
 mod jobs;
+pub mod legacy;
 pub mod metrics;
 pub mod record;
 pub mod schedules;

@@ -161,3 +161,61 @@ async fn wait_for_depth_metric(scheduler: &Worker, model: &str, tasks: u64) {
     }
 }
 
+/// The upgrade: tasks still waiting in the one queue of older versions (named as the base)
+/// move to their models' queues when the scheduler runs with --drain-legacy-queue; a task
+/// of a model the fleet does not serve is dead-lettered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_shared_queue_is_drained_into_each_models_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    fleet.store().await;
+    let legacy = open(&fleet, "amqp", &fleet.queue_name).await;
+    let task = |model: &str, n: u32| {
+        json!({
+            "v": 1, "job_id": "before-the-upgrade", "task_id": format!("t{n:06}"),
+            "tenant": TENANT, "analyses": ["tags"], "model": model,
+            "created_at": chrono::Utc::now(), "items": [{"ref": "s3://somewhere/x.jpg"}],
+        })
+        .to_string()
+        .into_bytes()
+    };
+    legacy
+        .publish_batch(vec![
+            task(MODEL, 1),
+            task(OTHER, 2),
+            task("gone@1", 3),
+            task(MODEL, 4),
+        ])
+        .await
+        .unwrap();
+    let models = format!("{MODEL},{OTHER}");
+    let mut scheduler = fleet.scheduler(
+        &dir.path().join("scheduler.log"),
+        &["--model-id", &models, "--drain-legacy-queue"],
+    );
+    scheduler.wait_ready().await;
+    let ours = open(&fleet, "amqp", &fleet.task_queue()).await;
+    let other = open(&fleet, "amqp", &fleet.task_queue_of(OTHER)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let depth = |q: Arc<dyn Queue>| async move {
+            let d = q.depth().await.unwrap().unwrap();
+            (d.ready, d.dead_lettered)
+        };
+        let now = (
+            depth(ours.clone()).await,
+            depth(other.clone()).await,
+            depth(legacy.clone()).await,
+        );
+        if now == ((2, 0), (1, 0), (0, 1)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "(ready, dead-lettered) of ours, the other's, the old: {now:?}\n{}",
+            scheduler.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
