@@ -107,6 +107,27 @@ async fn a_worker_receives_only_its_models_tasks(kind: &str) {
     assert_eq!((depth.ready, depth.dead_lettered), (0, 0), "{depth:?}");
 }
 
+/// A worker told to expect another model id than its model has (the id its deployment
+/// derived the KEDA trigger from) stops at start rather than read another queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_model_is_not_the_expected_one_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (photos, keys) = setup(dir.path());
+    let fleet = Fleet::new("amqp", &keys, &photos);
+    fleet.store().await;
+    let mut worker = fleet.worker(
+        &dir.path().join("worker.log"),
+        &["--model-id", "efficientnet-lite0@2"],
+    );
+    let status = worker.wait_exit(Duration::from_secs(60)).await;
+    assert!(!status.success());
+    let logs = worker.logs();
+    assert!(
+        logs.contains("--model-id efficientnet-lite0@2") && logs.contains(MODEL),
+        "{logs}"
+    );
+}
+
 /// A queue of the fleet by name, declared as the fleet's processes declare it.
 async fn open(fleet: &Fleet, kind: &str, name: &str) -> Arc<dyn Queue> {
     use tagfleet_io::aws::Endpoint;
