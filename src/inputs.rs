@@ -21,6 +21,9 @@ pub struct Inputs {
     pub items: Vec<Input>,
     /// Files in the directory whose extension is not an image's.
     pub skipped: usize,
+    /// Sub-folders that could not be listed (no permission, gone while walked): what is in
+    /// them is not in the run.
+    pub unlisted: usize,
     /// Folders the refs may be read from (the worker's allowed roots).
     pub roots: Vec<PathBuf>,
 }
@@ -39,12 +42,11 @@ pub fn collect_refs(path: &Path) -> anyhow::Result<Inputs> {
 }
 
 fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("reading input {}", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading input {}", shown(path)))?;
     if meta.is_dir() {
         let root = path
             .canonicalize()
-            .with_context(|| format!("resolving {}", path.display()))?;
+            .with_context(|| format!("resolving {}", shown(path)))?;
         let mut inputs = Inputs {
             roots: vec![root.clone()],
             ..Inputs::default()
@@ -56,7 +58,7 @@ fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
         // One photo: its folder bounds what may be read.
         let canonical = path
             .canonicalize()
-            .with_context(|| format!("resolving {}", path.display()))?;
+            .with_context(|| format!("resolving {}", shown(path)))?;
         let reference = format!("file://{}", canonical.display());
         let root = canonical.parent().unwrap_or(Path::new("/")).to_path_buf();
         let display = path.file_name().map_or_else(
@@ -65,23 +67,38 @@ fn collect_with(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
         );
         Ok(Inputs {
             items: vec![Input { reference, display }],
-            skipped: 0,
             roots: vec![root],
+            ..Inputs::default()
         })
     } else {
         manifest(path, allow_s3)
     }
 }
 
+/// Walks `dir`; links are not followed into folders. An image-named entry that cannot be
+/// resolved (a dangling link, a loop of links) is still an input: the worker's fetch makes
+/// it an error record, as for any file that cannot be read, so the run goes on.
 fn walk(dir: &Path, root: &Path, inputs: &mut Inputs) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry?;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if dir == root => {
+            return Err(e).with_context(|| format!("listing {}", shown(root)));
+        }
+        Err(_) => {
+            inputs.unlisted += 1;
+            return Ok(());
+        }
+    };
+    for entry in entries {
+        let Ok(entry) = entry else {
+            inputs.unlisted += 1;
+            break;
+        };
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let path = entry.path();
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             walk(&path, root, inputs)?;
         } else if is_image_name(&path) {
             let display = path
@@ -90,7 +107,7 @@ fn walk(dir: &Path, root: &Path, inputs: &mut Inputs) -> anyhow::Result<()> {
                 .display()
                 .to_string();
             inputs.items.push(Input {
-                reference: file_ref(&path)?,
+                reference: file_ref(&path),
                 display,
             });
         } else {
@@ -107,11 +124,11 @@ fn is_image_name(path: &Path) -> bool {
 
 fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading manifest {}", path.display()))?;
+        .with_context(|| format!("reading manifest {}", shown(path)))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut inputs = Inputs::default();
     let entries = manifest::parse(&text, ManifestFormat::Auto)
-        .map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("manifest {}: {e}", shown(path)))?;
     for (n, entry) in entries.into_iter().enumerate() {
         if allow_s3 && entry.starts_with("s3://") {
             S3Location::parse_object(&entry)
@@ -151,22 +168,27 @@ fn manifest(path: &Path, allow_s3: bool) -> anyhow::Result<Inputs> {
     if !inputs.roots.is_empty() && inputs.roots.iter().all(|r| !r.exists()) {
         bail!(
             "none of the folders named in manifest {} exists",
-            path.display()
+            shown(path)
         );
     }
     inputs.roots.retain(|r| r.exists());
     Ok(inputs)
 }
 
+/// A path for an error message, safe on a terminal.
+fn shown(path: &Path) -> String {
+    crate::terminal::escaped(&path.display().to_string()).into_owned()
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-fn file_ref(path: &Path) -> anyhow::Result<String> {
-    let canonical = path
-        .canonicalize()
-        .with_context(|| format!("resolving {}", path.display()))?;
-    Ok(format!("file://{}", canonical.display()))
+/// The canonical ref of a walked file; the path as walked (absolute, under the canonical
+/// root) when it cannot be resolved, for the fetch to report.
+fn file_ref(path: &Path) -> String {
+    let resolved = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", resolved.display())
 }
 
 #[cfg(test)]
@@ -189,6 +211,25 @@ mod tests {
             inputs.items[1].reference,
             format!("file://{}/sub/b.png", root.display())
         );
+    }
+
+    #[test]
+    fn links_that_lead_nowhere_are_inputs_and_folder_links_are_not_followed() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+        symlink("loop.jpg", dir.path().join("loop.jpg")).unwrap();
+        symlink("nowhere.png", dir.path().join("gone.png")).unwrap();
+        symlink(".", dir.path().join("again")).unwrap();
+        let inputs = collect(dir.path()).unwrap();
+        let names: Vec<_> = inputs.items.iter().map(|i| i.display.as_str()).collect();
+        assert_eq!(names, ["a.png", "gone.png", "loop.jpg"]);
+        let root = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            inputs.items[2].reference,
+            format!("file://{}/loop.jpg", root.display())
+        );
+        assert_eq!((inputs.skipped, inputs.unlisted), (1, 0));
     }
 
     #[test]

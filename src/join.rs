@@ -108,7 +108,12 @@ pub fn pseudonym(args: PseudonymArgs) -> anyhow::Result<i32> {
     let p = pseudonymiser(&args.key_file)?;
     let mut out = std::io::stdout().lock();
     for r in &args.refs {
-        writeln!(out, "{}\t{r}", p.pseudonym(&canonical(r)))?;
+        writeln!(
+            out,
+            "{}\t{}",
+            p.pseudonym(&canonical(r)),
+            crate::terminal::escaped(r)
+        )?;
     }
     Ok(0)
 }
@@ -140,7 +145,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<i32> {
                 }
                 None => unmatched += 1,
             }
-            writeln!(out, "{value}")?;
+            writeln!(out, "{}", crate::terminal::json_line(&value))?;
         }
     }
     eprintln!(

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cgroup;
 mod client;
 mod core_dumps;
+mod decode_threads;
 mod engine;
 mod erase;
 mod fd_limit;
@@ -21,6 +23,7 @@ mod scheduler;
 mod signals;
 mod status;
 mod submit;
+mod terminal;
 mod worker;
 
 /// Batch image analysis: tags and embeddings for many images, on one machine or a fleet.

@@ -8,7 +8,7 @@ use tagfleet_contracts::schema::{Analysis, TaskMessage, TaskOptions, TaskPlan};
 use tagfleet_models::{DecodeLimits, ModelSpec};
 use tagfleet_worker::BatchPolicy;
 
-use crate::engine;
+use crate::decode_threads;
 
 /// What each task asks for.
 #[derive(Debug, Clone, Args)]
@@ -78,7 +78,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "TAGFLEET_MAX_DELAY_MS")]
     pub max_delay_ms: Option<u64>,
 
-    /// Decode and preprocess threads. Default: the number of cores.
+    /// Decode and preprocess threads. Default: the CPUs this process may use (cores, or
+    /// its cgroup's CPU quota), and no more than its memory (cgroup limit, else the
+    /// machine's) holds with every thread decoding the costliest image allowed
+    /// (--max-decode-mib plus --max-image-bytes), after a quarter of it (at least 1 GiB)
+    /// and the pixel budget are kept for the rest of the process.
     #[arg(long, env = "TAGFLEET_DECODE_THREADS")]
     pub decode_threads: Option<usize>,
 
@@ -89,6 +93,18 @@ pub struct PipelineArgs {
     /// Images with more pixels than this are refused from their header, before decoding.
     #[arg(long, env = "TAGFLEET_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::default().max_pixels)]
     pub max_image_pixels: u64,
+
+    /// Memory one image may hold while it is decoded, in MiB, reckoned from its header
+    /// before decoding: its pixels as decoded (16-bit, alpha), the decoder's buffers, the
+    /// conversion to RGB8 and a rotation's copy. An image that needs more is refused
+    /// (error kind too_large).
+    #[arg(
+        long,
+        env = "TAGFLEET_MAX_DECODE_MIB",
+        default_value_t = DecodeLimits::default().max_decode_bytes >> 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_decode_mib: u64,
 
     /// Memory for decoded images on their way to GPU preprocessing, in MiB. The decode
     /// threads hand over full-size pixels then (a 12-megapixel photo is 36 MB) and wait
@@ -124,8 +140,21 @@ impl PipelineArgs {
         }
     }
 
-    pub fn decode_threads(&self) -> usize {
-        self.decode_threads.unwrap_or_else(engine::cores)
+    /// The decode thread count, logged with what bound it. `gpu_preprocessing`: whether
+    /// the pixel budget is in use (executors preprocess), so kept out of decode memory.
+    pub fn decode_threads(&self, gpu_preprocessing: bool) -> usize {
+        if let Some(threads) = self.decode_threads {
+            tracing::info!(threads, bound = "--decode-threads", "decode threads");
+            return threads.max(1);
+        }
+        let limits = self.limits();
+        let per_thread = limits.max_decode_bytes.saturating_add(limits.max_bytes);
+        let reserved = if gpu_preprocessing {
+            self.pixel_budget() as u64
+        } else {
+            0
+        };
+        decode_threads::choose(per_thread, reserved)
     }
 
     pub fn pixel_budget(&self) -> usize {
@@ -136,6 +165,7 @@ impl PipelineArgs {
         DecodeLimits {
             max_bytes: self.max_image_bytes,
             max_pixels: self.max_image_pixels,
+            max_decode_bytes: self.max_decode_mib.saturating_mul(1 << 20),
         }
     }
 }

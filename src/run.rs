@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{self, EngineArgs};
 use crate::inputs::{self, Inputs};
 use crate::pipeline_args::{PipelineArgs, TaskArgs};
+use crate::terminal;
 
-/// Exit code when the run finished but some images have error records.
+/// Exit code when the run finished but some images have error records (or some folders
+/// could not be listed, so their images were not in it).
 pub const EXIT_SOME_FAILED: i32 = 3;
 
 /// The tenant of the embedded mode.
@@ -87,7 +89,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<i32> {
     if inputs.items.is_empty() {
         bail!(
             "no images found in {} ({} other files skipped)",
-            args.input.display(),
+            terminal::escaped(&args.input.display().to_string()),
             inputs.skipped
         );
     }
@@ -95,7 +97,10 @@ pub async fn main(args: RunArgs) -> anyhow::Result<i32> {
     print_results(&args, &report)?;
     print_summary(&args, &inputs, &report);
     Ok(
-        if report.summary.image_errors() > 0 || report.summary.tasks_failed > 0 {
+        if report.summary.image_errors() > 0
+            || report.summary.tasks_failed > 0
+            || inputs.unlisted > 0
+        {
             EXIT_SOME_FAILED
         } else {
             0
@@ -128,7 +133,9 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
 
     let config = PipelineConfig {
         batch: args.pipeline.batch(&model.spec, &backends),
-        prepare_threads: args.pipeline.decode_threads(),
+        prepare_threads: args.pipeline.decode_threads(
+            tagfleet_worker::pipeline::preprocesses_on_executors(&backends),
+        ),
         fetch_concurrency: 16,
         max_tasks_in_flight: 4,
         limits: args.pipeline.limits(),
@@ -171,11 +178,18 @@ async fn open_store(args: &RunArgs) -> anyhow::Result<FsStore> {
     let store = FsStore::new(&args.out, Some(retention))
         .with_context(|| format!("creating results folder {}", args.out.display()))?;
     let swept = tagfleet_io::sweep(&store, retention, SystemTime::now()).await?;
-    if swept > 0 {
+    if swept.deleted > 0 {
         tracing::info!(
-            deleted = swept,
+            deleted = swept.deleted,
             retention_hours = args.retention_hours,
             "deleted expired results"
+        );
+    }
+    if swept.foreign > 0 {
+        // Counted, not named: they are not tagfleet's, so their names may be anything.
+        tracing::warn!(
+            files = swept.foreign,
+            "files under results/ and jobs/ that tagfleet did not write were left alone"
         );
     }
     Ok(store)
@@ -304,18 +318,22 @@ fn print_results(args: &RunArgs, report: &RunReport) -> anyhow::Result<()> {
             for (name, line) in &report.lines {
                 let mut value = serde_json::to_value(line)?;
                 value["file"] = serde_json::Value::String(name.clone());
-                writeln!(out, "{value}")?;
+                writeln!(out, "{}", terminal::json_line(&value))?;
             }
         }
         Format::Table => {
-            let width = report
+            let names: Vec<_> = report
                 .lines
                 .iter()
                 .take(args.show)
-                .map(|(n, _)| n.len())
+                .map(|(name, line)| (terminal::escaped(name), line))
+                .collect();
+            let width = names
+                .iter()
+                .map(|(n, _)| n.chars().count())
                 .max()
                 .unwrap_or(0);
-            for (name, line) in report.lines.iter().take(args.show) {
+            for (name, line) in names {
                 writeln!(out, "{name:width$}  {}", describe(line))?;
             }
             if report.lines.len() > args.show {
@@ -374,6 +392,12 @@ fn print_summary(args: &RunArgs, inputs: &Inputs, report: &RunReport) {
         eprintln!(
             "{} files skipped: not image files by their extension",
             inputs.skipped
+        );
+    }
+    if inputs.unlisted > 0 {
+        eprintln!(
+            "{} folders could not be listed (permissions?): their images are not in this run",
+            inputs.unlisted
         );
     }
     if s.tasks_failed > 0 {

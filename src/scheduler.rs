@@ -230,7 +230,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         "http"
     };
     tracing::info!(listen = %args.listen, scheme, metrics_listen = %args.metrics_listen, "scheduler listening");
-    let background = tokio::spawn(run_background(
+    let mut background = tokio::spawn(run_background(
         service,
         progress,
         opened.store,
@@ -251,13 +251,31 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         ))
     });
 
-    let signal = crate::signals::stop_signal().await;
-    tracing::info!(signal, "stopping the scheduler");
+    // The background work (loading the store, counting progress) ends only at shutdown:
+    // if it ends before, the scheduler cannot do its job, and says so at once and exits.
+    let failed = tokio::select! {
+        signal = crate::signals::stop_signal() => {
+            tracing::info!(signal, "stopping the scheduler");
+            None
+        }
+        ended = &mut background => Some(match ended {
+            Ok(Ok(())) => anyhow::anyhow!("it ended by itself"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("it panicked: {e}"),
+        }),
+    };
     shutdown.cancel();
-    background
-        .await
-        .context("the background work panicked")?
-        .context("the scheduler's background work failed")?;
+    if let Some(e) = &failed {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "the scheduler's background work failed; exiting"
+        );
+    } else {
+        background
+            .await
+            .context("the background work panicked")?
+            .context("the scheduler's background work failed")?;
+    }
     if let Some(draining) = draining {
         draining
             .await
@@ -267,7 +285,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
     metrics_server
         .await
         .context("the metrics server panicked")?;
-    Ok(0)
+    Ok(if failed.is_some() { 1 } else { 0 })
 }
 
 /// The API's TLS acceptor, when --tls-cert and --tls-key are given; an error names the

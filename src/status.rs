@@ -31,8 +31,8 @@ pub async fn main(args: StatusArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<32}  {:<9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>7}  CREATED",
-        "JOB", "STATE", "TOTAL", "DONE", "FAILED", "IMG/S", "ETA"
+        "{:<32}  {:<9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>7}  CREATED",
+        "JOB", "STATE", "TOTAL", "DONE", "FAILED", "NEVER RAN", "IMG/S", "ETA"
     );
     for job in &jobs {
         println!("{}", row(job));
@@ -45,12 +45,13 @@ fn row(job: &Value) -> String {
     let rate = number("images_per_second").map_or("-".into(), |r| format!("{r:.1}"));
     let eta = number("eta_seconds").map_or("-".into(), |s| format!("{}s", s.round()));
     format!(
-        "{:<32}  {:<9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>7}  {}",
+        "{:<32}  {:<9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>7}  {}",
         job.get("id").and_then(|v| v.as_str()).unwrap_or("?"),
         state(job),
         count(job, "total"),
         count(job, "done"),
         count(job, "failed"),
+        count(job, "unfinished"),
         rate,
         eta,
         job.get("created_at").and_then(|v| v.as_str()).unwrap_or("")

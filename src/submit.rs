@@ -176,7 +176,8 @@ async fn through_scheduler(args: SubmitArgs) -> anyhow::Result<i32> {
         match api.job(&id).await {
             Ok(job) => {
                 failures = 0;
-                bar.set_position(client::count(&job, "done") + client::count(&job, "failed"));
+                let known = ["done", "failed", "unfinished"].map(|c| client::count(&job, c));
+                bar.set_position(known.iter().sum());
                 bar.set_message(client::state(&job).to_owned());
                 if client::is_final(client::state(&job)) {
                     break job;
@@ -191,13 +192,21 @@ async fn through_scheduler(args: SubmitArgs) -> anyhow::Result<i32> {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
     bar.finish();
-    let (done, failed) = (client::count(&job, "done"), client::count(&job, "failed"));
+    let [done, failed, unfinished] =
+        ["done", "failed", "unfinished"].map(|c| client::count(&job, c));
+    let never_ran = match unfinished {
+        0 => String::new(),
+        n => format!(", {n} never ran"),
+    };
     eprintln!(
-        "job {id} {}: {done} images done, {failed} failed",
+        "job {id} {}: {done} images done, {failed} failed{never_ran}",
         client::state(&job)
     );
+    if let Some(error) = job.get("error").and_then(|e| e.as_str()) {
+        eprintln!("  {error}");
+    }
     Ok(match client::state(&job) {
-        "succeeded" if failed == 0 => 0,
+        "succeeded" if failed == 0 && unfinished == 0 => 0,
         "succeeded" => 3,
         _ => 1,
     })

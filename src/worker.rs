@@ -131,6 +131,11 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     http::serve(args.listen, readiness.clone()).await?;
 
     let batch = args.pipeline.batch(&model.spec, &backends);
+    let prepare_threads =
+        args.pipeline
+            .decode_threads(tagfleet_worker::pipeline::preprocesses_on_executors(
+                &backends,
+            ));
     let pipeline = Pipeline {
         queue,
         store: opened.store,
@@ -140,7 +145,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
         backends,
         config: PipelineConfig {
             batch,
-            prepare_threads: args.pipeline.decode_threads(),
+            prepare_threads,
             fetch_concurrency: args.fetch_concurrency.max(1),
             max_tasks_in_flight: args.max_tasks_in_flight.max(1),
             limits: args.pipeline.limits(),

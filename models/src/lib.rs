@@ -6,6 +6,8 @@ pub mod backend;
 pub mod decode;
 pub mod devices;
 pub mod gpu_preprocess;
+#[cfg(any(test, feature = "hostile-images"))]
+pub mod hostile;
 pub mod ort_backend;
 pub mod postprocess;
 pub mod preprocess;
@@ -13,7 +15,7 @@ pub mod runtime;
 pub mod spec;
 
 pub use backend::{Backend, BackendError, BatchOutput, Device};
-pub use decode::{DecodeLimits, Decoded, decode};
+pub use decode::{DecodeLimits, Decoded, decode, decode_cost};
 pub use ort_backend::OrtBackend;
 pub use preprocess::Preprocessor;
 pub use spec::ModelSpec;

@@ -285,23 +285,24 @@ mod tests {
     use crate::gpu_preprocess::reference;
     use crate::test_support::{model, photos};
 
-    /// On a GPU host with a CUDA-enabled ONNX Runtime (`$TAGFLEET_ORT_DYLIB`, else the
-    /// virtualenv's): the session reads the kernel's output in device memory and gives the
-    /// logits and embeddings of the same session run on the reference tensors from the host
-    /// (the kernel equals the reference to 1e-5; a wrong pointer, shape or layout would be
-    /// off by whole units).
+    /// The session reads the kernel's output in device memory and gives the logits and
+    /// embeddings of the same session run on the reference tensors from the host (the
+    /// kernel equals the reference to 1e-5; a wrong pointer, shape or layout would be off
+    /// by whole units). Needs a GPU and a CUDA-enabled ONNX Runtime (`$TAGFLEET_ORT_DYLIB`,
+    /// else the virtualenv's); without them it fails, never passes unrun.
     #[test]
-    fn the_session_reads_gpu_preprocessed_pixels_in_place_where_there_is_a_gpu() {
+    #[ignore = "needs a CUDA GPU and a CUDA-enabled ONNX Runtime: make test-gpu"]
+    fn the_session_reads_gpu_preprocessed_pixels_in_place() {
         let spec = model();
         let dylib = std::env::var_os(runtime::DYLIB_ENV).map(std::path::PathBuf::from);
         let mut gpu = OrtBackend::cuda(&spec, 0, None, true, dylib.as_deref()).unwrap();
-        if !gpu.preprocesses() {
-            eprintln!(
-                "no GPU check here: the session runs on {} without GPU preprocessing",
-                gpu.device()
-            );
-            return;
-        }
+        assert!(
+            gpu.preprocesses(),
+            "this GPU test needs a GPU and a CUDA-enabled ONNX Runtime \
+             ({} names it): the session runs on {} without GPU preprocessing",
+            runtime::DYLIB_ENV,
+            gpu.device()
+        );
         let pre = Preprocessor::new(&spec.input);
         let photos = photos();
         let images: Vec<(&Decoded, Crop)> = photos

@@ -29,11 +29,12 @@ pub static JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// Images: `submitted` in jobs, `done` with a result, `failed` with an error line.
+/// Images: `submitted` in jobs, `done` with a result, `failed` with an error line,
+/// `unfinished` never run (their task was given up).
 pub static IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tagfleet_scheduler_images_total",
-        "Images submitted, done and failed",
+        "Images submitted, done, failed and never run",
         &["event"],
     )
 });
@@ -67,13 +68,24 @@ pub static IMAGES_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Progress reports: `counted`, `duplicate` (a redelivered task), `unknown_job`.
+/// Progress reports: `counted`, `given_up` (counted, its images never ran), `duplicate`
+/// (a redelivered task), `unknown_job`.
 pub static PROGRESS_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tagfleet_scheduler_progress_messages_total",
         "Progress reports from workers, by result",
         &["result"],
     )
+});
+
+/// Tasks counted from their result object because no report of theirs was counted: the
+/// reconciliation of running jobs at start-up and at every sweep.
+pub static TASKS_RECONCILED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tagfleet_scheduler_tasks_reconciled_total",
+        "Tasks counted from their result object, without a report"
+    )
+    .expect("metric registers once")
 });
 
 /// Jobs created by schedules.
@@ -131,7 +143,7 @@ pub fn register(models: &[String]) {
     for state in JobState::ALL {
         JOBS.with_label_values(&[state.name()]);
     }
-    for event in ["submitted", "done", "failed"] {
+    for event in ["submitted", "done", "failed", "unfinished"] {
         IMAGES.with_label_values(&[event]);
     }
     for queue in ["tasks", "dead_letter"] {
@@ -139,7 +151,7 @@ pub fn register(models: &[String]) {
             QUEUE_MESSAGES.with_label_values(&[queue, model]);
         }
     }
-    for result in ["counted", "duplicate", "unknown_job"] {
+    for result in ["counted", "given_up", "duplicate", "unknown_job"] {
         PROGRESS_MESSAGES.with_label_values(&[result]);
     }
     for listener in ["api", "operations"] {
@@ -150,6 +162,7 @@ pub fn register(models: &[String]) {
     }
     LazyLock::force(&TASKS_PUBLISHED);
     LazyLock::force(&SCHEDULE_FIRINGS);
+    LazyLock::force(&TASKS_RECONCILED);
     LazyLock::force(&IMAGES_PENDING);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_SECONDS);

@@ -3,19 +3,25 @@
 //! stays small: a source that lists refs (an inline manifest, URLs) is kept apart, at
 //! `jobs/<tenant>/<job>/source.json`, and read back only for a retry.
 
+mod rounds;
+
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tagfleet_contracts::TaskId;
 use tagfleet_contracts::job::JobState;
-use tagfleet_contracts::schema::TaskPlan;
+use tagfleet_contracts::schema::{GivenUp, TaskPlan};
 use utoipa::ToSchema;
 
 use crate::spec::{JobSpec, Source};
+pub use rounds::{Round, TaskSet};
 
 /// Version of the record layout.
 pub const RECORD_VERSION: u32 = 1;
 
-/// Images of a job by outcome.
+/// Images of a job by outcome. Once the job has ended, `done + failed + unfinished` is
+/// `total`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Counts {
     /// Images in the job.
@@ -24,84 +30,43 @@ pub struct Counts {
     pub done: u64,
     /// Images that ended in an error line (see their `error.kind` in the results).
     pub failed: u64,
+    /// Images that never ran and have no line in the results: a worker gave their task up
+    /// (the job's `error` says why). `POST /v1/jobs/{id}/retry` publishes them again.
+    #[serde(default)]
+    pub unfinished: u64,
 }
 
 impl Counts {
+    /// Images whose outcome is known: nothing more comes for them.
     pub fn finished(&self) -> u64 {
+        self.done + self.failed + self.unfinished
+    }
+
+    /// Images that ran, with a result or an error line.
+    pub fn ran(&self) -> u64 {
         self.done + self.failed
     }
 }
 
-/// A set of task numbers (1-based), as a bitmap written in hex: 3,125 tasks take 782
-/// characters, so even large jobs rewrite their record cheaply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TaskSet {
-    bits: Vec<u8>,
+/// What a worker reported for one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its result object is written: `ok` images with a result, `failed` with an error line.
+    Ran { ok: u64, failed: u64 },
+    /// It was given up: none of its images ran.
+    GivenUp(GivenUp),
 }
 
-impl TaskSet {
-    pub fn with_capacity(tasks: u32) -> Self {
-        Self {
-            bits: vec![0; (tasks as usize).div_ceil(8)],
-        }
-    }
-
-    /// Adds task `n`; false when it was there already (or is out of range).
-    pub fn insert(&mut self, n: u32) -> bool {
-        let Some(i) = (n as usize).checked_sub(1) else {
-            return false;
-        };
-        let Some(byte) = self.bits.get_mut(i / 8) else {
-            return false;
-        };
-        let mask = 1 << (i % 8);
-        let fresh = *byte & mask == 0;
-        *byte |= mask;
-        fresh
-    }
-
-    pub fn len(&self) -> u32 {
-        self.bits.iter().map(|b| b.count_ones()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Serialize for TaskSet {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(&self.bits))
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskSet {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let bits = hex::decode(text).map_err(serde::de::Error::custom)?;
-        Ok(Self { bits })
-    }
-}
-
-/// One round of publishing: the first one, then one per retry. Task ids of round 0 are
-/// `t000001`…, of round r `r<r>-t000001`….
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Round {
-    pub tasks: u32,
-    pub done: TaskSet,
-}
-
-impl Round {
-    pub fn new(tasks: u32) -> Self {
-        Self {
-            tasks,
-            done: TaskSet::with_capacity(tasks),
-        }
-    }
-
-    pub fn is_complete(&self) -> bool {
-        self.done.len() >= self.tasks
-    }
+/// What counting one report did to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Nothing: the task was counted before (a redelivery) or is not one of the job's.
+    Duplicate,
+    /// The task is counted now.
+    Fresh,
+    /// The task had been given up and has run after all (its dead letter was moved back):
+    /// its images count as what they gave now, not as never run.
+    Replaced,
 }
 
 /// Everything the scheduler keeps about a job.
@@ -123,7 +88,8 @@ pub struct JobRecord {
     pub schedule_id: Option<String>,
     pub counts: Counts,
     pub rounds: Vec<Round>,
-    /// Why the job failed, when it did as a whole.
+    /// Why the job failed as a whole, or, when it ended with images that never ran, why
+    /// they did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// `retain: false`: the source is not kept (the record holds counts only).
@@ -163,36 +129,106 @@ impl JobRecord {
         }
     }
 
-    /// Counts one finished task; false when it was counted before (a redelivery) or is
-    /// not a task of this job.
-    pub fn count(&mut self, task_id: &str, ok: u64, failed: u64, now: DateTime<Utc>) -> bool {
+    /// Counts one task's report (see [`Counted`]), and ends the job with its last task.
+    pub fn count(&mut self, task_id: &str, outcome: Outcome, now: DateTime<Utc>) -> Counted {
         let Ok(TaskId { round, n }) = task_id.parse() else {
-            return false;
+            return Counted::Duplicate;
         };
+        // A size the round cannot know exactly (a record written before sizes were kept)
+        // never makes the counts add up to more than the job holds.
+        let open = self.counts.total.saturating_sub(self.counts.finished());
         let Some(r) = self.rounds.get_mut(round) else {
-            return false;
+            return Counted::Duplicate;
         };
-        if n == 0 || n > r.tasks || !r.done.insert(n) {
-            return false;
+        if n == 0 || n > r.tasks {
+            return Counted::Duplicate;
         }
-        self.counts.done += ok;
-        self.counts.failed += failed;
+        let counted = if r.done.insert(n) {
+            Counted::Fresh
+        } else if matches!(outcome, Outcome::Ran { .. }) && r.take_back(n) {
+            let images = r.task_images(n).unwrap_or(0);
+            self.counts.unfinished = self.counts.unfinished.saturating_sub(images);
+            Counted::Replaced
+        } else {
+            return Counted::Duplicate;
+        };
+        match outcome {
+            Outcome::Ran { ok, failed } => {
+                self.counts.done += ok;
+                self.counts.failed += failed;
+            }
+            Outcome::GivenUp(reason) => {
+                r.give_up(n, reason);
+                self.counts.unfinished += r.task_images(n).unwrap_or(0).min(open);
+            }
+        }
         if self.state == JobState::Queued {
             self.state = JobState::Running;
             self.started_at.get_or_insert(now);
         }
-        if self.state == JobState::Running && self.rounds.iter().all(Round::is_complete) {
-            self.state = if self.counts.done == 0 {
-                JobState::Failed
-            } else {
-                JobState::Succeeded
-            };
-            if self.state == JobState::Failed {
-                self.error = Some("every image failed; see the error lines".into());
-            }
-            self.finished_at = Some(now);
+        // A job that ended by its counts ends again with a task given up that ran after
+        // all; one that failed otherwise (its tasks could not be published) stays failed.
+        let settles = match self.state {
+            JobState::Running => true,
+            JobState::Succeeded | JobState::Failed => counted == Counted::Replaced,
+            _ => false,
+        };
+        if settles {
+            self.settle(now);
         }
-        true
+        counted
+    }
+
+    /// Ends the job once every task of every round is counted: `failed` when no image has
+    /// a result, else `succeeded`; either way with the counts, and an `error` that says
+    /// why images failed or never ran.
+    fn settle(&mut self, now: DateTime<Utc>) {
+        if !self.rounds.iter().all(Round::is_complete) {
+            return;
+        }
+        self.state = if self.counts.done == 0 {
+            JobState::Failed
+        } else {
+            JobState::Succeeded
+        };
+        self.error = self.outcome_error();
+        self.finished_at.get_or_insert(now);
+    }
+
+    /// What went wrong in a job that ran to its end, if anything the counts alone do not
+    /// say: every image failed, or some never ran (and why).
+    fn outcome_error(&self) -> Option<String> {
+        let mut unfinished: BTreeMap<GivenUp, u64> = BTreeMap::new();
+        for round in &self.rounds {
+            for (reason, images) in round.unfinished_by_reason() {
+                *unfinished.entry(reason).or_default() += images;
+            }
+        }
+        let mut parts: Vec<String> = unfinished
+            .into_iter()
+            .map(|(reason, images)| {
+                let noun = if images == 1 { "image" } else { "images" };
+                format!("{images} {noun} never ran: {}", reason.explanation())
+            })
+            .collect();
+        if self.counts.done == 0 && self.counts.failed > 0 {
+            let all = if parts.is_empty() {
+                "every"
+            } else {
+                "every other"
+            };
+            parts.insert(0, format!("{all} image failed; see the error lines"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    /// Fills in the task sizes of rounds written before records kept them, from today's
+    /// `chunk_size` (see [`Round::assume_sizes`]).
+    pub fn assume_sizes(&mut self, chunk_size: usize) {
+        let total = self.counts.total;
+        for (i, round) in self.rounds.iter_mut().enumerate() {
+            round.assume_sizes((i == 0).then_some(total), chunk_size);
+        }
     }
 
     /// What the API shows.
@@ -200,7 +236,7 @@ impl JobRecord {
         let end = self.finished_at.unwrap_or(now);
         let rate = self.started_at.and_then(|start| {
             let secs = (end - start).num_milliseconds() as f64 / 1000.0;
-            (secs > 0.0).then(|| self.counts.finished() as f64 / secs)
+            (secs > 0.0).then(|| self.counts.ran() as f64 / secs)
         });
         let remaining = self.counts.total.saturating_sub(self.counts.finished());
         let eta = match (self.state.is_final(), rate) {
@@ -255,7 +291,7 @@ pub struct JobView {
     pub id: String,
     pub state: JobState,
     pub counts: Counts,
-    /// Images finished per second since the first one.
+    /// Images run (with a result or an error line) per second since the first one.
     pub images_per_second: Option<f64>,
     /// Seconds until the job ends at the current rate.
     pub eta_seconds: Option<f64>,
@@ -266,6 +302,8 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub schedule_id: Option<String>,
+    /// Why the job failed as a whole, or why some of its images failed or never ran
+    /// (`3 images never ran: every delivery of their task failed`).
     pub error: Option<String>,
 }
 
@@ -274,7 +312,8 @@ mod tests {
     use super::*;
     use crate::spec::Source;
 
-    fn record(tasks: u32, total: u64) -> JobRecord {
+    /// A job of `total` images in tasks of `chunk`.
+    fn record(total: u64, chunk: usize) -> JobRecord {
         JobRecord {
             v: RECORD_VERSION,
             id: "j1".into(),
@@ -298,7 +337,7 @@ mod tests {
                 total,
                 ..Counts::default()
             },
-            rounds: vec![Round::new(tasks)],
+            rounds: vec![Round::new(total, chunk)],
             error: None,
             source_withheld: false,
             source_apart: false,
@@ -306,38 +345,159 @@ mod tests {
         }
     }
 
+    fn ran(ok: u64, failed: u64) -> Outcome {
+        Outcome::Ran { ok, failed }
+    }
+
     #[test]
     fn a_redelivered_task_is_counted_once_and_the_job_ends_with_its_last_task() {
-        let mut r = record(3, 70);
+        let mut r = record(70, 32);
         let now = Utc::now();
-        assert!(r.count("t000001", 30, 2, now));
+        assert_eq!(r.count("t000001", ran(30, 2), now), Counted::Fresh);
         assert_eq!(r.state, JobState::Running);
-        assert!(!r.count("t000001", 30, 2, now), "redelivery");
-        assert!(!r.count("t000004", 1, 0, now), "not a task of the job");
-        assert!(r.count("t000002", 32, 0, now));
+        assert_eq!(r.count("t000001", ran(30, 2), now), Counted::Duplicate);
+        assert_eq!(
+            r.count("t000004", ran(1, 0), now),
+            Counted::Duplicate,
+            "not a task of the job"
+        );
+        assert_eq!(r.count("t000002", ran(32, 0), now), Counted::Fresh);
         assert_eq!(r.state, JobState::Running);
-        assert!(r.count("t000003", 5, 1, now));
+        assert_eq!(r.count("t000003", ran(5, 1), now), Counted::Fresh);
         assert_eq!(r.state, JobState::Succeeded);
+        assert_eq!(r.error, None);
         assert_eq!(
             r.counts,
             Counts {
                 total: 70,
                 done: 67,
-                failed: 3
+                failed: 3,
+                unfinished: 0
             }
         );
         // The record survives a round trip through its JSON, bitmap included.
         let back = JobRecord::from_json(&r.to_json()).unwrap();
         assert_eq!(back, r);
         let mut again = back;
-        assert!(!again.count("t000002", 32, 0, now));
+        assert_eq!(again.count("t000002", ran(32, 0), now), Counted::Duplicate);
     }
 
     #[test]
     fn a_job_whose_every_image_failed_is_failed() {
-        let mut r = record(1, 2);
-        r.count("t000001", 0, 2, Utc::now());
+        let mut r = record(2, 32);
+        r.count("t000001", ran(0, 2), Utc::now());
         assert_eq!(r.state, JobState::Failed);
-        assert!(r.error.is_some());
+        assert_eq!(
+            r.error.as_deref(),
+            Some("every image failed; see the error lines")
+        );
+    }
+
+    #[test]
+    fn a_given_up_task_ends_its_job_with_its_images_unfinished() {
+        let mut r = record(70, 32);
+        let now = Utc::now();
+        r.count("t000001", ran(30, 2), now);
+        assert_eq!(
+            r.count("t000003", Outcome::GivenUp(GivenUp::Attempts), now),
+            Counted::Fresh
+        );
+        assert_eq!(
+            r.counts.unfinished, 6,
+            "the last task holds the 6 left over"
+        );
+        assert_eq!(r.state, JobState::Running);
+        r.count("t000002", Outcome::GivenUp(GivenUp::OutputRefused), now);
+        assert_eq!(r.state, JobState::Succeeded);
+        assert_eq!(
+            r.counts,
+            Counts {
+                total: 70,
+                done: 30,
+                failed: 2,
+                unfinished: 38
+            }
+        );
+        assert_eq!(
+            r.error.as_deref(),
+            Some(
+                "6 images never ran: every delivery of their task failed; 32 images never ran: \
+                 the job's output location refused the results"
+            )
+        );
+        assert_eq!(r.view(now).eta_seconds, None);
+        let back = JobRecord::from_json(&r.to_json()).unwrap();
+        assert_eq!(back, r, "given up tasks survive the round trip");
+        // A redelivered give-up counts once.
+        let mut again = back;
+        assert_eq!(
+            again.count("t000003", Outcome::GivenUp(GivenUp::Attempts), now),
+            Counted::Duplicate
+        );
+        assert_eq!(again.counts.unfinished, 38);
+    }
+
+    #[test]
+    fn a_job_whose_every_task_was_given_up_is_failed() {
+        let mut r = record(1, 32);
+        r.count(
+            "t000001",
+            Outcome::GivenUp(GivenUp::StoreRefused),
+            Utc::now(),
+        );
+        assert_eq!(r.state, JobState::Failed);
+        assert_eq!(r.counts.unfinished, 1);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("1 image never ran: the fleet's store refused the results")
+        );
+    }
+
+    #[test]
+    fn a_task_given_up_that_ran_after_all_replaces_its_unfinished_images() {
+        let mut r = record(4, 2);
+        let now = Utc::now();
+        r.count("t000001", Outcome::GivenUp(GivenUp::Attempts), now);
+        r.count("t000002", Outcome::GivenUp(GivenUp::Attempts), now);
+        assert_eq!(r.state, JobState::Failed);
+        assert_eq!(r.counts.unfinished, 4);
+        let ended = r.finished_at;
+        // An operator moved a dead letter back and it ran.
+        assert_eq!(r.count("t000001", ran(1, 1), now), Counted::Replaced);
+        assert_eq!(r.state, JobState::Succeeded);
+        assert_eq!(
+            r.counts,
+            Counts {
+                total: 4,
+                done: 1,
+                failed: 1,
+                unfinished: 2
+            }
+        );
+        assert_eq!(
+            r.error.as_deref(),
+            Some("2 images never ran: every delivery of their task failed")
+        );
+        assert_eq!(r.finished_at, ended);
+        assert_eq!(r.count("t000001", ran(1, 1), now), Counted::Duplicate);
+        assert_eq!(r.count("t000002", ran(2, 0), now), Counted::Replaced);
+        assert_eq!(r.counts.unfinished, 0);
+        assert_eq!(r.error, None);
+    }
+
+    #[test]
+    fn a_record_written_before_counts_of_unfinished_images_reads_back() {
+        let mut r = record(70, 32);
+        r.count("t000001", ran(32, 0), Utc::now());
+        let mut json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        json["counts"].as_object_mut().unwrap().remove("unfinished");
+        let round = json["rounds"][0].as_object_mut().unwrap();
+        round.remove("images");
+        round.remove("chunk");
+        let mut old = JobRecord::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(old.counts.unfinished, 0);
+        old.assume_sizes(32);
+        old.count("t000003", Outcome::GivenUp(GivenUp::Attempts), Utc::now());
+        assert_eq!(old.counts.unfinished, 6);
     }
 }

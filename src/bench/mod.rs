@@ -156,7 +156,11 @@ fn load_photos(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
     let mut photos = Vec::new();
     for input in &inputs::collect(dir)?.items {
         let path = input.reference.trim_start_matches("file://");
-        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        // One that cannot be read (a dangling link) is passed over, as one that does not
+        // decode.
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
         if decode(&bytes, DecodeLimits::default()).is_ok() {
             photos.push((PathBuf::from(path), bytes));
         }

@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::common::fleet::{Fleet, Worker, free_port, service_env, write_secrets};
+use crate::common::fleet::{Fleet, Worker, free_port, write_secrets};
 use crate::common::repo;
 
 /// The Linux capability that lets a process open any other's memory.
@@ -56,7 +56,7 @@ fn start(fleet: &Fleet, command: &str, extra: &[&str], log: &Path) -> Worker {
             .arg(command)
             .args(fleet.queue_args())
             .args(["--store", &format!("s3://{}/fleet", fleet.bucket)])
-            .args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")])
+            .args(["--s3-endpoint", &fleet.s3_endpoint])
             .arg("--secrets")
             .arg(fleet.secrets())
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -7,14 +7,17 @@ mod common;
 
 mod abusive_client;
 mod api_tls;
+mod decode_memory;
 mod fence;
 mod fleet;
 mod hardening;
+mod outages;
 mod privacy;
 mod privacy_edges;
 mod routing;
 mod run;
 mod scheduler;
+mod scheduler_outages;
 mod schedules;
 mod telemetry;
 mod tenant;

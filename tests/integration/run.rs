@@ -356,6 +356,9 @@ fn join_maps_results_back_to_refs_with_the_key_and_not_without() {
     assert!(String::from_utf8_lossy(&unjoined.stderr).contains("0 result lines joined"));
 }
 
+/// GPU ordinals that are not there stop start-up, saying what the machine has. Without a
+/// GPU that is any ordinal; on a GPU machine GPU 0 runs and an ordinal past its GPUs is
+/// refused, so the test checks the refusal on either kind of machine.
 #[test]
 fn asking_for_a_gpu_that_is_not_there_stops_start_up_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,34 +371,47 @@ fn asking_for_a_gpu_that_is_not_there_stops_start_up_clearly() {
         "--out",
         out.to_str().unwrap(),
     ];
-    let gpu = tagfleet(
-        &[&args[..], &["--devices", "0"]].concat(),
-        &dir.path().join("key"),
-    );
+    let key = dir.path().join("key");
+    let gpu = tagfleet(&[&args[..], &["--devices", "0"]].concat(), &key);
     let stderr = String::from_utf8_lossy(&gpu.stderr);
-    if stderr.contains("executing on GPUs") {
-        return; // a machine with a GPU: nothing to refuse
+    let has_gpu = stderr.contains("executing on GPUs");
+    if has_gpu {
+        assert!(gpu.status.success(), "GPU 0 tags the photo: {stderr}");
+        let missing = tagfleet(&[&args[..], &["--devices", "63"]].concat(), &key);
+        let stderr = String::from_utf8_lossy(&missing.stderr);
+        assert_eq!(missing.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--devices 63")
+                && stderr.contains("GPU(s)")
+                && stderr.contains("--devices cpu"),
+            "{stderr}"
+        );
+    } else {
+        assert_eq!(gpu.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--devices 0")
+                && stderr.contains("no GPU")
+                && stderr.contains("--devices cpu"),
+            "{stderr}"
+        );
+        assert!(!out.join("results").exists(), "nothing was processed");
     }
-    assert_eq!(gpu.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("--devices 0")
-            && stderr.contains("no GPU")
-            && stderr.contains("--devices cpu"),
-        "{stderr}"
-    );
-    assert!(!out.join("results").exists(), "nothing was processed");
 
-    let cpu = tagfleet(
-        &[&args[..], &["--devices", "cpu"]].concat(),
-        &dir.path().join("key"),
-    );
+    let cpu = tagfleet(&[&args[..], &["--devices", "cpu"]].concat(), &key);
     assert!(
         cpu.status.success(),
         "{}",
         String::from_utf8_lossy(&cpu.stderr)
     );
-    let all = tagfleet(&args, &dir.path().join("key"));
-    assert!(String::from_utf8_lossy(&all.stderr).contains("no GPU: executing on the CPU"));
+    let all = tagfleet(&args, &key);
+    let stderr = String::from_utf8_lossy(&all.stderr);
+    assert!(all.status.success(), "{stderr}");
+    let expected = if has_gpu {
+        "executing on GPUs"
+    } else {
+        "no GPU: executing on the CPU"
+    };
+    assert!(stderr.contains(expected), "{stderr}");
 }
 
 #[test]
@@ -452,4 +468,166 @@ fn exif_metadata_never_reaches_results_keys_or_logs() {
             );
         }
     }
+}
+
+/// Results and the folders that hold them are the user's alone.
+#[test]
+fn results_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
+    let out = dir.path().join("out");
+    let run = run_on(
+        &dir.path().join("photos"),
+        &out,
+        &dir.path().join("key"),
+        &["--format", "none"],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut stack = vec![out.clone()];
+    let mut files = 0;
+    while let Some(folder) = stack.pop() {
+        let mode = std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}: {mode:o}", folder.display());
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(files, 1, "one result object");
+}
+
+/// The sweep deletes tagfleet's own results past the retention, and nothing else: files
+/// others put in the folder stay, however old, and are not named in the logs.
+#[test]
+fn the_sweep_deletes_only_results_tagfleet_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_photos(dir.path(), &[("coffee.png", "photos/coffee.png")]);
+    let out = dir.path().join("out");
+    let ours = out.join("results/local/oldjob/t000001.jsonl");
+    let foreign = [
+        out.join("results/notes.txt"),
+        out.join("results/local/oldjob/holiday-marker.jpg"),
+        out.join("jobs/readme.md"),
+    ];
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+    for file in foreign.iter().chain([&ours]) {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, b"{}\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+    }
+
+    let run = run_on(
+        &dir.path().join("photos"),
+        &out,
+        &dir.path().join("key"),
+        &["--format", "none"],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        !ours.exists(),
+        "tagfleet's own expired result outlived the retention"
+    );
+    for file in &foreign {
+        assert!(file.exists(), "{} was deleted", file.display());
+    }
+    assert!(stderr.contains("left alone"), "{stderr}");
+    assert!(!stderr.contains("marker"), "{stderr}");
+}
+
+/// A file name is the user's, but not always friendly: control characters and terminal
+/// escape sequences in it are shown escaped, never sent to the terminal as they are.
+#[test]
+fn file_names_reach_the_terminal_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let evil = "evil\n\x1b[31mred.png";
+    let csi = "csi\u{9b}2J.png";
+    copy_photos(&photos, &[("coffee.png", evil), ("chelsea.png", csi)]);
+    let out = dir.path().join("out");
+    let key = dir.path().join("key");
+
+    let table = run_on(&photos, &out, &key, &["--format", "table"]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let text = String::from_utf8(table.stdout.clone()).unwrap();
+    assert!(
+        !table.stdout.contains(&0x1b),
+        "a raw ESC on stdout: {text:?}"
+    );
+    assert!(!text.contains('\u{9b}'), "a raw CSI on stdout: {text:?}");
+    assert_eq!(text.lines().count(), 2, "one line per image: {text:?}");
+    assert!(
+        text.contains(r"evil\n\u{1b}[31mred.png") && text.contains(r"csi\u{9b}2J.png"),
+        "{text}"
+    );
+
+    // JSON keeps the names exact, with every control character escaped the JSON way.
+    let json = run_on(&photos, &out, &key, &["--format", "json"]);
+    assert!(json.status.success());
+    assert!(!json.stdout.contains(&0x1b));
+    assert!(!String::from_utf8_lossy(&json.stdout).contains('\u{9b}'));
+    let lines = json_lines(&json);
+    assert_eq!(labels(line_for(&lines, evil))[0], "espresso");
+    assert_eq!(line_for(&lines, csi)["status"], "ok");
+}
+
+/// Links that lead nowhere (dangling, or in a loop) are images that cannot be read: error
+/// records, counted like a broken file, and the photos around them are still tagged.
+#[test]
+fn dangling_and_looping_links_are_error_records_and_the_photos_are_tagged() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_photos(
+        &photos,
+        &[("chelsea.png", "chelsea.png"), ("coffee.png", "coffee.png")],
+    );
+    symlink("loop.jpg", photos.join("loop.jpg")).unwrap();
+    symlink("pong.png", photos.join("ping.png")).unwrap();
+    symlink("ping.png", photos.join("pong.png")).unwrap();
+    symlink("nowhere.jpg", photos.join("gone.jpg")).unwrap();
+    // A folder that contains itself: never walked into.
+    symlink(".", photos.join("again")).unwrap();
+
+    let run = run_on(
+        &photos,
+        &dir.path().join("out"),
+        &dir.path().join("key"),
+        &["--format", "json"],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(3), "some images failed: {stderr}");
+    assert!(
+        stderr.contains("6 images") && stderr.contains("4 failed"),
+        "{stderr}"
+    );
+    let lines = json_lines(&run);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for file in ["loop.jpg", "ping.png", "pong.png", "gone.jpg"] {
+        let line = line_for(&lines, file);
+        assert_eq!(line["status"], "error", "{file}: {line}");
+        assert_eq!(line["error"]["kind"], "fetch", "{file}: {line}");
+    }
+    assert_eq!(labels(line_for(&lines, "coffee.png"))[0], "espresso");
+    assert_eq!(line_for(&lines, "chelsea.png")["status"], "ok");
 }

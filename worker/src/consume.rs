@@ -56,14 +56,21 @@ impl Consumer {
         let mut backoff = Duration::from_millis(100);
         loop {
             if !self.health.store_up() {
+                // The broker must not push messages that would sit unreceived (RabbitMQ's
+                // consumer timeout runs on them too); the next receive consumes again.
+                if let Err(e) = self.queue.stop_receiving().await {
+                    tracing::warn!(error = %e, "pausing the consumer failed");
+                }
                 tokio::select! {
                     () = self.health.store_answers(&*self.store) => {}
                     () = self.stop.cancelled() => break,
                 }
             }
+            // Biased: once stopped, a free slot must not win the race and take more work.
             let first = tokio::select! {
-                permit = self.in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                biased;
                 () = self.stop.cancelled() => break,
+                permit = self.in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             // Ask for as many messages as there are free slots: fewer round trips.
             let mut permits = vec![first];
@@ -71,8 +78,9 @@ impl Consumer {
                 permits.push(p);
             }
             let received = tokio::select! {
-                r = self.queue.receive(permits.len(), RECEIVE_WAIT) => r,
+                biased;
                 () = self.stop.cancelled() => break,
+                r = self.queue.receive(permits.len(), RECEIVE_WAIT) => r,
             };
             let deliveries = match received {
                 Ok(deliveries) if deliveries.is_empty() => {
@@ -91,15 +99,24 @@ impl Consumer {
             };
             backoff = Duration::from_millis(100);
             // Unused permits go back when `permits` drops at the end of this turn.
-            for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
+            let mut deliveries = deliveries.into_iter();
+            let mut closed = false;
+            for (delivery, permit) in deliveries.by_ref().zip(permits.drain(..)) {
                 let Some(task) = self.accept(delivery, permit).await else {
                     continue;
                 };
-                for work in task.items() {
-                    if self.out.send(work).await.is_err() {
-                        return;
-                    }
+                // A closed channel means the next stage died: the task's ticket returns
+                // its message when the unsent images drop.
+                closed = stream_items(&task, &self.out).await.is_err();
+                if closed {
+                    break;
                 }
+            }
+            if closed {
+                for delivery in deliveries {
+                    refuse(&*self.queue, delivery, true).await;
+                }
+                break;
             }
         }
         // Draining: no new pushes from the broker; what it pushed unasked goes back.
@@ -205,6 +222,14 @@ impl Consumer {
             _ => Ok(ticket),
         }
     }
+}
+
+/// Hands a task's images to the fetch stage; fails when it is gone.
+async fn stream_items(task: &Arc<TaskState>, out: &Sender<Work>) -> Result<(), ()> {
+    for work in task.items() {
+        out.send(work).await.map_err(drop)?;
+    }
+    Ok(())
 }
 
 /// Settles a message that never became a task.

@@ -14,7 +14,7 @@ use tagfleet_io::store::s3;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::health::Health;
+use crate::health::{Health, retry_until};
 use crate::prepare::Fetched;
 use crate::task::{Completed, Tenant, Timings, Work};
 
@@ -258,17 +258,17 @@ pub(crate) async fn fetch_stage(
             .await
             .expect("the semaphore is never closed");
         let (output, failed, sources) = (output.clone(), failed.clone(), sources.clone());
-        let health = health.clone();
         fetches.spawn(async move {
             work.timings = Timings::start();
             let (reference, tenant) = (work.reference(), &work.task.tenant);
             let result = if reference.starts_with("s3://") {
-                // Our store's outage is waited out (holding the message), not written down.
-                health
-                    .persist("reading an image", || {
-                        fetch_attempt(reference, &sources, tenant, max_bytes)
-                    })
-                    .await
+                // An outage is waited out (holding the message), not written down as the
+                // image's result. The source is the tenant's bucket, not the fleet's
+                // store: it says nothing of the store's health.
+                retry_until("reading an image", work.task.hold_until, || {
+                    fetch_attempt(reference, &sources, tenant, max_bytes)
+                })
+                .await
             } else {
                 fetch_attempt(reference, &sources, tenant, max_bytes).await
             };
@@ -290,9 +290,23 @@ pub(crate) async fn fetch_stage(
                 }
             };
         });
-        while fetches.try_join_next().is_some() {}
+        while let Some(done) = fetches.try_join_next() {
+            supervise(done, &health);
+        }
     }
-    while fetches.join_next().await.is_some() {}
+    while let Some(done) = fetches.join_next().await {
+        supervise(done, &health);
+    }
+}
+
+/// A fetch that panicked fails the worker, as a stage would.
+fn supervise(done: Result<(), tokio::task::JoinError>, health: &Health) {
+    if let Err(e) = done
+        && let Ok(panic) = e.try_into_panic()
+    {
+        let why = crate::health::panic_message(&*panic);
+        health.fail(format!("a fetch panicked: {why}"));
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tagfleet_io::{ObjectStore, StoreError};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long a transient store error is waited out, call after call, before the work it
@@ -112,30 +113,60 @@ impl Health {
         }
     }
 
-    /// Runs `call` until it succeeds, fails for good, or transient failures have lasted
-    /// [`MAX_OUTAGE_HOLD`]; every outcome feeds the store's health. The caller holds its
+    /// Runs `call` against the fleet's store until it succeeds, fails for good, or
+    /// `until` passes (the task's hold, [`MAX_OUTAGE_HOLD`] after it was taken, shared by
+    /// every call for it); every outcome feeds the store's health. The caller holds its
     /// message meanwhile: waiting out an outage costs no delivery.
-    pub async fn persist<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, StoreError>
+    pub async fn persist<T, F, Fut>(
+        &self,
+        what: &str,
+        until: Instant,
+        call: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let started = tokio::time::Instant::now();
-        let mut delays = RETRY_DELAYS_MS
-            .iter()
-            .copied()
-            .chain(std::iter::repeat(2000));
-        loop {
-            let result = call().await;
-            self.observe(&result);
-            match result {
-                Err(e) if e.is_transient() && started.elapsed() < MAX_OUTAGE_HOLD => {
-                    tracing::debug!(what, error = %e, "store call failed; trying again");
-                    let wait = Duration::from_millis(delays.next().unwrap_or(2000));
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
+        retry_transient(what, until, Some(self), call).await
+    }
+}
+
+/// As [`Health::persist`], for buckets other than the fleet's store (a job's sources or
+/// output): their outages are waited out too, but say nothing of the store's health.
+pub async fn retry_until<T, F, Fut>(what: &str, until: Instant, call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    retry_transient(what, until, None, call).await
+}
+
+async fn retry_transient<T, F, Fut>(
+    what: &str,
+    until: Instant,
+    health: Option<&Health>,
+    mut call: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delays = RETRY_DELAYS_MS
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(2000));
+    loop {
+        let result = call().await;
+        if let Some(health) = health {
+            health.observe(&result);
+        }
+        match result {
+            Err(e) if e.is_transient() && Instant::now() < until => {
+                tracing::debug!(what, error = %e, "store call failed; trying again");
+                let wait = Duration::from_millis(delays.next().unwrap_or(2000));
+                tokio::time::sleep_until((Instant::now() + wait).min(until)).await;
             }
+            other => return other,
         }
     }
 }
@@ -205,8 +236,9 @@ mod tests {
     async fn transient_errors_are_waited_out_and_permanent_ones_returned_at_once() {
         let health = Health::default();
         let mut calls = 0;
+        let until = Instant::now() + MAX_OUTAGE_HOLD;
         let result = health
-            .persist("test", || {
+            .persist("test", until, || {
                 calls += 1;
                 let n = calls;
                 async move { if n < 4 { Err(unavailable()) } else { Ok(n) } }
@@ -217,7 +249,7 @@ mod tests {
 
         let mut calls = 0;
         let result: Result<(), _> = health
-            .persist("test", || {
+            .persist("test", until, || {
                 calls += 1;
                 async {
                     Err(StoreError::Refused {
@@ -235,12 +267,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_outage_longer_than_the_hold_gives_the_error_back() {
         let health = Health::default();
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let result: Result<(), _> = health
-            .persist("test", || async { Err(unavailable()) })
+            .persist("test", started + MAX_OUTAGE_HOLD, || async {
+                Err(unavailable())
+            })
             .await;
         assert!(result.unwrap_err().is_transient());
-        assert!(started.elapsed() >= MAX_OUTAGE_HOLD);
+        assert_eq!(started.elapsed(), MAX_OUTAGE_HOLD, "not a moment longer");
         assert!(!health.store_up() && !health.is_ready());
     }
 

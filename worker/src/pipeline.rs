@@ -229,9 +229,15 @@ async fn watch_batches(executors: Arc<Executors>, limit: Duration, health: Healt
     }
 }
 
+/// Whether decoded pixels go to the executors (and the pixel budget is spent): when one
+/// of them preprocesses on its GPU.
+pub fn preprocesses_on_executors(backends: &[Box<dyn Backend>]) -> bool {
+    backends.iter().any(|b| b.preprocesses())
+}
+
 /// Decoded pixels go to the executors when one of them preprocesses on its GPU.
 fn preprocessing_for(backends: &[Box<dyn Backend>], pixel_budget: usize) -> Preprocessing {
-    if backends.iter().any(|b| b.preprocesses()) {
+    if preprocesses_on_executors(backends) {
         tracing::info!(
             budget_mib = pixel_budget >> 20,
             "decode threads hand uint8 pixels to the executors, which preprocess"

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tagfleet_contracts::TaskMessage;
 use tagfleet_contracts::schema::{GivenUp, ProgressMessage, ResultLine, SCHEMA_VERSION, Status};
-use tagfleet_io::{Delivery, Queue};
+use tagfleet_io::{Delivery, Queue, QueueError};
 
 use crate::writer::Event;
 
@@ -25,6 +25,9 @@ use crate::writer::Event;
 /// message goes back to the queue; its redelivery finds the result written and only
 /// reports it.
 const REPORT_HOLD: Duration = Duration::from_secs(60);
+
+/// Longest wait for one report's publisher confirm.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settles task messages on one queue.
 pub struct Settler {
@@ -98,7 +101,15 @@ impl Settler {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
-            match progress.publish(body.clone()).await {
+            // A blocked connection (a broker alarm) never confirms: bound each try.
+            let published = tokio::time::timeout(PUBLISH_TIMEOUT, progress.publish(body.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(QueueError::Connection(
+                        "no publisher confirm in time".into(),
+                    ))
+                });
+            match published {
                 Ok(()) => return true,
                 Err(e) if e.is_transient() && started.elapsed() < REPORT_HOLD => {
                     tracing::debug!(job = %task.job_id, task = %task.task_id, error = %e, "reporting progress failed; trying again");

@@ -117,6 +117,9 @@ pub struct TaskState {
     ticket: Mutex<Option<Ticket>>,
     pub model_id: String,
     pub tenant: Arc<Tenant>,
+    /// Until when outages of the store are waited out for this task, all its calls
+    /// together: its message must not be held past the broker's consumer timeout.
+    pub hold_until: tokio::time::Instant,
     lines: Mutex<Vec<Option<ResultLine>>>,
     remaining: AtomicUsize,
     /// Held until the task is acked: bounds the messages in flight.
@@ -137,6 +140,7 @@ impl TaskState {
             ticket: Mutex::new(ticket),
             model_id,
             tenant,
+            hold_until: tokio::time::Instant::now() + crate::health::MAX_OUTAGE_HOLD,
             lines: Mutex::new(vec![None; n]),
             remaining: AtomicUsize::new(n),
             _permit: permit,

@@ -17,7 +17,7 @@ use tagfleet_io::{ObjectStore, StoreError};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
-use crate::health::Health;
+use crate::health::{Health, retry_until};
 use crate::task::{Completed, TaskState};
 
 /// What the pipeline reports as it goes, for progress displays.
@@ -217,16 +217,18 @@ async fn write(
             .map_err(|denied| refused(denied.to_string()))?;
         let output = base.elsewhere(location);
         let output_key = output_key(&msg.job_id, &msg.task_id);
-        health
-            .persist("writing to an output location", || {
-                output.put(&output_key, body.to_vec())
-            })
-            .await
-            .map_err(|e| WriteError::from_store(e, GivenUp::OutputRefused))?;
+        // The job's own bucket: its outages are waited out, but are not the store's.
+        retry_until("writing to an output location", task.hold_until, || {
+            output.put(&output_key, body.to_vec())
+        })
+        .await
+        .map_err(|e| WriteError::from_store(e, GivenUp::OutputRefused))?;
     }
     if msg.options.retain || msg.output.is_none() {
         health
-            .persist("writing a result", || store.put(key, body.to_vec()))
+            .persist("writing a result", task.hold_until, || {
+                store.put(key, body.to_vec())
+            })
             .await
             .map_err(|e| WriteError::from_store(e, GivenUp::StoreRefused))?;
     }

@@ -224,18 +224,26 @@ async fn a_writer_that_panics_returns_its_task_and_fails_the_worker() {
         store: Some(h.faulty(Fault::Panics)),
         ..Run::default()
     };
-    let (summary, health) = h.run_on(run).await;
+    let (_, health) = h.run_on(run).await;
     let failure = health.failure().expect("the worker failed");
     assert!(failure.contains("result write panicked"), "{failure}");
-    assert_eq!(summary.tasks_written, 0);
-    h.wait_ready(1).await;
-
-    let summary = h.run(vec![ort()], 4).await;
-    assert_eq!(
-        (summary.tasks_written, summary.images_ok),
-        (1, PHOTOS.len())
-    );
-    assert_eq!(h.lines("t000001").await[1].status, Status::Ok);
+    // The message went back; the failing pipeline may still have taken it again before
+    // its consumer stopped. Either way a next worker leaves it written, exactly once.
+    for _ in 0..500 {
+        if h.queue.unacked_len() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if h.queue.ready_len() > 0 {
+        h.run(vec![ort()], 4).await;
+    }
+    assert!(h.queue.is_drained());
+    let results = h.store.list(Area::Results.prefix()).await.unwrap();
+    assert_eq!(results.len(), 1);
+    let lines = h.lines("t000001").await;
+    assert_eq!(lines.len(), PHOTOS.len());
+    assert!(lines.iter().all(|l| l.status == Status::Ok));
 }
 
 /// A task that fails on its last delivery is given up and reported, not silently

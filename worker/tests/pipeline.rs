@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Harness, PHOTOS, ort, spec, task};
 use tagfleet_contracts::schema::Status;
@@ -76,10 +76,46 @@ async fn a_poison_message_is_dead_lettered_and_the_rest_completes() {
 }
 
 /// Counts the images each executor ran, then delegates to a real backend.
+/// Holds each executor's first batch until every executor has one, so that no executor
+/// can drain the queue alone however fast it runs: "each took batches" then holds on any
+/// machine, not only where a sleep happened to be long enough. Gives up after a minute
+/// with an error (the images fail, and the test says which executor got nothing).
+#[derive(Clone)]
+struct Rendezvous {
+    arrived: Arc<AtomicUsize>,
+    parties: usize,
+}
+
+impl Rendezvous {
+    fn new(parties: usize) -> Self {
+        Self {
+            arrived: Arc::new(AtomicUsize::new(0)),
+            parties,
+        }
+    }
+
+    /// Called once per executor, with its first batch.
+    fn arrive(&self) -> Result<(), BackendError> {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.arrived.load(Ordering::SeqCst) < self.parties {
+            if Instant::now() > deadline {
+                return Err(BackendError::new(
+                    "another executor never took a batch in a minute",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
 struct Counting {
     inner: Box<dyn Backend>,
     images: Arc<AtomicUsize>,
     batches: Arc<AtomicUsize>,
+    /// Met with the first batch, then dropped.
+    first_batch: Option<Rendezvous>,
 }
 
 impl Backend for Counting {
@@ -94,8 +130,9 @@ impl Backend for Counting {
     ) -> Result<BatchOutput, BackendError> {
         self.images.fetch_add(n, Ordering::SeqCst);
         self.batches.fetch_add(1, Ordering::SeqCst);
-        // Slow enough that one executor cannot drain the queue alone.
-        std::thread::sleep(Duration::from_millis(20));
+        if let Some(rendezvous) = self.first_batch.take() {
+            rendezvous.arrive()?;
+        }
         self.inner.run(input, n, want_embedding)
     }
 }
@@ -107,6 +144,7 @@ async fn two_executors_share_the_batches_and_run_each_once() {
     let counters: Vec<_> = (0..2)
         .map(|_| (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))))
         .collect();
+    let rendezvous = Rendezvous::new(counters.len());
     let backends: Vec<Box<dyn Backend>> = counters
         .iter()
         .map(|(images, batches)| {
@@ -114,6 +152,7 @@ async fn two_executors_share_the_batches_and_run_each_once() {
                 inner: ort(),
                 images: images.clone(),
                 batches: batches.clone(),
+                first_batch: Some(rendezvous.clone()),
             }) as Box<dyn Backend>
         })
         .collect();
@@ -147,6 +186,8 @@ struct PreprocessingDevice {
     inner: Box<dyn Backend>,
     as_pixels: Arc<AtomicUsize>,
     as_tensors: Arc<AtomicUsize>,
+    /// Met with the first batch when it shares the queue with other executors.
+    first_batch: Option<Rendezvous>,
 }
 
 impl PreprocessingDevice {
@@ -156,6 +197,7 @@ impl PreprocessingDevice {
             inner: ort(),
             as_pixels: pixels.clone(),
             as_tensors: tensors.clone(),
+            first_batch: None,
         };
         (device, pixels, tensors)
     }
@@ -178,14 +220,15 @@ impl Backend for PreprocessingDevice {
         embed: bool,
     ) -> Result<BatchOutput, BackendError> {
         self.as_pixels.fetch_add(images.len(), Ordering::SeqCst);
+        if let Some(rendezvous) = self.first_batch.take() {
+            rendezvous.arrive()?;
+        }
         let input_spec = spec().input;
         let per_image = 3 * (input_spec.width * input_spec.height) as usize;
         let mut input = vec![0.0; images.len() * per_image];
         for ((image, crop), slot) in images.iter().zip(input.chunks_exact_mut(per_image)) {
             gpu_preprocess::reference(image, *crop, &input_spec, slot);
         }
-        // Slow enough that a second executor gets batches too.
-        std::thread::sleep(Duration::from_millis(20));
         self.inner.run(&input, images.len(), embed)
     }
 }
@@ -242,12 +285,15 @@ async fn an_executor_that_preprocesses_gets_pixels_and_gives_the_cpu_results() {
 async fn a_preprocessing_and_a_cpu_executor_share_pixel_batches() {
     let h = Harness::new();
     h.publish_four_tasks_of_the_photos().await;
-    let (device, as_pixels, as_tensors) = PreprocessingDevice::new();
+    let (mut device, as_pixels, as_tensors) = PreprocessingDevice::new();
+    let rendezvous = Rendezvous::new(2);
+    device.first_batch = Some(rendezvous.clone());
     let (cpu_images, cpu_batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let cpu = Counting {
         inner: ort(),
         images: cpu_images.clone(),
         batches: cpu_batches,
+        first_batch: Some(rendezvous),
     };
     let summary = h.run(vec![Box::new(device), Box::new(cpu)], 2).await;
     let (pixels, tensors, cpu) = (

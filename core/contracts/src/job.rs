@@ -11,9 +11,11 @@ pub enum JobState {
     Queued,
     /// Some tasks finished.
     Running,
-    /// Every task finished (single images may still have failed: see the counts).
+    /// Every task finished (single images may still have failed or never run: see the
+    /// counts and the job's `error`).
     Succeeded,
-    /// Every image failed, or the job could not be published.
+    /// No image has a result (each one failed or never ran), or the job could not be
+    /// published.
     Failed,
     /// Cancelled by its tenant; its results are deleted.
     Cancelled,

@@ -23,8 +23,21 @@ pub enum Area {
 impl Area {
     pub const ALL: [Area; 3] = [Area::Results, Area::Jobs, Area::Schedules];
 
-    /// What the retention sweeper cleans: everything derived from users' images.
+    /// What the retention applies to: everything derived from users' images. The sweeper
+    /// deletes it, the lifecycle rule expires it and stores refuse to serve it once it is
+    /// past the retention. Schedules are not in it: they live until deleted (or until
+    /// their own, longer retention), so a weekly schedule must still read back after a day.
     pub const SWEPT: [Area; 2] = [Area::Results, Area::Jobs];
+
+    /// The area a store key lies in, if any.
+    pub fn of(key: &str) -> Option<Area> {
+        Area::ALL.into_iter().find(|a| key.starts_with(a.prefix()))
+    }
+
+    /// Whether the retention applies to the object at `key` (see [`Area::SWEPT`]).
+    pub fn is_swept(key: &str) -> bool {
+        Area::of(key).is_some_and(|a| Area::SWEPT.contains(&a))
+    }
 
     /// The area's prefix, `results/`.
     pub fn prefix(self) -> &'static str {
@@ -112,9 +125,7 @@ impl Key {
     /// Reads a store key back; `None` for anything that is not one of ours or whose ids
     /// are not valid ids.
     pub fn parse(key: &str) -> Option<Self> {
-        let area = Area::ALL
-            .into_iter()
-            .find(|a| key.starts_with(a.prefix()))?;
+        let area = Area::of(key)?;
         let rest = key[area.prefix().len()..].strip_suffix(area.suffix())?;
         let parts: Vec<&str> = rest.split('/').collect();
         if !parts.iter().all(|p| is_valid_id(p)) {
@@ -248,6 +259,15 @@ mod tests {
         ] {
             assert_eq!(Key::parse(foreign), None, "{foreign}");
         }
+    }
+
+    #[test]
+    fn the_retention_applies_to_results_and_jobs_only() {
+        assert!(Area::is_swept("results/acme/j1/t000001.jsonl"));
+        assert!(Area::is_swept("jobs/acme/j1.json"));
+        assert!(Area::is_swept("jobs/acme/j1/state.json"));
+        assert!(!Area::is_swept("schedules/acme/weekly.json"));
+        assert!(!Area::is_swept("elsewhere/x.json"));
     }
 
     #[test]

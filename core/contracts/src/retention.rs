@@ -1,7 +1,8 @@
 //! Retention: results and job records live for `retention` (24 h by default) and are then
 //! deleted. Three guards keep that promise: stores refuse to serve an expired object, a
 //! sweeper deletes them (`tagfleet_io::sweep`), and (on S3) a lifecycle rule is the
-//! backstop. This is the rule all three apply.
+//! backstop. This is the rule all three apply, to the same objects
+//! ([`crate::keys::Area::SWEPT`]: results and job records, not schedules).
 
 use std::time::{Duration, SystemTime};
 

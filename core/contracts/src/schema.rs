@@ -125,7 +125,19 @@ pub struct ProgressMessage {
 
 /// Why a worker gave a task up. A fixed set of reasons: a report carries no free text,
 /// which could name an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GivenUp {
     /// Every delivery of the task failed (a failing device, a worker that died on it).

@@ -12,4 +12,4 @@ pub mod sweep;
 
 pub use queue::{Delivery, Depth, Queue, QueueError};
 pub use store::{ObjectStore, StoreError};
-pub use sweep::sweep;
+pub use sweep::{Swept, sweep};

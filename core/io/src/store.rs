@@ -95,7 +95,10 @@ pub trait ObjectStore: Send + Sync {
     /// new one, never a part. Returns once the write would survive a crash.
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError>;
 
-    /// Reads an object. Objects past the store's retention answer [`StoreError::Expired`].
+    /// Reads an object. Results and job records past the store's retention answer
+    /// [`StoreError::Expired`] (the retention applies to [`Area::SWEPT`] only).
+    ///
+    /// [`Area::SWEPT`]: tagfleet_contracts::keys::Area::SWEPT
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
 
     /// Lists every object under `prefix`, expired ones included (the sweeper needs them),

@@ -58,7 +58,7 @@ impl JobBook {
             results_delivered: false,
         };
         let messages = self.messages(&record, 0, &refs);
-        record.rounds.push(Round::new(messages.len() as u32));
+        record.rounds.push(Round::published(&messages));
         if !record.spec.options.retain {
             // Keep nothing: the record holds counts, not where the images were.
             record.spec.source = Source::Urls { urls: Vec::new() };

@@ -2,8 +2,9 @@
 //! is written to the job's record before it is acknowledged. This file holds the book
 //! and how it is read; each of its other jobs has a file of its own:
 //! [`create`] (expand, chunk, persist, publish), [`progress`] (count what workers report,
-//! once per task), [`deliver`] (deliver-once results), [`erase`] (cancel, the right to
-//! erasure), [`retry`] (re-publish failed images), [`expire`] (jobs past their retention),
+//! once per task), [`reconcile`] (count tasks from their result objects), [`deliver`]
+//! (deliver-once results), [`erase`] (cancel, the right to erasure), [`retry`]
+//! (re-publish images without a result), [`expire`] (jobs past their retention),
 //! [`quotas`] (jobs and images in flight per tenant) and [`gauges`] (metrics).
 
 mod create;
@@ -13,6 +14,7 @@ mod expire;
 mod gauges;
 mod progress;
 mod quotas;
+mod reconcile;
 mod retry;
 #[cfg(test)]
 mod tests;
@@ -61,6 +63,8 @@ pub struct JobBook {
     jobs: Mutex<BTreeMap<JobId, JobRecord>>,
     /// Jobs changed in memory and not yet written.
     dirty: Mutex<BTreeSet<JobId>>,
+    /// Results of erased jobs that reports named, not yet deleted.
+    stale: Mutex<BTreeSet<Key>>,
     /// Jobs erased with their tenant's data: results of their tasks still in flight are
     /// deleted as they are reported.
     erased: Mutex<HashSet<JobId>>,
@@ -107,6 +111,7 @@ impl JobBook {
             config,
             jobs: Mutex::new(BTreeMap::new()),
             dirty: Mutex::new(BTreeSet::new()),
+            stale: Mutex::new(BTreeSet::new()),
             erased: Mutex::new(HashSet::new()),
             writing: Mutex::new(()),
             readers: deliver::Readers::default(),
@@ -151,7 +156,8 @@ impl JobBook {
                 continue;
             }
             match JobRecord::from_json(&body) {
-                Ok(record) => {
+                Ok(mut record) => {
+                    record.assume_sizes(self.config.chunk_size);
                     loaded.insert((record.tenant.clone(), record.id.clone()), record);
                 }
                 Err(e) => {

@@ -1,4 +1,5 @@
-//! Re-publishing the images of a finished job that failed.
+//! Re-publishing the images of a finished job that have no result: those that failed and
+//! those that never ran (their task was given up).
 
 use std::collections::HashSet;
 
@@ -19,13 +20,15 @@ use crate::spec::Source;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Retried {
     pub job: JobView,
-    /// Failed images published again.
+    /// Images published again: those that failed or never ran.
     pub images: u64,
 }
 
 impl JobBook {
-    /// Re-publishes the images of a finished job that failed. Their error lines are taken
-    /// out of the results first, so each image keeps one line; the counts follow.
+    /// Re-publishes every image of a finished job's source that has no result: those that
+    /// ended in an error line and those that never ran. Error lines are taken out of the
+    /// results first, so each image keeps one line; the counts follow (`total` too, when
+    /// the source has changed since: it is what the job covers now).
     pub async fn retry(&self, tenant: &str, id: &str) -> Result<Retried, ApiError> {
         let record = self.record(tenant, id).await?;
         if !matches!(record.state, JobState::Succeeded | JobState::Failed) {
@@ -34,8 +37,11 @@ impl JobBook {
                 record.state.name()
             )));
         }
-        if record.counts.failed == 0 {
-            return Err(ApiError::Conflict("no image of the job failed".into()));
+        let missing = record.counts.failed + record.counts.unfinished;
+        if missing == 0 {
+            return Err(ApiError::Conflict(
+                "every image of the job has a result".into(),
+            ));
         }
         if self.queues.get(&record.model).is_none() {
             return Err(ApiError::Conflict(format!(
@@ -46,12 +52,12 @@ impl JobBook {
         if record.source_withheld {
             return Err(ApiError::Conflict(
                 "the job keeps nothing (retain: false), not even its source: submit the \
-                 failed images again"
+                 images without a result again"
                     .into(),
             ));
         }
-        // Its failed images are in flight again: within the quotas, before anything changes.
-        let _reservation = self.reserve(tenant, record.counts.failed).await?;
+        // Its images are in flight again: within the quotas, before anything changes.
+        let mut reservation = self.reserve(tenant, missing).await?;
         let secrets = self.tenant(tenant)?;
         let pseudonymiser = Pseudonymiser::new(secrets.key.clone());
         // The source first, under today's allow-list: a refusal leaves the results as
@@ -65,19 +71,28 @@ impl JobBook {
                 ApiError::Forbidden(_) => e,
                 other => ApiError::Conflict(format!("re-reading the source: {other}")),
             })?;
-        let failed = self
-            .take_error_lines(tenant, id)
+        let ok = self
+            .results_by_status(tenant, id, Status::Ok)
             .await
             .map_err(|e| unavailable("reading the results", e))?;
         let refs: Vec<String> = source
             .into_iter()
-            .filter(|r| failed.contains(&pseudonymiser.pseudonym(r)))
+            .filter(|r| !ok.contains(&pseudonymiser.pseudonym(r)))
             .collect();
         if refs.is_empty() {
             return Err(ApiError::Conflict(
-                "the failed images are no longer in the source".into(),
+                "the images without a result are no longer in the source".into(),
             ));
         }
+        if refs.len() as u64 > missing {
+            // The source has grown: the new images count against the quotas too.
+            drop(reservation);
+            reservation = self.reserve(tenant, refs.len() as u64).await?;
+        }
+        let failed = self
+            .take_error_lines(tenant, id)
+            .await
+            .map_err(|e| unavailable("reading the results", e))?;
         let round = record.rounds.len();
         let messages = self.messages(&record, round, &refs);
         let job = (tenant.to_owned(), id.to_owned());
@@ -85,8 +100,13 @@ impl JobBook {
         let updated = {
             let mut jobs = self.jobs.lock().await;
             let r = jobs.get_mut(&job).ok_or(ApiError::NotFound("job"))?;
-            r.rounds.push(Round::new(messages.len() as u32));
-            r.counts.failed = r.counts.failed.saturating_sub(failed.len() as u64);
+            for round in &mut r.rounds {
+                round.given_up.clear();
+            }
+            r.rounds.push(Round::published(&messages));
+            r.counts.failed = r.counts.failed.saturating_sub(failed);
+            r.counts.unfinished = 0;
+            r.counts.total = r.counts.done + r.counts.failed + refs.len() as u64;
             r.state = JobState::Running;
             r.finished_at = None;
             r.error = None;
@@ -97,9 +117,10 @@ impl JobBook {
             .await
             .map_err(|e| unavailable("writing the job record", e))?;
         drop(writing);
+        drop(reservation);
         let images = refs.len() as u64;
         let view = self.publish(&job, messages, images).await?;
-        tracing::info!(tenant, job = %id, images, "failed images re-published");
+        tracing::info!(tenant, job = %id, images, "images without a result re-published");
         Ok(Retried { job: view, images })
     }
 
@@ -123,13 +144,33 @@ impl JobBook {
         serde_json::from_slice(&body).map_err(|e| unavailable("reading the job's source", e))
     }
 
-    /// Removes the error lines from a job's result objects; returns their pseudonyms.
-    async fn take_error_lines(
+    /// The pseudonyms of a job's result lines with `status`.
+    async fn results_by_status(
         &self,
         tenant: &str,
         id: &str,
+        status: Status,
     ) -> Result<HashSet<String>, StoreError> {
-        let mut failed = HashSet::new();
+        let mut found = HashSet::new();
+        for object in self.store.list(&job_results_prefix(tenant, id)).await? {
+            let body = match self.store.get(&object.key).await {
+                Ok(body) => body,
+                Err(StoreError::Expired(_) | StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            found.extend(
+                result_lines(&body)
+                    .filter_map(Result::ok)
+                    .filter(|l| l.status == status)
+                    .map(|l| l.image),
+            );
+        }
+        Ok(found)
+    }
+
+    /// Removes the error lines from a job's result objects; returns how many it removed.
+    async fn take_error_lines(&self, tenant: &str, id: &str) -> Result<u64, StoreError> {
+        let mut removed = 0;
         for object in self.store.list(&job_results_prefix(tenant, id)).await? {
             let body = match self.store.get(&object.key).await {
                 Ok(body) => body,
@@ -137,20 +178,17 @@ impl JobBook {
                 Err(e) => return Err(e),
             };
             let mut kept = Vec::with_capacity(body.len());
-            let mut removed = false;
+            let before = removed;
             for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 match serde_json::from_slice::<ResultLine>(line) {
-                    Ok(l) if l.status == Status::Error => {
-                        failed.insert(l.image);
-                        removed = true;
-                    }
+                    Ok(l) if l.status == Status::Error => removed += 1,
                     _ => {
                         kept.extend_from_slice(line);
                         kept.push(b'\n');
                     }
                 }
             }
-            if removed {
+            if removed > before {
                 if kept.is_empty() {
                     self.store.delete(&object.key).await?;
                 } else {
@@ -158,6 +196,15 @@ impl JobBook {
                 }
             }
         }
-        Ok(failed)
+        Ok(removed)
     }
+}
+
+/// The lines of a result object, each parsed on its own.
+pub(super) fn result_lines(
+    body: &[u8],
+) -> impl Iterator<Item = Result<ResultLine, serde_json::Error>> + '_ {
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(serde_json::from_slice::<ResultLine>)
 }

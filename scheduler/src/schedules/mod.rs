@@ -162,6 +162,12 @@ impl Schedules {
             let body = match self.store.get(&object.key).await {
                 Ok(body) => body,
                 Err(StoreError::NotFound(_)) => continue,
+                Err(StoreError::Expired(_)) => {
+                    // Stores keep schedules past the results' retention; one that does not
+                    // costs this schedule, not the start of the scheduler.
+                    tracing::warn!(key = %object.key, "skipping a schedule the store calls expired");
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             let mut schedule = match serde_json::from_slice::<Schedule>(&body) {

@@ -62,6 +62,9 @@ pub struct Fleet {
     /// What the queue names derive from (--queue-name, or sqs://NAME).
     pub queue_name: String,
     pub bucket: String,
+    /// The S3 its processes use: the shared one, unless the test runs its own
+    /// ([`super::private_s3::PrivateS3`]).
+    pub s3_endpoint: String,
     pub keys_dir: PathBuf,
     pub file_root: PathBuf,
     pub extra_queue_args: Vec<String>,
@@ -88,6 +91,7 @@ impl Fleet {
             queue,
             queue_name,
             bucket: unique("results"),
+            s3_endpoint: service_env("TAGFLEET_TEST_S3_ENDPOINT"),
             keys_dir: keys_dir.to_path_buf(),
             file_root: file_root.to_path_buf(),
             extra_queue_args,
@@ -239,7 +243,7 @@ impl Fleet {
             .arg(command)
             .args(self.queue_args())
             .args(["--store", &format!("s3://{}/fleet", self.bucket)])
-            .args(["--s3-endpoint", &service_env("TAGFLEET_TEST_S3_ENDPOINT")])
+            .args(["--s3-endpoint", &self.s3_endpoint])
             .arg("--secrets")
             .arg(self.secrets())
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -264,7 +268,7 @@ impl Fleet {
         let location = S3Location::parse(&format!("s3://{}/fleet", self.bucket)).unwrap();
         let mut options = S3Options::at(location);
         options.endpoint = Endpoint {
-            url: Some(service_env("TAGFLEET_TEST_S3_ENDPOINT")),
+            url: Some(self.s3_endpoint.clone()),
             region: None,
         };
         options.path_style = true;

@@ -167,3 +167,4 @@ pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 pub mod fleet;
+pub mod private_s3;

@@ -194,7 +194,7 @@ impl Harness {
     /// Waits (a bounded while) until `n` messages are ready again: messages of dropped
     /// tasks go back from a spawned task, just after the pipeline returns.
     pub async fn wait_ready(&self, n: usize) {
-        for _ in 0..100 {
+        for _ in 0..500 {
             if self.queue.ready_len() == n && self.queue.unacked_len() == 0 {
                 return;
             }

@@ -385,7 +385,8 @@ impl ObjectStore for S3Store {
         let modified = out
             .last_modified()
             .and_then(|t| SystemTime::try_from(*t).ok());
-        if modified.is_some_and(|m| is_expired(m, self.options.retention, SystemTime::now())) {
+        let past = |m| is_expired(m, self.options.retention, SystemTime::now());
+        if Area::is_swept(key) && modified.is_some_and(past) {
             return Err(StoreError::Expired(key.to_owned()));
         }
         let body = out.body.collect().await.map_err(|e| body_error(key, e))?;
