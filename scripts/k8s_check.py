@@ -11,13 +11,14 @@ It renders the chart for every helm/tagfleet/ci/*-values.yaml and lints it stric
 builds every k8s/overlays/* with `kubectl kustomize`, validates each object against the
 Kubernetes schemas (custom resources against the fields their controllers need), asserts
 what the fleet relies on (probes, securityContext, GPU request, grace period, KEDA
-trigger) and that every metric a dashboard or alert names is one the code declares.
+trigger on the task queue of the workers' model) and that every metric a dashboard or alert names is one the code declares.
 Each check returns a list of problems; scripts/test_k8s.py turns them into tests.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import shutil
@@ -395,6 +396,69 @@ def keda_problems(docs: list[dict], queue_kind: str, keda: bool) -> list[str]:
     return problems
 
 
+# ---------------------------------------------------------------- queue routing
+
+# core/contracts/src/routing.rs: a task queue name leaves room for the -dlq suffix.
+MAX_TASK_QUEUE_NAME = 76
+SHORT_MODEL_ID = re.compile(r"([A-Za-z0-9-]+)@([A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*)")
+
+
+def task_queue(base: str, model_id: str) -> str:
+    """The task queue of a model: the rule of core/contracts/src/routing.rs, repeated to
+    check what KEDA scales on (both are tested against the same names)."""
+    short = SHORT_MODEL_ID.fullmatch(model_id)
+    if short:
+        name = f"{base}-{short[1]}_{short[2].replace('.', '_')}"
+        if len(name) <= MAX_TASK_QUEUE_NAME:
+            return name
+    room = MAX_TASK_QUEUE_NAME - (len(base) + 1 + 2 + 12)
+    if room < 0:
+        raise ValueError(f"queue base {base!r} is too long to hold a model's part")
+    readable = "".join(c if (c.isascii() and c.isalnum()) or c == "-" else "-" for c in model_id)
+    return f"{base}-{readable[:room]}__{hashlib.sha256(model_id.encode()).hexdigest()[:12]}"
+
+
+def config_env(docs: list[dict], container: dict) -> dict[str, Any]:
+    """A container's environment: its ConfigMaps' data (envFrom), then its own env."""
+    maps = {(d.get("metadata") or {}).get("name"): d.get("data") or {}
+            for d in docs if d.get("kind") == "ConfigMap"}
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom") or []:
+        env.update(maps.get((source.get("configMapRef") or {}).get("name"), {}))
+    env.update(env_of(container))
+    return env
+
+
+def routing_problems(docs: list[dict]) -> list[str]:
+    """The worker names its model (TAGFLEET_MODEL_ID), the scheduler serves it, and each
+    ScaledObject's trigger reads that model's task queue: the one the worker consumes."""
+    deployments = {component(d): d for d in docs if d.get("kind") == "Deployment"}
+    if not {"scheduler", "worker"} <= deployments.keys():
+        return []  # workload_problems says which is missing
+    worker = config_env(docs, pod_spec(deployments["worker"])["containers"][0])
+    scheduler = config_env(docs, pod_spec(deployments["scheduler"])["containers"][0])
+    model = worker.get("TAGFLEET_MODEL_ID")
+    if not isinstance(model, str) or "@" not in model:
+        return [f"worker: TAGFLEET_MODEL_ID is {model!r}, not name@version: its task queue is unknown"]
+    problems = []
+    served = str(scheduler.get("TAGFLEET_MODEL_IDS", "efficientnet-lite0@1")).split(",")
+    if model not in served:
+        problems.append(f"scheduler: TAGFLEET_MODEL_IDS {served} does not serve the workers' model {model}")
+    url = worker.get("TAGFLEET_QUEUE")
+    if isinstance(url, str) and url.startswith("sqs://"):
+        base = url.removeprefix("sqs://")
+    else:
+        base = str(worker.get("TAGFLEET_QUEUE_NAME", "tagfleet-tasks"))
+    want = task_queue(base, model)
+    for so in (d for d in docs if d.get("kind") == "ScaledObject"):
+        for t in (so.get("spec") or {}).get("triggers") or []:
+            md = t.get("metadata") or {}
+            got = md.get("queueName") if t.get("type") == "rabbitmq" else str(md.get("queueURL", "")).rsplit("/", 1)[-1]
+            if got != want:
+                problems.append(f"{name_of(so)}: trigger reads the queue {got}, not {want} of the workers' model {model}")
+    return problems
+
+
 def service_monitor_problems(docs: list[dict]) -> list[str]:
     """Every ServiceMonitor endpoint names a port of a Service its selector matches."""
     problems = []
@@ -565,6 +629,7 @@ def chart_case_problems(values_file: Path) -> list[str]:
     problems = schema_problems(docs, where)
     problems += [f"{where}: {p}" for p in workload_problems(docs, gpu=merged["gpu"]["enabled"])]
     problems += [f"{where}: {p}" for p in keda_problems(docs, merged["queue"]["kind"], merged["keda"]["enabled"])]
+    problems += [f"{where}: {p}" for p in routing_problems(docs)]
     problems += [f"{where}: {p}" for p in service_monitor_problems(docs)]
     return problems
 
@@ -575,6 +640,7 @@ def overlay_problems(overlay: Path) -> list[str]:
     problems = schema_problems(docs, where)
     problems += [f"{where}: {p}" for p in workload_problems(docs, gpu=True)]
     problems += [f"{where}: {p}" for p in keda_problems(docs, overlay.name, keda=True)]
+    problems += [f"{where}: {p}" for p in routing_problems(docs)]
     problems += [f"{where}: {p}" for p in service_monitor_problems(docs)]
     return problems
 

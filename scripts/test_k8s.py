@@ -121,6 +121,68 @@ class Chart(unittest.TestCase):
         self.assertEqual(k.rule_parity_problems(), [])
 
 
+class Routing(unittest.TestCase):
+    # The names core/contracts/src/routing.rs's tests expect: one rule, three places.
+    SHARED = [
+        ("efficientnet-lite0@1", "tagfleet-tasks-efficientnet-lite0_1"),
+        ("resnet50@2.1", "tagfleet-tasks-resnet50_2_1"),
+        ("Clip-ViT@v2", "tagfleet-tasks-Clip-ViT_v2"),
+        ("vit_base@1", "tagfleet-tasks-vit-base-1__9ffd6bcda7cb"),
+        ("resnet50@2.1-rc1", "tagfleet-tasks-resnet50-2-1-rc1__40553bbc2cb0"),
+        ("a-model-name-that-goes-on-and-on-and-on-well-past-eighty@2024.1",
+         "tagfleet-tasks-a-model-name-that-goes-on-and-on-and-on-well-pa__2980e786635f"),
+    ]
+
+    @staticmethod
+    def render(values):
+        with helm_python.Chart.load(k.CHART) as chart:
+            chart.validate_schema(values)
+            rendered = chart.render(values, name=k.RELEASE, namespace=k.NAMESPACE)
+        return [d for p, t in sorted(rendered.items()) if p.endswith(".yaml") for d in k.load_docs(t)]
+
+    def test_names_match_the_contracts_rule(self):
+        for model, want in self.SHARED:
+            self.assertEqual(k.task_queue("tagfleet-tasks", model), want)
+
+    def test_the_charts_trigger_reads_the_models_queue(self):
+        sqs = {"kind": "sqs", "name": "tagfleet-tasks",
+               "sqs": {"queueURL": "https://sqs.eu-west-1.amazonaws.com/111122223333/tagfleet-tasks"}}
+        for model, want in self.SHARED:
+            with self.subTest(model=model):
+                for queue in ({"kind": "rabbitmq", "name": "tagfleet-tasks"}, sqs):
+                    docs = self.render({"model": {"name": "m", "id": model}, "queue": queue})
+                    (so,) = [d for d in docs if d["kind"] == "ScaledObject"]
+                    md = so["spec"]["triggers"][0]["metadata"]
+                    got = md.get("queueName") or md["queueURL"]
+                    self.assertEqual(got.rsplit("/", 1)[-1], want)
+                    self.assertEqual(k.routing_problems(docs), [])
+                    env = k.env_of(worker_deployment(docs)["spec"]["template"]["spec"]["containers"][0])
+                    self.assertEqual((env["TAGFLEET_MODEL"], env["TAGFLEET_MODEL_ID"]), ("m", model))
+
+    def test_a_trigger_on_another_queue_or_an_unserved_model_is_caught(self):
+        _, docs = k.render_chart(k.CHART / "ci" / "rabbitmq-values.yaml")
+        self.assertEqual(k.routing_problems(docs), [])
+        shared = copy.deepcopy(docs)
+        so = next(d for d in shared if d["kind"] == "ScaledObject")
+        so["spec"]["triggers"][0]["metadata"]["queueName"] = "tagfleet-tasks"
+        self.assertTrue(any("not tagfleet-tasks-efficientnet-lite0_1" in p for p in k.routing_problems(shared)))
+        other = copy.deepcopy(docs)
+        container = worker_deployment(other)["spec"]["template"]["spec"]["containers"][0]
+        for e in container["env"]:
+            if e["name"] == "TAGFLEET_MODEL_ID":
+                e["value"] = "resnet50@2"
+        problems = k.routing_problems(other)
+        self.assertTrue(any("does not serve the workers' model resnet50@2" in p for p in problems), problems)
+        self.assertTrue(any("not tagfleet-tasks-resnet50_2" in p for p in problems), problems)
+
+    def test_the_old_queue_is_drained_only_when_asked(self):
+        for drain in (False, True):
+            docs = self.render({"scheduler": {"drainLegacyQueue": drain}})
+            scheduler = next(d for d in docs if d["kind"] == "Deployment" and k.component(d) == "scheduler")
+            env = k.env_of(scheduler["spec"]["template"]["spec"]["containers"][0])
+            self.assertEqual(env.get("TAGFLEET_DRAIN_LEGACY_QUEUE"), "true" if drain else None)
+
+
 class Kustomize(unittest.TestCase):
     def setUp(self):
         if k.kubectl() is None:

@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use tagfleet_contracts::S3Location;
+use tagfleet_contracts::routing;
 use tagfleet_io::aws::Endpoint;
 use tagfleet_io::queue::{
     DEFAULT_DELIVERY_LIMIT, MemoryQueue, RabbitOptions, RabbitQueue, SqsOptions, SqsQueue,
+    TaskQueues,
 };
 use tagfleet_io::store::s3::Encryption;
 use tagfleet_io::store::{FsStore, S3Options, S3Store};
@@ -19,12 +21,17 @@ use tagfleet_io::{ObjectStore, Queue};
 
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
-    /// Task queue: amqp://user:pass@host:5672/vhost (amqps:// for TLS), sqs://QUEUE-NAME,
-    /// or memory (this process only). Required, except for `submit --scheduler`.
+    /// The queues: amqp://user:pass@host:5672/vhost (amqps:// for TLS; names from
+    /// --queue-name), sqs://NAME (a task queue NAME-<model> per model, NAME-progress, each
+    /// with its -dlq), or memory (this process only). Required, except for `submit
+    /// --scheduler`.
     #[arg(long, env = "TAGFLEET_QUEUE")]
     pub queue: Option<String>,
 
-    /// RabbitMQ queue name (the dead-letter queue is <name>.dlq).
+    /// What RabbitMQ queue names derive from: each model has its task queue
+    /// <name>-<model> (efficientnet-lite0@1: <name>-efficientnet-lite0_1), the workers
+    /// report on <name>.progress, and each queue has its dead-letter queue <queue>.dlq.
+    /// On SQS the name in sqs://NAME plays this part.
     #[arg(long, env = "TAGFLEET_QUEUE_NAME", default_value = "tagfleet-tasks")]
     pub queue_name: String,
 
@@ -50,9 +57,12 @@ pub struct QueueArgs {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum QueueRole {
-    Tasks,
+enum QueueRole<'a> {
+    /// The task queue of the model with this id.
+    Tasks(&'a str),
     Progress,
+    /// The one task queue of versions before per-model queues.
+    Legacy,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -123,14 +133,48 @@ pub enum Sse {
 }
 
 impl QueueArgs {
-    /// The task queue. Its messages, and those of its dead-letter queue, wait at most
-    /// `retention` (on SQS at least a minute).
-    pub async fn open(&self, prefetch: u16, retention: Duration) -> anyhow::Result<Arc<dyn Queue>> {
-        self.open_role(prefetch, retention, QueueRole::Tasks).await
+    /// The task queue of one model (`name@version`): its tasks only. Its messages, and
+    /// those of its dead-letter queue, wait at most `retention` (on SQS at least a minute).
+    pub async fn open_for_model(
+        &self,
+        model: &str,
+        prefetch: u16,
+        retention: Duration,
+    ) -> anyhow::Result<Arc<dyn Queue>> {
+        self.open_role(prefetch, retention, QueueRole::Tasks(model))
+            .await
     }
 
-    /// The queue on which workers report finished tasks to the scheduler: the task queue's
-    /// name with `.progress` (RabbitMQ) or `-progress` (SQS) appended.
+    /// The task queue of every model in `models`, for publishing.
+    pub async fn open_tasks(
+        &self,
+        models: &[String],
+        retention: Duration,
+    ) -> anyhow::Result<TaskQueues> {
+        let mut queues = Vec::with_capacity(models.len());
+        for model in models {
+            let queue = self
+                .open_for_model(model, 1, retention)
+                .await
+                .with_context(|| format!("opening the task queue of {model}"))?;
+            queues.push((model.clone(), queue));
+        }
+        Ok(TaskQueues::new(queues))
+    }
+
+    /// The one task queue of every model that versions before per-model queues used
+    /// (named as the base, see [`QueueArgs::base_name`]): only to move what still waits
+    /// there. Declares it (empty) where it is not.
+    pub async fn open_legacy(
+        &self,
+        prefetch: u16,
+        retention: Duration,
+    ) -> anyhow::Result<Arc<dyn Queue>> {
+        self.open_role(prefetch, retention, QueueRole::Legacy).await
+    }
+
+    /// The queue on which workers report finished tasks to the scheduler: the base name
+    /// with `.progress` (RabbitMQ) or `-progress` (SQS) appended. One for every model.
     pub async fn open_progress(
         &self,
         prefetch: u16,
@@ -140,25 +184,55 @@ impl QueueArgs {
             .await
     }
 
+    /// What the fleet's queue names derive from: --queue-name on RabbitMQ, the name in
+    /// sqs://NAME on SQS (`None` for the in-memory queue, which has no name).
+    pub fn base_name(&self) -> anyhow::Result<Option<String>> {
+        let url = self.url()?;
+        if let Some(name) = url.strip_prefix("sqs://") {
+            if name.is_empty() || name.contains('/') {
+                bail!("--queue {url:?}: expected sqs://QUEUE-NAME");
+            }
+            return Ok(Some(name.to_owned()));
+        }
+        if url.starts_with("amqp://") || url.starts_with("amqps://") {
+            return Ok(Some(self.queue_name.clone()));
+        }
+        Ok(None)
+    }
+
+    fn url(&self) -> anyhow::Result<&str> {
+        self.queue.as_deref().context(
+            "--queue (TAGFLEET_QUEUE) is required: amqp://…, amqps://…, sqs://NAME or memory",
+        )
+    }
+
+    /// The name of a queue on a broker whose queues derive from `base`.
+    fn name_of(base: &str, role: QueueRole, progress_separator: char) -> anyhow::Result<String> {
+        Ok(match role {
+            QueueRole::Tasks(model) => routing::task_queue(base, model)
+                .with_context(|| format!("naming the task queue of {model}"))?,
+            QueueRole::Progress => format!("{base}{progress_separator}progress"),
+            QueueRole::Legacy => base.to_owned(),
+        })
+    }
+
     async fn open_role(
         &self,
         prefetch: u16,
         retention: Duration,
-        role: QueueRole,
+        role: QueueRole<'_>,
     ) -> anyhow::Result<Arc<dyn Queue>> {
-        let url = self.queue.as_deref().context(
-            "--queue (TAGFLEET_QUEUE) is required: amqp://…, amqps://…, sqs://NAME or memory",
-        )?;
+        let url = self.url()?;
         if url == "memory" {
             return Ok(Arc::new(MemoryQueue::new(self.delivery_limit)));
         }
+        let Some(base) = self.base_name()? else {
+            bail!("--queue {url:?}: expected amqp://, amqps://, sqs:// or memory");
+        };
         if url.starts_with("amqp://") || url.starts_with("amqps://") {
             let options = RabbitOptions {
                 url: url.to_owned(),
-                queue: match role {
-                    QueueRole::Tasks => self.queue_name.clone(),
-                    QueueRole::Progress => format!("{}.progress", self.queue_name),
-                },
+                queue: Self::name_of(&base, role, '.')?,
                 delivery_limit: self.delivery_limit,
                 prefetch,
                 message_ttl: Some(retention),
@@ -168,29 +242,20 @@ impl QueueArgs {
                 .context("connecting to RabbitMQ")?;
             return Ok(Arc::new(queue));
         }
-        if let Some(name) = url.strip_prefix("sqs://") {
-            if name.is_empty() || name.contains('/') {
-                bail!("--queue {url:?}: expected sqs://QUEUE-NAME");
-            }
-            let options = SqsOptions {
-                queue: match role {
-                    QueueRole::Tasks => name.to_owned(),
-                    QueueRole::Progress => format!("{name}-progress"),
-                },
-                endpoint: Endpoint {
-                    url: self.sqs_endpoint.clone(),
-                    region: self.region.clone(),
-                },
-                max_receive_count: self.delivery_limit,
-                visibility_timeout: Duration::from_secs(self.sqs_visibility_timeout_secs),
-                message_retention: Some(retention),
-            };
-            let queue = SqsQueue::connect(options)
-                .await
-                .context("connecting to SQS")?;
-            return Ok(Arc::new(queue));
-        }
-        bail!("--queue {url:?}: expected amqp://, amqps://, sqs:// or memory")
+        let options = SqsOptions {
+            queue: Self::name_of(&base, role, '-')?,
+            endpoint: Endpoint {
+                url: self.sqs_endpoint.clone(),
+                region: self.region.clone(),
+            },
+            max_receive_count: self.delivery_limit,
+            visibility_timeout: Duration::from_secs(self.sqs_visibility_timeout_secs),
+            message_retention: Some(retention),
+        };
+        let queue = SqsQueue::connect(options)
+            .await
+            .context("connecting to SQS")?;
+        Ok(Arc::new(queue))
     }
 }
 

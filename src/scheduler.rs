@@ -1,6 +1,6 @@
-//! `tagfleet scheduler`: the job API in front of the fleet. Publishes task messages to the
-//! queue, counts the workers' progress reports, keeps job records and schedules in the
-//! store. One replica per queue: it owns the schedules.
+//! `tagfleet scheduler`: the job API in front of the fleet. Publishes each job's task
+//! messages to its model's task queue, counts the workers' progress reports, keeps job
+//! records and schedules in the store. One replica per fleet: it owns the schedules.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +13,8 @@ use tagfleet_io::netguard::UrlPolicy;
 use tagfleet_scheduler::server::{self, ServeConfig};
 use tagfleet_scheduler::tls::{self, TlsAcceptor, TlsError};
 use tagfleet_scheduler::{
-    Intervals, ScheduleLimits, SchedulerConfig, Service, operations_router, router, run_background,
+    Intervals, ScheduleLimits, SchedulerConfig, Service, legacy, operations_router, router,
+    run_background,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,9 @@ use crate::io_args::{QueueArgs, StoreArgs};
 /// Connections open at once on the operations port (probes, scrapers): beside the API's
 /// within the file descriptors fd_limit keeps apart.
 const OPERATIONS_CONNECTIONS: usize = 64;
+
+/// How often --drain-legacy-queue looks at the old task queue again.
+const LEGACY_DRAIN_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
@@ -51,7 +55,7 @@ pub struct SchedulerArgs {
     pub metrics_listen: SocketAddr,
 
     /// Models the fleet's workers serve, as name@version (comma separated); the first is
-    /// what a job gets when it names none.
+    /// what a job gets when it names none. Each has its own task queue.
     #[arg(
         long = "model-id",
         env = "TAGFLEET_MODEL_IDS",
@@ -59,6 +63,13 @@ pub struct SchedulerArgs {
         default_value = "efficientnet-lite0@1"
     )]
     pub models: Vec<String>,
+
+    /// Move the tasks waiting in the one task queue of versions before per-model queues
+    /// (named as --queue-name, or sqs://NAME) to their models' queues, at start and every
+    /// minute while running; tasks of models not in --model-id are dead-lettered there.
+    /// For the upgrade: see README, "Upgrading".
+    #[arg(long, env = "TAGFLEET_DRAIN_LEGACY_QUEUE")]
+    pub drain_legacy_queue: bool,
 
     /// Images per task message.
     #[arg(long, env = "TAGFLEET_CHUNK_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -139,14 +150,28 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--model-id: expected name@version, got {:?}", args.models);
     }
     let opened = args.store.open(args.queue.region.clone()).await?;
-    let queue = args.queue.open(1, args.store.retention()).await?;
+    let queues = args
+        .queue
+        .open_tasks(&args.models, args.store.retention())
+        .await?;
     let progress = args
         .queue
         .open_progress(256, args.store.retention())
         .await?;
+    let legacy = if args.drain_legacy_queue {
+        let queue = args
+            .queue
+            .open_legacy(64, args.store.retention())
+            .await
+            .context("--drain-legacy-queue: opening the old task queue")?;
+        Some(queue)
+    } else {
+        None
+    };
+    let routes = queues.clone();
     let service = Service::new(
         opened.store.clone(),
-        queue,
+        queues,
         secrets,
         opened.s3.as_ref().map(|s| s.client().clone()),
         SchedulerConfig {
@@ -217,6 +242,15 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         shutdown.clone(),
     ));
 
+    let draining = legacy.map(|legacy| {
+        tokio::spawn(legacy::drain_until_stopped(
+            legacy,
+            routes,
+            LEGACY_DRAIN_INTERVAL,
+            shutdown.clone(),
+        ))
+    });
+
     // The background work (loading the store, counting progress) ends only at shutdown:
     // if it ends before, the scheduler cannot do its job, and says so at once and exits.
     let failed = tokio::select! {
@@ -241,6 +275,11 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
             .await
             .context("the background work panicked")?
             .context("the scheduler's background work failed")?;
+    }
+    if let Some(draining) = draining {
+        draining
+            .await
+            .context("moving tasks from the old task queue panicked")?;
     }
     server.await.context("the API server panicked")?;
     metrics_server

@@ -1,7 +1,7 @@
 //! `tagfleet submit`: creates a job from a local folder, a manifest or an S3 prefix and
 //! prints its id. With `--scheduler` the job goes through the scheduler API (which counts
 //! its progress; `--wait` follows it); without, the tasks are published straight to the
-//! queue.
+//! model's task queue.
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -84,7 +84,10 @@ pub async fn main(args: SubmitArgs) -> anyhow::Result<i32> {
         bail!("no images found in {}", args.source);
     }
     let messages = args.task.messages(&job_id, &tenant, &args.model, &refs)?;
-    let queue = args.queue.open(1, args.retention.retention()).await?;
+    let queue = args
+        .queue
+        .open_for_model(&args.model, 1, args.retention.retention())
+        .await?;
     let tasks = messages.len();
     queue
         .publish_batch(messages.iter().map(|m| m.to_json()).collect())

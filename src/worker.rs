@@ -1,5 +1,5 @@
-//! `tagfleet worker`: the pipeline as a long-running service, fed by RabbitMQ or SQS,
-//! writing to S3 (or a folder). SIGTERM or SIGINT stops consuming; what is in flight is
+//! `tagfleet worker`: the pipeline as a long-running service, fed by its model's task queue
+//! on RabbitMQ or SQS, writing to S3 (or a folder). SIGTERM or SIGINT stops consuming; what is in flight is
 //! finished and acked within the drain timeout, or left unacked for redelivery.
 
 use std::net::SocketAddr;
@@ -26,6 +26,12 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub store: StoreArgs,
+
+    /// The id (name@version) the model of --model must have: start-up fails when it has
+    /// another. Deployments set it where they derive the model's queue name from it (the
+    /// KEDA trigger), so the two cannot silently differ.
+    #[arg(long, env = "TAGFLEET_MODEL_ID")]
+    pub model_id: Option<String>,
 
     /// The tenants secrets file (TOML, `[tenants.<name>]` with `key`): whose tasks this
     /// worker serves, and the key that names each tenant's images.
@@ -89,7 +95,21 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
     let opened = args.store.open(args.queue.region.clone()).await?;
     let prefetch = u16::try_from(args.max_tasks_in_flight.max(1)).unwrap_or(u16::MAX);
     let retention = args.store.retention();
-    let queue = args.queue.open(prefetch, retention).await?;
+    let model_id = model.spec.id();
+    if let Some(expected) = &args.model_id
+        && *expected != model_id
+    {
+        bail!(
+            "--model-id {expected}: the model {} is {model_id} (its model.toml); the \
+             queue this worker reads and the one it is scaled on would differ",
+            args.engine.model
+        );
+    }
+    let queue = args
+        .queue
+        .open_for_model(&model_id, prefetch, retention)
+        .await?;
+    tracing::info!(model = %model_id, "taking the tasks of this model from its own queue");
     let progress = args.queue.open_progress(1, retention).await?;
     let roots = FileRoots::new(args.file_roots.clone()).context("resolving --file-root folders")?;
     let policy = UrlPolicy::new(&args.allow_url_range)

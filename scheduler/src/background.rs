@@ -53,7 +53,7 @@ pub async fn run_background(
     intervals: Intervals,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    metrics::register();
+    metrics::register(service.book.models());
     let jobs = service
         .book
         .load()

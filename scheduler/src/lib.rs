@@ -1,11 +1,12 @@
 //! The tagfleet scheduler: the service users talk to. It turns job specs into task messages
-//! on the queue, counts what workers report, keeps job records in the store, fires
+//! on each model's task queue, counts what workers report, keeps job records in the store, fires
 //! schedules, cancels and erases, and serves all of it over an HTTP API (see [`api`]).
 
 pub mod api;
 mod background;
 pub mod error;
 mod jobs;
+pub mod legacy;
 pub mod metrics;
 pub mod record;
 pub mod schedules;

@@ -48,12 +48,13 @@ pub static TASKS_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Messages waiting: `tasks` in the task queue, `dead_letter` in its dead-letter queue.
+/// Messages waiting: `tasks` in a model's task queue, `dead_letter` in its dead-letter
+/// queue; `model` is the model id (`name@version`), one of the scheduler's --model-id.
 pub static QUEUE_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
         "tagfleet_scheduler_queue_messages",
-        "Messages waiting in the task queue and its dead-letter queue",
-        &["queue"],
+        "Messages waiting in each model's task queue and its dead-letter queue",
+        &["queue", "model"],
     )
 });
 
@@ -136,8 +137,9 @@ pub static HTTP_CONNECTIONS_CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Touches every metric so each appears in /metrics from the start.
-pub fn register() {
+/// Touches every metric so each appears in /metrics from the start; `models` are the
+/// models the fleet serves.
+pub fn register(models: &[String]) {
     for state in JobState::ALL {
         JOBS.with_label_values(&[state.name()]);
     }
@@ -145,7 +147,9 @@ pub fn register() {
         IMAGES.with_label_values(&[event]);
     }
     for queue in ["tasks", "dead_letter"] {
-        QUEUE_MESSAGES.with_label_values(&[queue]);
+        for model in models {
+            QUEUE_MESSAGES.with_label_values(&[queue, model]);
+        }
     }
     for result in ["counted", "given_up", "duplicate", "unknown_job"] {
         PROGRESS_MESSAGES.with_label_values(&[result]);

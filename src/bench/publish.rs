@@ -7,28 +7,32 @@ use std::time::Instant;
 
 use anyhow::Context;
 use tagfleet_contracts::Secrets;
+use tagfleet_contracts::routing;
+use tagfleet_io::ObjectStore;
 use tagfleet_io::netguard::UrlPolicy;
-use tagfleet_io::queue::{RabbitOptions, RabbitQueue};
+use tagfleet_io::queue::{RabbitOptions, RabbitQueue, TaskQueues};
 use tagfleet_io::store::FsStore;
-use tagfleet_io::{ObjectStore, Queue};
 use tagfleet_scheduler::spec::{JobSpec, ManifestFormat, Source};
 use tagfleet_scheduler::{SchedulerConfig, Service};
 
 /// The refs/s the scheduler should reach into RabbitMQ on a 2-core machine.
 const TARGET_REFS_PER_SECOND: f64 = 50_000.0;
 
+/// The model of the bench's job: its task queue is the one timed.
+const MODEL: &str = "efficientnet-lite0@1";
+
 pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i32> {
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
         anyhow::bail!("--publish-queue {url:?}: expected an amqp:// URL");
     }
-    let name = format!(
+    let base = format!(
         "bench-publish-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let rabbit = Arc::new(
         RabbitQueue::connect(RabbitOptions {
             url: url.to_owned(),
-            queue: name,
+            queue: routing::task_queue(&base, MODEL)?,
             delivery_limit: tagfleet_io::queue::DEFAULT_DELIVERY_LIMIT,
             prefetch: 1,
             message_ttl: Some(tagfleet_contracts::retention::DEFAULT_RETENTION),
@@ -43,11 +47,11 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
         .stanza;
     let scheduler = Service::new(
         store,
-        rabbit.clone() as Arc<dyn Queue>,
+        TaskQueues::shared([MODEL], rabbit.clone()),
         Secrets::parse(&stanza).map_err(anyhow::Error::msg)?,
         None,
         SchedulerConfig {
-            models: vec!["efficientnet-lite0@1".into()],
+            models: vec![MODEL.into()],
             chunk_size,
             retention: tagfleet_contracts::retention::DEFAULT_RETENTION,
             max_job_images: refs.max(1),

@@ -223,7 +223,7 @@ async fn a_worker_refuses_refs_and_outputs_outside_the_tasks_tenant_whatever_the
     let bucket = store.bucket().to_owned();
     let queue = RabbitQueue::connect(RabbitOptions {
         url: fleet.queue.clone(),
-        queue: fleet.queue_name.clone(),
+        queue: fleet.task_queue(),
         delivery_limit: 3,
         prefetch: 1,
         message_ttl: Some(tagfleet_contracts::retention::DEFAULT_RETENTION),

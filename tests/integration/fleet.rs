@@ -392,7 +392,7 @@ async fn rabbitmq_dead_letters_poison_messages_after_the_delivery_limit() {
     let fleet = Fleet::new("amqp", &keys, &photos);
     let queue = RabbitQueue::connect(RabbitOptions {
         url: fleet.queue.clone(),
-        queue: fleet.queue_name.clone(),
+        queue: fleet.task_queue(),
         delivery_limit: 3,
         prefetch: 1,
         // The worker's default retention: RabbitMQ refuses another dead-letter TTL.
@@ -411,7 +411,7 @@ async fn rabbitmq_dead_letters_poison_messages_after_the_delivery_limit() {
         &worker,
     )
     .await;
-    assert_eq!(queue.message_count(&fleet.queue_name).await.unwrap(), 0);
+    assert_eq!(queue.message_count(&fleet.task_queue()).await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +423,7 @@ async fn sqs_dead_letters_poison_messages_after_the_receive_limit() {
     let (photos, keys) = setup(dir.path());
     let fleet = Fleet::new("sqs", &keys, &photos);
     let queue = SqsQueue::connect(SqsOptions {
-        queue: fleet.queue_name.clone(),
+        queue: fleet.task_queue(),
         endpoint: Endpoint {
             url: Some(common::fleet::service_env("TAGFLEET_TEST_SQS_ENDPOINT")),
             region: None,

@@ -14,6 +14,7 @@ mod hardening;
 mod outages;
 mod privacy;
 mod privacy_edges;
+mod routing;
 mod run;
 mod scheduler;
 mod scheduler_outages;

@@ -44,11 +44,11 @@ async fn wait_for_results(store: &S3Store, prefix: &str, at_least: usize, worker
     }
 }
 
-/// The fleet's task queue, as a test client sees it.
+/// The task queue of the fleet's model, as a test client sees it.
 async fn task_queue(fleet: &Fleet) -> RabbitQueue {
     RabbitQueue::connect(RabbitOptions {
         url: fleet.queue.clone(),
-        queue: fleet.queue_name.clone(),
+        queue: fleet.task_queue(),
         // As `Fleet::queue_args` declares it.
         delivery_limit: 3,
         prefetch: 64,

@@ -117,7 +117,7 @@ async fn tasks_of_expired_or_erased_jobs_never_run() {
     worker.wait_ready().await;
     let queue = tagfleet_io::queue::RabbitQueue::connect(tagfleet_io::queue::RabbitOptions {
         url: fleet.queue.clone(),
-        queue: fleet.queue_name.clone(),
+        queue: fleet.task_queue(),
         delivery_limit: 3,
         prefetch: 1,
         message_ttl: Some(Duration::from_secs(3600)),
@@ -161,7 +161,7 @@ async fn tasks_of_expired_or_erased_jobs_never_run() {
         0,
         "acked, not dead-lettered"
     );
-    assert_eq!(queue.message_count(&fleet.queue_name).await.unwrap(), 0);
+    assert_eq!(queue.message_count(&fleet.task_queue()).await.unwrap(), 0);
 }
 
 /// The arguments RabbitMQ holds for `queue`, from its management API.
@@ -199,7 +199,7 @@ async fn rabbitmq_keeps_messages_no_longer_than_the_retention() {
     );
     scheduler.wait_ready().await;
     for queue in [
-        format!("{}.dlq", fleet.queue_name),
+        format!("{}.dlq", fleet.task_queue()),
         format!("{}.progress.dlq", fleet.queue_name),
     ] {
         let args = rabbit_arguments(&queue).await;
@@ -208,7 +208,7 @@ async fn rabbitmq_keeps_messages_no_longer_than_the_retention() {
 
     let options = RabbitOptions {
         url: fleet.queue.clone(),
-        queue: fleet.queue_name.clone(),
+        queue: fleet.task_queue(),
         delivery_limit: 3,
         prefetch: 1,
         message_ttl: Some(Duration::from_secs(3)),
@@ -234,7 +234,7 @@ async fn rabbitmq_keeps_messages_no_longer_than_the_retention() {
     let (mut seen_dead, mut seen_waiting) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let waiting = queue.message_count(&fleet.queue_name).await.unwrap();
+        let waiting = queue.message_count(&fleet.task_queue()).await.unwrap();
         let dead = queue.message_count(&dlq).await.unwrap();
         seen_dead = seen_dead.max(dead);
         seen_waiting = seen_waiting.max(waiting);
@@ -255,7 +255,7 @@ async fn rabbitmq_keeps_messages_no_longer_than_the_retention() {
 
     // A dead-letter queue from before, without a TTL: the scheduler says what to do.
     let upgrade = Fleet::new("amqp", &keys, &photos);
-    let old = &upgrade.queue_name;
+    let old = &upgrade.task_queue();
     let before = RabbitQueue::connect(RabbitOptions {
         url: fleet.queue.clone(),
         queue: old.clone(),
@@ -297,9 +297,10 @@ async fn sqs_queues_keep_messages_no_longer_than_the_retention() {
     };
     let sqs = aws_sdk_sqs::Client::new(&tagfleet_io::aws::sdk_config(&endpoint).await);
     let name = &fleet.queue_name;
+    let tasks = fleet.task_queue();
     for queue in [
-        name.clone(),
-        format!("{name}-dlq"),
+        tasks.clone(),
+        format!("{tasks}-dlq"),
         format!("{name}-progress"),
         format!("{name}-progress-dlq"),
     ] {

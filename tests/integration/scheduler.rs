@@ -488,7 +488,7 @@ async fn a_redelivered_task_does_not_inflate_the_counts() {
     });
     let queue = tagfleet_io::queue::RabbitQueue::connect(tagfleet_io::queue::RabbitOptions {
         url: service_env("TAGFLEET_TEST_AMQP_URL"),
-        queue: fleet.queue_name.clone(),
+        queue: fleet.task_queue(),
         delivery_limit: 3,
         prefetch: 1,
         // The scheduler's default retention: RabbitMQ refuses another dead-letter TTL.

@@ -30,8 +30,10 @@ const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(1);
 /// secrets file to be reloaded, before it goes back to the queue.
 const UNKNOWN_TENANT_HOLD: Duration = Duration::from_secs(30);
 
-/// How long a task for another model is held before it goes back: a queue has no
-/// per-model routing, and returning it at once would spin on it.
+/// How long a task for another model is held before it goes back. Each model has its own
+/// queue, so such a task was put in the wrong one (by hand, or by an old client): back it
+/// goes, and at the delivery limit to the dead-letter queue. Returning it at once would
+/// spin on it.
 const OTHER_MODEL_HOLD: Duration = Duration::from_secs(2);
 
 /// What the consumer works with.
@@ -138,8 +140,8 @@ impl Consumer {
             }
         };
         if msg.model != self.model_id {
-            // Another worker of the fleet may serve that model: back to the queue, after
-            // a pause so that a worker alone with it does not spin.
+            // The last line behind per-model queues: back to the queue, after a pause so
+            // that a worker alone with it does not spin.
             tracing::warn!(job = %msg.job_id, task = %msg.task_id, wanted = %msg.model, serving = %self.model_id, "returning a task for another model");
             let queue = self.queue.clone();
             tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! What every tagfleet process agrees on, with no I/O: the versioned task and result
-//! schema, object keys, `s3://` locations, the manifest grammar, pseudonyms, tenants and
-//! the retention rule. Queues, stores and network access live in `tagfleet-io`.
+//! schema, object keys, `s3://` locations, the manifest grammar, pseudonyms, tenants, the
+//! retention rule and which task queue a model's tasks go to. Queues, stores and network
+//! access live in `tagfleet-io`.
 
 pub mod job;
 pub mod keys;
@@ -9,6 +10,7 @@ pub mod manifest;
 pub mod pseudonym;
 pub mod refs;
 pub mod retention;
+pub mod routing;
 pub mod schema;
 pub mod secrets;
 pub mod task_id;

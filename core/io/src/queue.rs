@@ -7,10 +7,12 @@ use async_trait::async_trait;
 
 pub mod memory;
 pub mod rabbitmq;
+pub mod routed;
 pub mod sqs;
 
 pub use memory::MemoryQueue;
 pub use rabbitmq::{RabbitOptions, RabbitQueue};
+pub use routed::{RouteError, TaskQueues};
 pub use sqs::{SqsOptions, SqsQueue};
 
 /// Deliveries of one message before it is dead-lettered (RabbitMQ's `x-delivery-limit`,

@@ -106,6 +106,29 @@ a plain value for SQS.
 {{- end }}
 
 {{/*
+The task queue of the workers' model, as core/contracts/src/routing.rs names it (keep the
+two alike; scripts/test_k8s.py checks both against the same names): <base>-<name>_<version>
+(each dot of the version as _) when the name is letters, digits and - and the version
+dot-separated letters and digits, and fits in 76 characters; otherwise a readable prefix,
+__ and 12 hex digits of the id's SHA-256.
+*/}}
+{{- define "tagfleet.taskQueue" -}}
+{{- $base := .Values.queue.name -}}
+{{- $id := .Values.model.id -}}
+{{- $max := 76 -}}
+{{- $short := printf "%s-%s" $base (replace "." "_" (replace "@" "_" $id)) -}}
+{{- if and (regexMatch "^[A-Za-z0-9-]+@[A-Za-z0-9]+(\\.[A-Za-z0-9]+)*$" $id) (le (len $short) $max) -}}
+{{- $short -}}
+{{- else -}}
+{{- $room := sub $max (add (len $base) 15) | int -}}
+{{- if lt $room 0 -}}
+{{- fail (printf "queue.name %q is too long to hold a model's part: at most 61 characters" $base) -}}
+{{- end -}}
+{{- printf "%s-%s__%s" $base (regexReplaceAll "[^A-Za-z0-9-]" $id "-" | trunc $room) (sha256sum $id | trunc 12) -}}
+{{- end -}}
+{{- end }}
+
+{{/*
 The tenants Secret volume, mounted read-only at the folder of TAGFLEET_SECRETS.
 */}}
 {{- define "tagfleet.tenantsVolume" -}}

@@ -21,8 +21,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tagfleet_contracts::keys::is_valid_id;
 use tagfleet_contracts::{S3Location, Secrets};
+use tagfleet_io::ObjectStore;
 use tagfleet_io::netguard::UrlPolicy;
-use tagfleet_io::{ObjectStore, Queue};
+use tagfleet_io::queue::TaskQueues;
 use utoipa::OpenApi;
 
 use crate::error::ApiError;
@@ -65,12 +66,13 @@ pub struct SchedulerConfig {
 }
 
 impl Service {
-    /// A scheduler keeping its records in `store` and publishing tasks to `queue`; `s3`
+    /// A scheduler keeping its records in `store` and publishing each model's tasks to its
+    /// queue in `queues`, which holds one for each of `config.models`; `s3`
     /// lists and reads S3 sources (without it they are refused). Not ready until
     /// [`crate::run_background`] has loaded the store.
     pub fn new(
         store: Arc<dyn ObjectStore>,
-        queue: Arc<dyn Queue>,
+        queues: TaskQueues,
         secrets: Secrets,
         s3: Option<aws_sdk_s3::Client>,
         config: SchedulerConfig,
@@ -84,7 +86,7 @@ impl Service {
         };
         let book = JobBook::new(
             store.clone(),
-            queue,
+            queues,
             secrets,
             sources,
             BookConfig {

@@ -11,7 +11,7 @@ use tagfleet_contracts::job::JobState;
 use tagfleet_contracts::keys::Key;
 use tagfleet_contracts::schema::{ProgressMessage, SCHEMA_VERSION};
 use tagfleet_io::netguard::UrlPolicy;
-use tagfleet_io::queue::MemoryQueue;
+use tagfleet_io::queue::{MemoryQueue, TaskQueues};
 use tagfleet_io::store::{FsStore, ObjectMeta};
 use tagfleet_io::{ObjectStore, Queue, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ fn new_service(store: Arc<dyn ObjectStore>) -> Arc<Service> {
     .unwrap();
     Service::new(
         store,
-        Arc::new(MemoryQueue::new(3)),
+        TaskQueues::shared(["efficientnet-lite0@1"], Arc::new(MemoryQueue::new(3))),
         secrets,
         None,
         SchedulerConfig {

@@ -125,8 +125,7 @@ impl JobBook {
         images: u64,
     ) -> Result<JobView, ApiError> {
         let tasks = messages.len() as u64;
-        let bodies = messages.iter().map(TaskMessage::to_json).collect();
-        match self.queue.publish_batch(bodies).await {
+        match self.queues.publish(&messages).await {
             Ok(()) => {
                 metrics::TASKS_PUBLISHED.inc_by(tasks);
                 metrics::IMAGES

@@ -1,4 +1,4 @@
-//! The job book's metrics: jobs by state, images pending, queue depth.
+//! The job book's metrics: jobs by state, images pending, queue depth by model.
 
 use std::collections::BTreeMap;
 
@@ -9,19 +9,21 @@ use crate::metrics;
 use crate::record::JobRecord;
 
 impl JobBook {
-    /// Updates the queue depth gauges.
+    /// Updates the queue depth gauges, per model: each model's workers scale on its queue.
     pub async fn sample_queue(&self) {
-        match self.queue.depth().await {
-            Ok(Some(depth)) => {
-                metrics::QUEUE_MESSAGES
-                    .with_label_values(&["tasks"])
-                    .set(depth.ready as i64);
-                metrics::QUEUE_MESSAGES
-                    .with_label_values(&["dead_letter"])
-                    .set(depth.dead_lettered as i64);
+        for (model, queue) in self.queues.iter() {
+            match queue.depth().await {
+                Ok(Some(depth)) => {
+                    metrics::QUEUE_MESSAGES
+                        .with_label_values(&["tasks", model])
+                        .set(depth.ready as i64);
+                    metrics::QUEUE_MESSAGES
+                        .with_label_values(&["dead_letter", model])
+                        .set(depth.dead_lettered as i64);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(model, error = %e, "reading the queue depth failed"),
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the queue depth failed"),
         }
     }
 }

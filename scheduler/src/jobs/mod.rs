@@ -30,7 +30,8 @@ use tagfleet_contracts::job::{JobHead, JobState};
 use tagfleet_contracts::keys::{Area, Key};
 use tagfleet_contracts::retention::is_expired;
 use tagfleet_contracts::secrets::TenantSecrets;
-use tagfleet_io::{ObjectStore, Queue, StoreError};
+use tagfleet_io::queue::TaskQueues;
+use tagfleet_io::{ObjectStore, StoreError};
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
@@ -54,7 +55,8 @@ type JobId = (String, String);
 
 pub struct JobBook {
     store: Arc<dyn ObjectStore>,
-    queue: Arc<dyn Queue>,
+    /// A task queue per model the fleet serves.
+    queues: TaskQueues,
     secrets: Secrets,
     sources: SourceReader,
     config: BookConfig,
@@ -96,14 +98,14 @@ pub use retry::Retried;
 impl JobBook {
     pub fn new(
         store: Arc<dyn ObjectStore>,
-        queue: Arc<dyn Queue>,
+        queues: TaskQueues,
         secrets: Secrets,
         sources: SourceReader,
         config: BookConfig,
     ) -> Self {
         Self {
             store,
-            queue,
+            queues,
             secrets,
             sources,
             config,

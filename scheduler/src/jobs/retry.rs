@@ -43,6 +43,12 @@ impl JobBook {
                 "every image of the job has a result".into(),
             ));
         }
+        if self.queues.get(&record.model).is_none() {
+            return Err(ApiError::Conflict(format!(
+                "the fleet does not serve the job's model {} any more",
+                record.model
+            )));
+        }
         if record.source_withheld {
             return Err(ApiError::Conflict(
                 "the job keeps nothing (retain: false), not even its source: submit the \

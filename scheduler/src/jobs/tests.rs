@@ -9,11 +9,12 @@ use tagfleet_contracts::schema::{GivenUp, ProgressMessage, SCHEMA_VERSION, Statu
 use tagfleet_contracts::secrets::{NewTenant, new_tenant};
 use tagfleet_contracts::{ErrorKind, ImageError, Pseudonymiser, ResultLine, Secrets, TaskMessage};
 use tagfleet_io::netguard::UrlPolicy;
-use tagfleet_io::queue::MemoryQueue;
+use tagfleet_io::queue::{MemoryQueue, TaskQueues};
 use tagfleet_io::store::FsStore;
 use tagfleet_io::{ObjectStore, Queue, StoreError};
 
 use super::{BookConfig, JobBook};
+use crate::error::ApiError;
 use crate::record::JobRecord;
 use crate::sources::SourceReader;
 use crate::spec::JobSpec;
@@ -43,9 +44,15 @@ fn setup() -> Setup {
 
 /// A job book on `store` and `queue` (a restarted scheduler's, the second time).
 fn book_on(store: &Arc<dyn ObjectStore>, queue: &Arc<MemoryQueue>, tenant: &NewTenant) -> JobBook {
+    serving(store, TaskQueues::shared(["m@1"], queue.clone()), tenant)
+}
+
+/// A job book on `store` serving the models of `queues`, the first the default.
+fn serving(store: &Arc<dyn ObjectStore>, queues: TaskQueues, tenant: &NewTenant) -> JobBook {
+    let models = queues.iter().map(|(m, _)| m.to_owned()).collect();
     JobBook::new(
         store.clone(),
-        queue.clone(),
+        queues,
         Secrets::parse(&tenant.stanza).unwrap(),
         SourceReader {
             s3: None,
@@ -55,7 +62,7 @@ fn book_on(store: &Arc<dyn ObjectStore>, queue: &Arc<MemoryQueue>, tenant: &NewT
             fleet_store: None,
         },
         BookConfig {
-            models: vec!["m@1".into()],
+            models,
             chunk_size: 2,
             retention: Duration::from_secs(3600),
         },
@@ -384,4 +391,46 @@ async fn a_task_given_up_whose_result_object_exists_after_all_is_counted_from_it
         (job.counts.done, job.counts.unfinished, job.state),
         (2, 0, JobState::Running)
     );
+}
+
+#[tokio::test]
+async fn tasks_go_to_their_models_queue_and_a_model_no_longer_served_is_not_retried() {
+    let Setup { store, tenant, .. } = setup();
+    let (m, n) = (Arc::new(MemoryQueue::new(3)), Arc::new(MemoryQueue::new(3)));
+    let queues = TaskQueues::new([
+        ("m@1".to_owned(), m.clone() as Arc<dyn Queue>),
+        ("n@2".to_owned(), n.clone() as Arc<dyn Queue>),
+    ]);
+    let book = serving(&store, queues, &tenant);
+    let image = "https://93.184.216.34/shop/a.jpg";
+    let spec = |model: Option<&str>| -> JobSpec {
+        let mut spec = serde_json::json!({"source": {"kind": "urls", "urls": [image]}});
+        if let Some(model) = model {
+            spec["model"] = model.into();
+        }
+        crate::spec::parse(spec.to_string().as_bytes()).unwrap()
+    };
+    let id = book
+        .create("acme", spec(Some("n@2")), None)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(published(&m).await, Vec::<Vec<String>>::new());
+    assert_eq!(published(&n).await, vec![vec![image.to_owned()]]);
+    book.create("acme", spec(None), None).await.unwrap();
+    assert_eq!(published(&m).await, vec![vec![image.to_owned()]]);
+    assert_eq!(published(&n).await, Vec::<Vec<String>>::new());
+
+    // The n@2 job fails; a fleet that serves only m@1 now will not re-publish it.
+    book.apply_progress(&[report(&id, "t000001", 0, 1, None)])
+        .await
+        .unwrap();
+    book.flush().await.unwrap();
+    let fewer = serving(&store, TaskQueues::shared(["m@1"], m.clone()), &tenant);
+    fewer.load().await.unwrap();
+    match fewer.retry("acme", &id).await {
+        Err(ApiError::Conflict(why)) => assert!(why.contains("n@2"), "{why}"),
+        other => panic!("{:?}", other.map(|r| r.images)),
+    }
+    assert_eq!(published(&m).await, Vec::<Vec<String>>::new());
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::TimeDelta;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
-use tagfleet_io::queue::MemoryQueue;
+use tagfleet_io::queue::{MemoryQueue, TaskQueues};
 use tagfleet_io::store::{FsStore, ObjectMeta};
 use tokio::sync::{Notify, oneshot};
 
@@ -26,7 +26,7 @@ fn new_service(store: Arc<dyn ObjectStore>) -> Arc<Service> {
     .unwrap();
     Service::new(
         store,
-        Arc::new(MemoryQueue::new(3)),
+        TaskQueues::shared(["efficientnet-lite0@1"], Arc::new(MemoryQueue::new(3))),
         secrets,
         None,
         SchedulerConfig {

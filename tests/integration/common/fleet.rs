@@ -53,9 +53,13 @@ pub fn write_secrets(dir: &Path, tenants: &[(&str, &str, Option<&str>)]) {
     std::fs::write(dir.join("secrets.toml"), text).unwrap();
 }
 
+/// The model of the fleet's workers (the repo's model folder) and of its jobs by default.
+pub const MODEL: &str = "efficientnet-lite0@1";
+
 /// The fleet of one test: its queue, its bucket, its tenant key folder.
 pub struct Fleet {
     pub queue: String,
+    /// What the queue names derive from (--queue-name, or sqs://NAME).
     pub queue_name: String,
     pub bucket: String,
     /// The S3 its processes use: the shared one, unless the test runs its own
@@ -92,6 +96,16 @@ impl Fleet {
             file_root: file_root.to_path_buf(),
             extra_queue_args,
         }
+    }
+
+    /// The task queue of the workers' model, [`MODEL`].
+    pub fn task_queue(&self) -> String {
+        self.task_queue_of(MODEL)
+    }
+
+    /// The task queue of `model` (name@version).
+    pub fn task_queue_of(&self, model: &str) -> String {
+        tagfleet_contracts::routing::task_queue(&self.queue_name, model).unwrap()
     }
 
     /// The tenants secrets file in the keys folder (see [`write_secrets`]).
