@@ -14,6 +14,7 @@ mod hardening;
 mod outages;
 mod privacy;
 mod privacy_edges;
+mod reload;
 mod routing;
 mod run;
 mod scheduler;

@@ -45,7 +45,7 @@ async fn wait_for_results(store: &S3Store, prefix: &str, at_least: usize, worker
 }
 
 /// The task queue of the fleet's model, as a test client sees it.
-async fn task_queue(fleet: &Fleet) -> RabbitQueue {
+pub(crate) async fn task_queue(fleet: &Fleet) -> RabbitQueue {
     RabbitQueue::connect(RabbitOptions {
         url: fleet.queue.clone(),
         queue: fleet.task_queue(),
