@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::common::fleet::{
-    Fleet, Worker, create_job, http_get, service_env, upload, wait_state, write_secrets,
+    Fleet, create_job, http_get, service_env, upload, wait_state, write_secrets,
 };
 use crate::common::private_s3::PrivateS3;
 use crate::common::*;
 use tagfleet_contracts::keys::job_results_prefix;
 use tagfleet_io::queue::{RabbitOptions, RabbitQueue};
-use tagfleet_io::store::S3Store;
 use tagfleet_io::{ObjectStore, Queue};
 
 const TENANT: &str = "acme";
@@ -34,14 +33,6 @@ fn photos_and_keys(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(&keys).unwrap();
     write_secrets(&keys, &[(TENANT, &"ab".repeat(32), None)]);
     (photos, keys)
-}
-
-async fn wait_for_results(store: &S3Store, prefix: &str, at_least: usize, worker: &Worker) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while store.list(prefix).await.unwrap().len() < at_least {
-        assert!(Instant::now() < deadline, "no results:\n{}", worker.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The task queue of the fleet's model, as a test client sees it.
@@ -74,7 +65,9 @@ async fn a_draining_worker_leaves_the_messages_it_did_not_start_undelivered() {
     );
     worker.wait_ready().await;
     let prefix = job_results_prefix(TENANT, &job);
-    wait_for_results(&store, &prefix, 1, &worker).await;
+    fleet
+        .wait_for_results(&store, TENANT, &job, 1, &worker)
+        .await;
     worker.signal("TERM");
     let status = worker.wait_exit(Duration::from_secs(60)).await;
     assert!(status.success(), "{status}:\n{}", worker.logs());
@@ -129,8 +122,9 @@ async fn broker_restart_during_a_drain_loses_nothing() {
         ],
     );
     first.wait_ready().await;
-    let prefix = job_results_prefix(TENANT, &job);
-    wait_for_results(&store, &prefix, 1, &first).await;
+    fleet
+        .wait_for_results(&store, TENANT, &job, 1, &first)
+        .await;
 
     first.signal("TERM");
     let restart = std::process::Command::new(service_env("TAGFLEET_TEST_SERVICES_SCRIPT"))
@@ -151,15 +145,10 @@ async fn broker_restart_during_a_drain_loses_nothing() {
 
     let mut second = fleet.worker(&dir.path().join("second.log"), &[]);
     second.wait_ready().await;
-    wait_for_results(&store, &prefix, 11, &second).await;
-    let mut images = Vec::new();
-    for object in store.list(&prefix).await.unwrap() {
-        let body = store.get(&object.key).await.unwrap();
-        for line in String::from_utf8(body).unwrap().lines() {
-            let line: serde_json::Value = serde_json::from_str(line).unwrap();
-            images.push(line["image"].as_str().unwrap().to_owned());
-        }
-    }
+    let lines = fleet
+        .wait_for_results(&store, TENANT, &job, 11, &second)
+        .await;
+    let mut images: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
     images.sort_unstable();
     let all = images.len();
     images.dedup();
@@ -206,8 +195,9 @@ async fn an_s3_outage_of_30_s_mid_job_is_waited_out_and_the_job_ends_whole() {
         &["--max-batch", "1", "--max-tasks-in-flight", "2"],
     );
     worker.wait_ready().await;
-    let prefix = job_results_prefix(TENANT, &id);
-    wait_for_results(&store, &prefix, 1, &worker).await;
+    fleet
+        .wait_for_results(&store, TENANT, &id, 1, &worker)
+        .await;
 
     s3.stop();
     let stopped = Instant::now();

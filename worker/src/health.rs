@@ -20,6 +20,15 @@ pub const MAX_OUTAGE_HOLD: Duration = Duration::from_secs(10 * 60);
 /// Back-off between tries while the store is unavailable: short enough to resume within
 /// a couple of seconds of its return.
 const RETRY_DELAYS_MS: [u64; 5] = [100, 250, 500, 1000, 2000];
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// The pauses between tries: [`RETRY_DELAYS_MS`], then [`MAX_RETRY_DELAY`] for ever.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    RETRY_DELAYS_MS
+        .into_iter()
+        .map(Duration::from_millis)
+        .chain(std::iter::repeat(MAX_RETRY_DELAY))
+}
 
 #[derive(Debug, Clone)]
 pub struct Health {
@@ -96,13 +105,10 @@ impl Health {
     /// Waits until the store answers, probing it with a read of a key that does not exist
     /// (any answer will do) while nothing else does.
     pub async fn store_answers(&self, store: &dyn ObjectStore) {
-        let mut delays = RETRY_DELAYS_MS
-            .iter()
-            .copied()
-            .chain(std::iter::repeat(2000));
+        let mut delays = retry_delays();
         while !self.store_up() {
             let back = self.inner.store_back.notified();
-            let wait = Duration::from_millis(delays.next().unwrap_or(2000));
+            let wait = delays.next().unwrap_or(MAX_RETRY_DELAY);
             tokio::select! {
                 () = back => {}
                 () = tokio::time::sleep(wait) => {
@@ -151,10 +157,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let mut delays = RETRY_DELAYS_MS
-        .iter()
-        .copied()
-        .chain(std::iter::repeat(2000));
+    let mut delays = retry_delays();
     loop {
         let result = call().await;
         if let Some(health) = health {
@@ -163,7 +166,7 @@ where
         match result {
             Err(e) if e.is_transient() && Instant::now() < until => {
                 tracing::debug!(what, error = %e, "store call failed; trying again");
-                let wait = Duration::from_millis(delays.next().unwrap_or(2000));
+                let wait = delays.next().unwrap_or(MAX_RETRY_DELAY);
                 tokio::time::sleep_until((Instant::now() + wait).min(until)).await;
             }
             other => return other,
