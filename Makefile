@@ -68,7 +68,7 @@ $(PHOTOS)/.ready: $(VENV)/.ready scripts/extract_photos.py
 	$(PY) scripts/extract_photos.py --wheels .cache/wheels --out $(PHOTOS)
 	touch $@
 
-build: model
+build: model tools
 	cargo build --release
 
 bench: model photos build
@@ -78,10 +78,12 @@ bench: model photos build
 bench-publish: build
 	scripts/with-services.sh sh -c './target/release/tagfleet bench --publish-queue "$$TAGFLEET_TEST_AMQP_URL"'
 
+# cmake and nasm build the vendored libjpeg-turbo; cargo-nextest runs the tests.
 tools:
+	@scripts/setup-build-tools.sh
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 
-lint:
+lint: tools
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

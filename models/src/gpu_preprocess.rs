@@ -416,9 +416,11 @@ mod tests {
     #[test]
     fn the_reference_resizes_a_flat_image_to_the_same_flat_value() {
         let input = spec();
-        let image = Decoded {
-            pixels: image::RgbImage::from_pixel(640, 480, image::Rgb([200, 100, 0])),
-        };
+        let image = Decoded::full(image::RgbImage::from_pixel(
+            640,
+            480,
+            image::Rgb([200, 100, 0]),
+        ));
         let cpu = Preprocessor::new(&input);
         let mut out = vec![0.0; cpu.tensor_len()];
         reference(&image, cpu.crop_box(640, 480), &input, &mut out);
@@ -540,9 +542,7 @@ mod tests {
             .map(|_| {
                 let (w, h) = (16 + next() % 2400, 16 + next() % 1800);
                 let bytes = (0..w * h * 3).map(|_| next() as u8).collect();
-                Decoded {
-                    pixels: image::RgbImage::from_raw(w as u32, h as u32, bytes).unwrap(),
-                }
+                Decoded::full(image::RgbImage::from_raw(w as u32, h as u32, bytes).unwrap())
             })
             .collect();
         let worst = worst_error(&mut gpu, &input, &images);

@@ -15,7 +15,7 @@ pub mod runtime;
 pub mod spec;
 
 pub use backend::{Backend, BackendError, BatchOutput, Device};
-pub use decode::{DecodeLimits, Decoded, decode, decode_cost};
+pub use decode::{DecodeLimits, Decoded, decode, decode_cost, decode_to_fit};
 pub use ort_backend::OrtBackend;
 pub use preprocess::Preprocessor;
 pub use spec::ModelSpec;

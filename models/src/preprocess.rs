@@ -40,6 +40,14 @@ impl Preprocessor {
         3 * self.input.width as usize * self.input.height as usize
     }
 
+    /// Whether a `width`x`height` image holds enough pixels: its crop is at least the
+    /// model's input size on both sides, so resizing it never enlarges. What a scaled
+    /// decode ([`crate::decode_to_fit`]) must keep.
+    pub fn covers(&self, width: u32, height: u32) -> bool {
+        let (_, _, cw, ch) = self.crop_box(width, height);
+        cw >= f64::from(self.input.width) && ch >= f64::from(self.input.height)
+    }
+
     /// The crop taken from a `width`x`height` image: the largest centred rectangle of the
     /// model's aspect ratio, scaled by `crop_fraction`. Returns (left, top, width, height).
     pub fn crop_box(&self, width: u32, height: u32) -> Crop {
@@ -128,9 +136,7 @@ mod tests {
     #[test]
     fn normalisation_and_channel_planes() {
         let mut p = Preprocessor::new(&spec(4, 4, 1.0));
-        let img = Decoded {
-            pixels: RgbImage::from_pixel(8, 8, image::Rgb([255, 127, 0])),
-        };
+        let img = Decoded::full(RgbImage::from_pixel(8, 8, image::Rgb([255, 127, 0])));
         let mut out = vec![0.0; p.tensor_len()];
         p.run(&img, &mut out);
         assert!(
@@ -153,7 +159,7 @@ mod tests {
             image::Rgb(if inside { [0, 0, 0] } else { [255, 255, 255] })
         });
         let mut p = Preprocessor::new(&spec(10, 10, 0.5));
-        let rgb = p.resize(&Decoded { pixels: img }, p.crop_box(100, 100));
+        let rgb = p.resize(&Decoded::full(img), p.crop_box(100, 100));
         assert!(rgb.iter().all(|v| *v == 0), "{rgb:?}");
     }
 }

@@ -116,14 +116,15 @@ fn prepare(
     limits: DecodeLimits,
     work: &mut Work,
 ) -> Result<(ModelInput, u32, u32), ImageError> {
-    // A decoder bug on hostile input must cost one image, not the worker.
-    let decoded =
-        std::panic::catch_unwind(AssertUnwindSafe(|| tagfleet_models::decode(bytes, limits)))
-            .map_err(|_| {
-                ImageError::new(ErrorKind::Decode, "the decoder failed on this image")
-            })??;
+    // JPEGs decode at the smallest DCT scale that still covers the model's crop. A
+    // decoder bug on hostile input must cost one image, not the worker.
+    let fits = |w, h| pre.covers(w, h);
+    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        tagfleet_models::decode_to_fit(bytes, limits, &fits)
+    }))
+    .map_err(|_| ImageError::new(ErrorKind::Decode, "the decoder failed on this image"))??;
     work.timings.lap("decode");
-    let (width, height) = (decoded.width(), decoded.height());
+    let (width, height) = decoded.full_size;
     let input = match preprocessing {
         Preprocessing::Cpu => {
             let mut tensor = vec![0.0; pre.tensor_len()];
@@ -133,7 +134,7 @@ fn prepare(
         }
         Preprocessing::Executors(budget) => ModelInput::Pixels {
             _budget: budget.reserve(decoded.pixels.as_raw().len()),
-            crop: pre.crop_box(width, height),
+            crop: pre.crop_box(decoded.width(), decoded.height()),
             image: decoded,
         },
     };

@@ -234,6 +234,7 @@ mod tests {
             jpeg: Some(JpegFrame {
                 sampling: vec![(2, 2), (1, 1), (1, 1)],
                 buffered: false,
+                orientation: None,
             }),
             ..Facts::default()
         };

@@ -5,17 +5,24 @@
 //! outsized metadata, is refused without allocating its pixels. EXIF orientation is
 //! applied; grey, alpha, CMYK, 16-bit and float images end as RGB8, alpha flattened onto
 //! white, converted in the decoder's own buffer.
+//!
+//! JPEGs are decoded by libjpeg-turbo ([`jpeg`]), and [`decode_to_fit`] lets it scale
+//! them down by 2, 4 or 8 in the IDCT when the caller needs no more pixels than that.
 
 mod budget;
+mod jpeg;
 mod rgb8;
 mod scan;
 
 use std::io::Cursor;
 
-use image::{ImageDecoder, ImageError as ImgError, ImageReader, Limits, RgbImage};
+use image::metadata::Orientation;
+use image::{
+    ColorType, ImageDecoder, ImageError as ImgError, ImageFormat, ImageReader, Limits, RgbImage,
+};
 use tagfleet_contracts::{ErrorKind, ImageError};
 
-pub use scan::MAX_METADATA_BYTES;
+pub use scan::{MAX_JPEG_SCANS, MAX_METADATA_BYTES};
 
 /// Default refusal thresholds.
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50 * 1024 * 1024;
@@ -49,38 +56,81 @@ impl Default for DecodeLimits {
     }
 }
 
-/// A decoded, upright RGB8 image.
+/// A decoded, upright RGB8 image, perhaps at a reduced scale.
 #[derive(Debug, Clone)]
 pub struct Decoded {
     pub pixels: RgbImage,
+    /// The image's upright size as stored: what a result reports, whatever the scale the
+    /// pixels were decoded at.
+    pub full_size: (u32, u32),
 }
 
 impl Decoded {
+    /// Pixels decoded at the image's full size.
+    pub fn full(pixels: RgbImage) -> Self {
+        let full_size = pixels.dimensions();
+        Self { pixels, full_size }
+    }
+    /// Width of the pixels held.
     pub fn width(&self) -> u32 {
         self.pixels.width()
     }
+    /// Height of the pixels held.
     pub fn height(&self) -> u32 {
         self.pixels.height()
     }
 }
 
-/// Decodes `bytes`. Every failure is an [`ImageError`] with its kind; messages never
-/// contain anything of the image's name or metadata.
+/// Decodes `bytes` at full size. Every failure is an [`ImageError`] with its kind;
+/// messages never contain anything of the image's name or metadata.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, ImageError> {
+    decode_with(bytes, limits, None)
+}
+
+/// Decodes `bytes` at the smallest scale (1/8, 1/4, 1/2 of each side, or full) whose
+/// upright width and height still `fit`; only JPEGs are decoded scaled, other formats
+/// come at full size. Fails as [`decode`] does.
+pub fn decode_to_fit(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    fits: &dyn Fn(u32, u32) -> bool,
+) -> Result<Decoded, ImageError> {
+    decode_with(bytes, limits, Some(fits))
+}
+
+fn decode_with(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    fits: Option<&dyn Fn(u32, u32) -> bool>,
+) -> Result<Decoded, ImageError> {
     let Checked {
-        decoder,
+        reader,
         width,
         height,
         color,
         orientation,
         ..
     } = check(bytes, limits)?;
-    // Within the budget: the decoder writes into a buffer that is then converted in place.
-    let mut buf = vec![0u8; decoder.total_bytes() as usize];
-    decoder.read_image(&mut buf).map_err(classify)?;
-    let pixels = rgb8::into_rgb8(buf, width, height, color)?;
+    let swap = budget::swaps_axes(orientation);
+    let upright = move |w: u32, h: u32| if swap { (h, w) } else { (w, h) };
+    let stored = match reader {
+        Reader::Turbo(header) => {
+            let scale = match fits {
+                Some(fits) => jpeg::scale_for(&header, upright, fits),
+                None => turbojpeg::ScalingFactor::ONE,
+            };
+            jpeg::decode(bytes, &header, scale)?
+        }
+        Reader::Image(decoder) => {
+            // Within the budget: the decoder writes into a buffer converted in place.
+            let mut buf = vec![0u8; decoder.total_bytes() as usize];
+            decoder.read_image(&mut buf).map_err(classify)?;
+            rgb8::into_rgb8(buf, width, height, color)?
+        }
+    };
     Ok(Decoded {
-        pixels: rgb8::orient(pixels, orientation),
+        pixels: rgb8::orient(stored, orientation),
+        full_size: upright(width, height),
     })
 }
 
@@ -90,13 +140,21 @@ pub fn decode_cost(bytes: &[u8], limits: DecodeLimits) -> Result<u64, ImageError
     check(bytes, limits).map(|c| c.peak)
 }
 
+/// Who decodes an image that passed every check.
+enum Reader<D> {
+    /// libjpeg-turbo, able to scale.
+    Turbo(jpeg::Header),
+    /// The `image` crate's decoder for the format.
+    Image(D),
+}
+
 /// A decoder whose image passed every check, and what its header says.
 struct Checked<D> {
-    decoder: D,
+    reader: Reader<D>,
     width: u32,
     height: u32,
-    color: image::ColorType,
-    orientation: image::metadata::Orientation,
+    color: ColorType,
+    orientation: Orientation,
     peak: u64,
 }
 
@@ -130,11 +188,43 @@ fn check(
     })?;
     // Before the decoder: it would inflate a PNG's ICC profile while reading the header.
     let facts = scan::scan(format, bytes)?;
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.limits(decoder_limits(limits));
-    let mut decoder = reader.into_decoder().map_err(classify)?;
-
-    let (width, height) = decoder.dimensions();
+    let turbo = match format {
+        ImageFormat::Jpeg => jpeg::header(bytes)?,
+        _ => None,
+    };
+    let (reader, width, height, color, orientation) = match turbo {
+        Some(header) => {
+            let orientation = facts
+                .jpeg
+                .as_ref()
+                .and_then(|f| f.orientation)
+                .unwrap_or(Orientation::NoTransforms);
+            let color = if header.grey {
+                ColorType::L8
+            } else {
+                ColorType::Rgb8
+            };
+            let (w, h) = (header.width, header.height);
+            (Reader::Turbo(header), w, h, color, orientation)
+        }
+        None => {
+            let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+            reader.limits(decoder_limits(limits));
+            let mut decoder = reader.into_decoder().map_err(classify)?;
+            let (w, h) = decoder.dimensions();
+            // A broken EXIF block does not make the pixels unusable: keep them
+            // upright-as-stored.
+            let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+            let color = decoder.color_type();
+            (Reader::Image(decoder), w, h, color, orientation)
+        }
+    };
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(ImageError::new(
+            ErrorKind::TooLarge,
+            format!("image is {width}x{height}, the longest side accepted is {MAX_SIDE}"),
+        ));
+    }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
         return Err(ImageError::new(
@@ -145,11 +235,6 @@ fn check(
             ),
         ));
     }
-    // A broken EXIF block does not make the pixels unusable: keep them upright-as-stored.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let color = decoder.color_type();
     let cost = budget::Plan {
         format,
         width,
@@ -177,7 +262,7 @@ fn check(
         ));
     }
     Ok(Checked {
-        decoder,
+        reader,
         width,
         height,
         color,

@@ -5,11 +5,17 @@
 use std::io::Read;
 
 use image::ImageFormat;
+use image::metadata::Orientation;
 use tagfleet_contracts::{ErrorKind, ImageError};
 
 /// Metadata (an ICC profile, an EXIF block) larger than this is refused. Real ones are
 /// tens of KB; a PNG's profile is compressed, so a 1 MB file can carry a 1 GB one.
 pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// Scans a JPEG may have. Encoders write one, or about ten when progressive; each scan of
+/// a progressive image revisits all of its coefficients, so thousands of tiny scans turn
+/// a small file into minutes of decoding.
+pub const MAX_JPEG_SCANS: usize = 100;
 
 /// What the cost of decoding depends on beyond size and colour type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +34,8 @@ pub struct JpegFrame {
     /// Whether every coefficient is held until the last scan: progressive, or more than
     /// one scan, where a component's data is complete only at the end.
     pub buffered: bool,
+    /// The EXIF orientation of the first APP1 Exif segment, when it has one.
+    pub orientation: Option<Orientation>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,9 +140,16 @@ fn jpeg(bytes: &[u8]) -> Result<JpegFrame, ImageError> {
         ));
     }
     let scans = bytes.windows(2).filter(|w| *w == [0xFF, 0xDA]).count();
+    if scans > MAX_JPEG_SCANS {
+        return Err(ImageError::new(
+            ErrorKind::TooLarge,
+            format!("JPEG has {scans} scans, the limit is {MAX_JPEG_SCANS}"),
+        ));
+    }
     let mut frame = JpegFrame {
         sampling: Vec::new(),
         buffered: scans > 1,
+        orientation: None,
     };
     let mut icc = 0u64;
     let mut at = 2;
@@ -152,6 +167,9 @@ fn jpeg(bytes: &[u8]) -> Result<JpegFrame, ImageError> {
         match marker {
             0xDA => break,
             0xE2 if segment.starts_with(b"ICC_PROFILE\0") => icc += segment.len() as u64,
+            0xE1 if frame.orientation.is_none() && segment.starts_with(b"Exif\0\0") => {
+                frame.orientation = Orientation::from_exif_chunk(&segment[6..]);
+            }
             0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
                 frame.buffered |= matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
                 let components = usize::from(*segment.get(5).unwrap_or(&0));

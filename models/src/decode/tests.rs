@@ -320,3 +320,201 @@ fn the_decoders_own_limits_stand_behind_the_budget() {
     assert_eq!(err.kind, ErrorKind::TooLarge, "{err}");
     assert!(err.message.starts_with("decoder limit"), "{err}");
 }
+
+// ---------------------------------------------------------------- scaled JPEG decoding
+
+/// What the model needs: a 224-pixel crop of 0.875 of the shorter side.
+fn covers_224(w: u32, h: u32) -> bool {
+    f64::from(w.min(h)) * 0.875 >= 224.0
+}
+
+/// A sample photo enlarged to `w`x`h`: real content at a camera's size.
+fn photo(w: u32, h: u32) -> RgbImage {
+    let coffee = crate::test_support::photos()
+        .into_iter()
+        .find(|p| p.full_size == (600, 400))
+        .expect("coffee.png, 600x400, among the sample photos");
+    image::imageops::resize(&coffee.pixels, w, h, image::imageops::FilterType::Triangle)
+}
+
+/// `image` as a JPEG by libjpeg-turbo, with `tune` setting the encoder's options.
+fn turbo_jpeg(image: &RgbImage, tune: impl FnOnce(&mut turbojpeg::Compressor)) -> Vec<u8> {
+    let mut c = turbojpeg::Compressor::new().unwrap();
+    c.set_quality(88).unwrap();
+    tune(&mut c);
+    c.compress_to_vec(turbojpeg::Image {
+        pixels: image.as_raw().as_slice(),
+        width: image.width() as usize,
+        pitch: image.width() as usize * 3,
+        height: image.height() as usize,
+        format: turbojpeg::PixelFormat::RGB,
+    })
+    .unwrap()
+}
+
+/// `image` as a baseline JPEG with a restart marker after every MCU row, through
+/// TurboJPEG's C API (the crate does not expose the restart interval).
+fn jpeg_with_restart_markers(image: &RgbImage) -> Vec<u8> {
+    use turbojpeg::raw;
+    // SAFETY: a compressor handle used and freed here; the source is width*height*3
+    // bytes of RGB, and the output buffer libjpeg-turbo allocates is copied out, then freed.
+    unsafe {
+        let handle = raw::tj3Init(raw::TJINIT_TJINIT_COMPRESS as i32);
+        assert!(!handle.is_null());
+        for (param, value) in [
+            (raw::TJPARAM_TJPARAM_QUALITY, 88),
+            (raw::TJPARAM_TJPARAM_SUBSAMP, raw::TJSAMP_TJSAMP_420),
+            (raw::TJPARAM_TJPARAM_RESTARTROWS, 1),
+        ] {
+            assert_eq!(raw::tj3Set(handle, param as i32, value), 0);
+        }
+        let mut out: *mut u8 = std::ptr::null_mut();
+        let mut len: raw::size_t = 0;
+        let rc = raw::tj3Compress8(
+            handle,
+            image.as_raw().as_ptr(),
+            image.width() as i32,
+            0,
+            image.height() as i32,
+            raw::TJPF_TJPF_RGB,
+            &mut out,
+            &mut len,
+        );
+        assert_eq!(rc, 0);
+        let bytes = std::slice::from_raw_parts(out, len as usize).to_vec();
+        raw::tj3Free(out.cast());
+        raw::tj3Destroy(handle);
+        bytes
+    }
+}
+
+/// Mean absolute difference per sample between `scaled` and `full` shrunk to its size
+/// by averaging: how far the IDCT's scaling strays from decoding everything.
+fn mean_difference(scaled: &RgbImage, full: &RgbImage) -> f64 {
+    let shrunk = image::imageops::thumbnail(full, scaled.width(), scaled.height());
+    let total: u64 = scaled
+        .as_raw()
+        .iter()
+        .zip(shrunk.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    total as f64 / scaled.as_raw().len() as f64
+}
+
+#[test]
+fn a_camera_sized_jpeg_decodes_at_the_smallest_scale_covering_the_crop() {
+    let limits = DecodeLimits::default();
+    // (stored size, the size decoded): 1/8 leaves a 320x256 image whose 224-pixel crop
+    // just covers 224; at 2400x1600, 1/8 would leave a 175-pixel crop, so 1/4; a small
+    // image stays whole.
+    for ((w, h), expect) in [
+        ((2560, 2048), (320, 256)),
+        ((2400, 1600), (600, 400)),
+        ((1200, 800), (600, 400)),
+        ((600, 400), (600, 400)),
+        ((500, 300), (500, 300)),
+    ] {
+        let jpeg = turbo_jpeg(&photo(w, h), |_| {});
+        let scaled = decode_to_fit(&jpeg, limits, &covers_224).unwrap();
+        assert_eq!(scaled.full_size, (w, h), "reported at its stored size");
+        assert_eq!(scaled.pixels.dimensions(), expect, "{w}x{h}");
+        assert!(covers_224(scaled.width(), scaled.height()));
+        let full = decode(&jpeg, limits).unwrap();
+        assert_eq!(full.pixels.dimensions(), (w, h));
+        let diff = mean_difference(&scaled.pixels, &full.pixels);
+        assert!(diff < 3.0, "{w}x{h}: scaled decode strays {diff:.2} levels");
+    }
+}
+
+#[test]
+fn scaled_decoding_keeps_progressive_subsampled_grey_and_restart_marker_files() {
+    let limits = DecodeLimits::default();
+    let rgb = photo(2048, 1536);
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("baseline 4:2:0", turbo_jpeg(&rgb, |_| {})),
+        (
+            "progressive",
+            turbo_jpeg(&rgb, |c| c.set_progressive(true).unwrap()),
+        ),
+        (
+            "4:4:4",
+            turbo_jpeg(&rgb, |c| c.set_subsamp(turbojpeg::Subsamp::None).unwrap()),
+        ),
+        ("restart markers", jpeg_with_restart_markers(&rgb)),
+        ("greyscale", grey_jpeg(&rgb)),
+    ];
+    for (what, jpeg) in cases {
+        let scaled =
+            decode_to_fit(&jpeg, limits, &covers_224).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(scaled.pixels.dimensions(), (512, 384), "{what}: 1/4 scale");
+        let full = decode(&jpeg, limits).unwrap();
+        let diff = mean_difference(&scaled.pixels, &full.pixels);
+        assert!(diff < 3.0, "{what}: scaled decode strays {diff:.2} levels");
+    }
+    let scaled = decode_to_fit(&grey_jpeg(&rgb), limits, &covers_224).unwrap();
+    assert!(
+        scaled
+            .pixels
+            .pixels()
+            .all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]),
+        "grey stays grey in RGB"
+    );
+}
+
+fn grey_jpeg(rgb: &RgbImage) -> Vec<u8> {
+    let grey = DynamicImage::ImageRgb8(rgb.clone()).to_luma8();
+    encode(&DynamicImage::ImageLuma8(grey), ImageFormat::Jpeg)
+}
+
+#[test]
+fn a_quarter_turned_jpeg_is_scaled_by_its_upright_size() {
+    let limits = DecodeLimits::default();
+    // Stored 1600 wide, 2400 high; upright (a quarter turn) 2400x1600.
+    let stored = image::imageops::rotate270(&photo(2400, 1600));
+    let jpeg = with_exif_orientation(&turbo_jpeg(&stored, |_| {}), 6);
+    let scaled = decode_to_fit(&jpeg, limits, &covers_224).unwrap();
+    assert_eq!(scaled.full_size, (2400, 1600));
+    assert_eq!(scaled.pixels.dimensions(), (600, 400), "upright at 1/4");
+    let upright = decode(&jpeg, limits).unwrap();
+    assert_eq!(upright.pixels.dimensions(), (2400, 1600));
+    let diff = mean_difference(&scaled.pixels, &upright.pixels);
+    assert!(diff < 3.0, "turned the same way: {diff:.2}");
+    // A fit that only a tall image meets proves the sides were swapped before asking.
+    let tall = |w: u32, h: u32| h > w;
+    assert_eq!(
+        decode_to_fit(&jpeg, limits, &tall).unwrap().full_size,
+        (2400, 1600)
+    );
+}
+
+#[test]
+fn hostile_jpegs_end_as_errors_before_their_scans_are_decoded() {
+    let limits = DecodeLimits::default();
+    let progressive = turbo_jpeg(&photo(1600, 1200), |c| c.set_progressive(true).unwrap());
+    // A progressive file with its last scan repeated past the limit.
+    let last_scan = progressive
+        .windows(2)
+        .rposition(|w| w == [0xFF, 0xDA])
+        .unwrap();
+    let end = progressive.len() - 2; // the EOI
+    let mut many = progressive[..end].to_vec();
+    for _ in 0..MAX_JPEG_SCANS {
+        many.extend_from_slice(&progressive[last_scan..end]);
+    }
+    many.extend_from_slice(&[0xFF, 0xD9]);
+    let err = decode_to_fit(&many, limits, &covers_224).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::TooLarge, "{err}");
+    assert!(err.message.contains("scans"), "{err}");
+
+    // Cut short, and corrupted in the middle of its entropy-coded data.
+    let cut = &progressive[..progressive.len() * 2 / 3];
+    assert_eq!(
+        decode_to_fit(cut, limits, &covers_224).unwrap_err().kind,
+        ErrorKind::Decode
+    );
+    let mut corrupt = turbo_jpeg(&photo(1600, 1200), |_| {});
+    let mid = corrupt.len() / 2;
+    corrupt[mid..mid + 64].fill(0xA5);
+    let err = decode_to_fit(&corrupt, limits, &covers_224).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Decode, "{err}");
+}
