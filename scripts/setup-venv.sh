@@ -13,7 +13,7 @@ if [ ! -f "$VENV/.ready" ]; then
     echo "setup: creating $VENV"
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "onnxruntime==1.31.*" "onnx>=1.16" "numpy>=1.26"
+        "onnxruntime==1.31.*" "onnx>=1.16" "numpy>=1.26" "pillow>=11"
     touch "$VENV/.ready"
 fi
 
@@ -22,6 +22,13 @@ fi
 if ! ls "$VENV"/lib/python3*/site-packages/nvidia/*/lib/libnvrtc.so* >/dev/null 2>&1; then
     echo "setup: installing nvidia-cuda-nvrtc (CUDA 13)"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc==13.*"
+fi
+
+# Pillow: the benchmark corpus generator and the Python baseline (benches/) decode and
+# encode with it. Added after the first venvs were made, so installed into those too.
+if ! "$VENV/bin/python" -c "import PIL" >/dev/null 2>&1; then
+    echo "setup: installing pillow"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "pillow>=11"
 fi
 
 mkdir -p "$WHEELS"
