@@ -19,6 +19,7 @@ mod join;
 mod logging;
 mod pipeline_args;
 mod run;
+mod run_printer;
 mod scheduler;
 mod signals;
 mod status;

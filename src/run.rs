@@ -1,7 +1,6 @@
 //! `tagfleet run`: the embedded mode. The whole pipeline in one process: an in-process
 //! queue, a local folder as the object store, the CPU. No services needed.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +10,6 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tagfleet_contracts::keys::job_results_prefix;
-use tagfleet_contracts::schema::ResultLine;
 use tagfleet_contracts::{Pseudonymiser, TenantKey};
 use tagfleet_io::Queue;
 use tagfleet_io::queue::{DEFAULT_DELIVERY_LIMIT, MemoryQueue};
@@ -22,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{self, EngineArgs};
 use crate::inputs::{self, Inputs};
 use crate::pipeline_args::{PipelineArgs, TaskArgs};
+use crate::run_printer::Printer;
 use crate::terminal;
 
 /// Exit code when the run finished but some images have error records (or some folders
@@ -56,8 +55,9 @@ pub struct RunArgs {
     #[arg(long, env = "TAGFLEET_RETENTION_HOURS", default_value_t = 24)]
     pub retention_hours: u64,
 
-    /// What to print on stdout per image: a table, JSON Lines (results joined with the
-    /// file names, on your terminal only), or nothing.
+    /// What to print on stdout per image: a table (the first --show images by name),
+    /// JSON Lines (results joined with the file names, on your terminal only, in the
+    /// order images finish), or nothing.
     #[arg(long, env = "TAGFLEET_FORMAT", value_enum, default_value_t = Format::Table)]
     pub format: Format,
 
@@ -80,7 +80,6 @@ pub enum Format {
 pub struct RunReport {
     pub summary: Summary,
     pub elapsed: Duration,
-    pub lines: Vec<(String, ResultLine)>,
     pub job_id: String,
 }
 
@@ -94,7 +93,6 @@ pub async fn main(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
     let report = execute(&args, &inputs).await?;
-    print_results(&args, &report)?;
     print_summary(&args, &inputs, &report);
     Ok(
         if report.summary.image_errors() > 0
@@ -162,12 +160,18 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         config,
         health: Health::default(),
     };
+    let printer = Printer::new(
+        std::io::stdout().lock(),
+        args.format,
+        args.show,
+        inputs,
+        &pseudonymiser,
+    );
     let start = Instant::now();
-    let (summary, written) = watch(pipeline, inputs.items.len() as u64).await?;
+    let summary = watch(pipeline, inputs.items.len() as u64, printer).await?;
     Ok(RunReport {
         summary,
         elapsed: start.elapsed(),
-        lines: named(written, inputs, &pseudonymiser),
         job_id,
     })
 }
@@ -195,9 +199,13 @@ async fn open_store(args: &RunArgs) -> anyhow::Result<FsStore> {
     Ok(store)
 }
 
-/// Runs the pipeline to the end (or to Ctrl-C and what was in flight), showing progress;
-/// returns its summary and the lines of every task written.
-async fn watch(pipeline: Pipeline, images: u64) -> anyhow::Result<(Summary, Vec<ResultLine>)> {
+/// Runs the pipeline to the end (or to Ctrl-C and what was in flight), showing progress
+/// and handing each written task's lines to `printer`; returns its summary.
+async fn watch(
+    pipeline: Pipeline,
+    images: u64,
+    mut printer: Printer<impl Write>,
+) -> anyhow::Result<Summary> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -210,7 +218,6 @@ async fn watch(pipeline: Pipeline, images: u64) -> anyhow::Result<(Summary, Vec<
     let health = pipeline.health.clone();
     let run = tokio::spawn(pipeline.run(shutdown, Some(events_tx)));
     let mut progress = Progress::new(images);
-    let mut written = Vec::new();
     // A hung device never lets the pipeline end: once it failed, wait a little, no more.
     let given_up = async {
         health.failed().await;
@@ -225,7 +232,9 @@ async fn watch(pipeline: Pipeline, images: u64) -> anyhow::Result<(Summary, Vec<
         match event {
             None => break,
             Some(Event::Image { .. }) => progress.inc(),
-            Some(Event::TaskWritten { lines, .. }) => written.extend(lines),
+            Some(Event::TaskWritten { lines, .. }) => printer
+                .task_written(lines)
+                .context("printing the results")?,
             Some(Event::TaskFailed { task_id, .. }) => {
                 tracing::error!(task = %task_id, "a result could not be written")
             }
@@ -236,34 +245,12 @@ async fn watch(pipeline: Pipeline, images: u64) -> anyhow::Result<(Summary, Vec<
     if let Some(failure) = health.failure() {
         bail!("the run stopped: {failure}");
     }
-    Ok((summary, written))
+    printer.finish().context("printing the results")?;
+    Ok(summary)
 }
 
 /// How long a failed run waits for the work in flight before it exits.
 const FAILED_DRAIN: Duration = Duration::from_secs(30);
-
-/// Joins pseudonyms back to the user's own names, on the user's side, with their key;
-/// sorted by name.
-fn named(
-    written: Vec<ResultLine>,
-    inputs: &Inputs,
-    pseudonymiser: &Pseudonymiser,
-) -> Vec<(String, ResultLine)> {
-    let by_pseudonym: HashMap<String, &str> = inputs
-        .items
-        .iter()
-        .map(|i| (pseudonymiser.pseudonym(&i.reference), i.display.as_str()))
-        .collect();
-    let mut lines: Vec<(String, ResultLine)> = written
-        .into_iter()
-        .map(|l| {
-            let name = by_pseudonym.get(&l.image).copied().unwrap_or("?");
-            (name.to_owned(), l)
-        })
-        .collect();
-    lines.sort_by(|a, b| a.0.cmp(&b.0));
-    lines
-}
 
 /// A bar on a terminal; plain lines every few seconds otherwise.
 struct Progress {
@@ -308,66 +295,6 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
-}
-
-fn print_results(args: &RunArgs, report: &RunReport) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match args.format {
-        Format::None => {}
-        Format::Json => {
-            for (name, line) in &report.lines {
-                let mut value = serde_json::to_value(line)?;
-                value["file"] = serde_json::Value::String(name.clone());
-                writeln!(out, "{}", terminal::json_line(&value))?;
-            }
-        }
-        Format::Table => {
-            let names: Vec<_> = report
-                .lines
-                .iter()
-                .take(args.show)
-                .map(|(name, line)| (terminal::escaped(name), line))
-                .collect();
-            let width = names
-                .iter()
-                .map(|(n, _)| n.chars().count())
-                .max()
-                .unwrap_or(0);
-            for (name, line) in names {
-                writeln!(out, "{name:width$}  {}", describe(line))?;
-            }
-            if report.lines.len() > args.show {
-                writeln!(
-                    out,
-                    "... and {} more (see --show, or --format json)",
-                    report.lines.len() - args.show
-                )?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn describe(line: &ResultLine) -> String {
-    if let Some(e) = &line.error {
-        return format!("error ({}): {}", e.kind, e.message);
-    }
-    let mut parts = Vec::new();
-    if let Some(tags) = &line.tags {
-        let tags: Vec<String> = tags
-            .iter()
-            .map(|t| format!("{} {:.2}", t.label, t.confidence))
-            .collect();
-        parts.push(if tags.is_empty() {
-            "no tag over the threshold".into()
-        } else {
-            tags.join(", ")
-        });
-    }
-    if let Some(e) = &line.embedding {
-        parts.push(format!("embedding[{}]", e.len()));
-    }
-    parts.join("  ")
 }
 
 fn print_summary(args: &RunArgs, inputs: &Inputs, report: &RunReport) {
@@ -420,10 +347,27 @@ fn print_summary(args: &RunArgs, inputs: &Inputs, report: &RunReport) {
             each.join(", ")
         );
     }
+    if let Some(peak) = peak_rss() {
+        eprintln!("peak RSS {} MiB", peak >> 20);
+    }
     eprintln!(
         "results: {}",
         args.out
             .join(job_results_prefix(LOCAL_TENANT, &report.job_id))
             .display()
     );
+}
+
+/// This process's peak resident memory (VmHWM) in bytes, where /proc tells it.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
