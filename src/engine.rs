@@ -33,7 +33,15 @@ pub struct EngineArgs {
     #[arg(long, env = "TAGFLEET_GPU_MEM_LIMIT_MIB")]
     pub gpu_mem_limit_mib: Option<usize>,
 
-    /// Threads ONNX Runtime uses inside one batch on the CPU. Default: the number of cores.
+    /// CPU executors: ONNX Runtime sessions, each running its own batches. Default: one
+    /// per core. A batch split over several threads costs more CPU per image (the threads
+    /// hand over at every layer) than one thread running it whole, so by default every
+    /// core runs whole batches of its own.
+    #[arg(long, env = "TAGFLEET_CPU_EXECUTORS")]
+    pub cpu_executors: Option<usize>,
+
+    /// Threads each CPU executor uses inside one batch. Default: the cores shared out
+    /// among the CPU executors (1 with the default executors).
     #[arg(long, env = "TAGFLEET_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
 
@@ -92,8 +100,16 @@ impl EngineArgs {
             .context("no models folder found: pass --models-dir or run from the project folder")
     }
 
+    /// CPU executors to start when the model runs on the CPU.
+    pub fn cpu_executors(&self) -> usize {
+        self.cpu_executors.unwrap_or_else(cores).max(1)
+    }
+
+    /// Intra-op threads of each CPU executor.
     pub fn threads(&self) -> usize {
-        self.intra_threads.unwrap_or_else(cores)
+        self.intra_threads
+            .unwrap_or_else(|| cores() / self.cpu_executors())
+            .max(1)
     }
 
     /// One backend per device of `--devices`: one executor thread each.
@@ -103,27 +119,34 @@ impl EngineArgs {
         let id = model.spec.id();
         let mut backends: Vec<Box<dyn Backend>> = Vec::new();
         for device in &plan {
-            let backend = match device {
-                Device::Cpu => {
-                    OrtBackend::cpu(&model.spec, self.threads(), self.ort_dylib.as_deref())
-                }
-                Device::Cuda(n) => {
-                    let limit = self.gpu_mem_limit_mib.map(|mib| mib * 1024 * 1024);
-                    let on_gpu = self.preprocess == PreprocessOn::Gpu;
-                    OrtBackend::cuda(&model.spec, *n, limit, on_gpu, self.ort_dylib.as_deref())
-                }
+            let sessions = match device {
+                Device::Cpu => self.cpu_executors(),
+                Device::Cuda(_) => 1,
             };
-            backends.push(Box::new(backend.with_context(|| {
-                format!("starting ONNX Runtime for {id} on {device}")
-            })?));
+            for _ in 0..sessions {
+                let backend = match device {
+                    Device::Cpu => {
+                        OrtBackend::cpu(&model.spec, self.threads(), self.ort_dylib.as_deref())
+                    }
+                    Device::Cuda(n) => {
+                        let limit = self.gpu_mem_limit_mib.map(|mib| mib * 1024 * 1024);
+                        let on_gpu = self.preprocess == PreprocessOn::Gpu;
+                        OrtBackend::cuda(&model.spec, *n, limit, on_gpu, self.ort_dylib.as_deref())
+                    }
+                };
+                backends.push(Box::new(backend.with_context(|| {
+                    format!("starting ONNX Runtime for {id} on {device}")
+                })?));
+            }
         }
         match (&self.devices, &found.why_none) {
             (Selection::Cpu, _) => tracing::info!(
+                executors = self.cpu_executors(),
                 intra_threads = self.threads(),
                 "executing on the CPU, as --devices cpu asks"
             ),
             (_, Some(why)) => {
-                tracing::info!(intra_threads = self.threads(), reason = %why, "no GPU: executing on the CPU")
+                tracing::info!(executors = self.cpu_executors(), intra_threads = self.threads(), reason = %why, "no GPU: executing on the CPU")
             }
             (_, None) => {
                 let gpus: Vec<String> = found

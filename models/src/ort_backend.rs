@@ -34,13 +34,14 @@ fn backend_error(
     move |e| BackendError::new(format!("{what}: {e:?}"))
 }
 
-/// Session options shared by every device: full graph optimisation, `threads` intra-op
-/// threads that do not spin (spinning would burn the cores the decoders need).
+/// Session options shared by every device: every graph optimisation (ONNX Runtime's own
+/// default), `threads` intra-op threads that do not spin (spinning would burn the cores
+/// the decoders need).
 fn builder(threads: usize, dylib: Option<&Path>) -> Result<SessionBuilder, BackendError> {
     let env = runtime::environment(dylib).map_err(|e| BackendError::new(e.to_string()))?;
     Session::builder(env)
         .map_err(|e| BackendError::new(format!("creating session options: {e:?}")))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(backend_error("setting the optimisation level"))?
         .with_intra_threads(threads.max(1))
         .map_err(backend_error("setting intra-op threads"))?

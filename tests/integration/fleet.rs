@@ -163,7 +163,24 @@ async fn same_tags_as_embedded(kind: &str) {
     );
 
     assert_eq!(http_get(worker.port, "/healthz").map(|r| r.0), Some(200));
-    let metrics = http_get(worker.metrics_port, "/metrics").unwrap().1;
+    // A message is acked just after its result is written: wait (bounded) for the last.
+    let acked = |metrics: &str| {
+        metric(
+            metrics,
+            "tagfleet_worker_messages_total",
+            &["result=\"acked\""],
+        )
+    };
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http_get(worker.metrics_port, "/metrics").unwrap().1;
+        if acked(&metrics) == Some(3.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The worker starts with the default CPU executors: one per core.
+    let cpu_executors = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = "model=\"efficientnet-lite0@1\"";
     assert_eq!(
         metric(
@@ -200,7 +217,8 @@ async fn same_tags_as_embedded(kind: &str) {
             "tagfleet_worker_executor_info",
             &["device=\"cpu\"", "kind=\"cpu\"", "preprocess=\"cpu\""]
         ),
-        Some(1.0)
+        Some(cpu_executors as f64),
+        "one CPU executor per core by default"
     );
     assert!(
         metric(

@@ -77,7 +77,7 @@ pub fn spawn(
         backend.device().kind().to_owned(),
         if backend.preprocesses() { "gpu" } else { "cpu" }.to_owned(),
     ];
-    crate::metrics::EXECUTORS.with_label_values(&info).set(1);
+    crate::metrics::EXECUTORS.with_label_values(&info).inc();
     let slot = executors.register(name.clone());
     let mut pre = Preprocessor::new(spec);
     std::thread::Builder::new()
@@ -100,7 +100,7 @@ pub fn spawn(
                     Err(e) => {
                         failures += 1;
                         if failures >= BREAKER_FAILURES {
-                            crate::metrics::EXECUTORS.with_label_values(&info).set(0);
+                            crate::metrics::EXECUTORS.with_label_values(&info).dec();
                             let left = executors.live.fetch_sub(1, Ordering::SeqCst) - 1;
                             tracing::error!(executor = %name, failures, left, error = %e, "stopping the executor: its device failed every batch");
                             if left == 0 {

@@ -47,7 +47,8 @@ pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Seconds each device's executor spent running batches; its rate is the busy ratio.
+/// Seconds a device's executors spent running batches; its rate divided by the device's
+/// executors ([`EXECUTORS`]) is their busy ratio.
 pub static EXECUTOR_BUSY: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
     prometheus::register_counter_vec!(
         Opts::new(
@@ -59,8 +60,9 @@ pub static EXECUTOR_BUSY: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// 1 for each executor, labelled with the kind of device it really runs on and where its
-/// images are preprocessed (`gpu`: on its device; `cpu`: by the decode threads or itself).
+/// Executors running, by the device they were started for, the kind of device they really
+/// run on and where their images are preprocessed (`gpu`: on their device; `cpu`: by the
+/// decode threads or themselves). A GPU has one; the CPU one per core by default.
 pub static EXECUTORS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         Opts::new(
@@ -185,21 +187,33 @@ pub static GPU_MEMORY_TOTAL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Seconds each executor has spent running batches so far, by device.
+/// Seconds spent running batches so far, per executor of each device (the mean of the
+/// device's executors).
 pub fn busy_seconds() -> Vec<(String, f64)> {
     use prometheus::core::Collector;
+    let device_of = |m: &prometheus::proto::Metric| {
+        m.get_label()
+            .iter()
+            .find(|l| l.name() == "device")
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default()
+    };
+    let mut executors = std::collections::HashMap::<String, f64>::new();
+    for m in EXECUTORS
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric().iter())
+    {
+        *executors.entry(device_of(m)).or_default() += m.get_gauge().get_value();
+    }
     EXECUTOR_BUSY
         .collect()
         .iter()
         .flat_map(|family| family.get_metric().iter())
         .map(|m| {
-            let device = m
-                .get_label()
-                .iter()
-                .find(|l| l.name() == "device")
-                .map(|l| l.value().to_owned())
-                .unwrap_or_default();
-            (device, m.get_counter().get_value())
+            let device = device_of(m);
+            let n = executors.get(&device).copied().unwrap_or(1.0).max(1.0);
+            (device, m.get_counter().get_value() / n)
         })
         .collect()
 }
