@@ -11,17 +11,23 @@ PY     := $(VENV)/bin/python
 MODEL_DIR := models/efficientnet-lite0
 MODEL  := $(MODEL_DIR)/model.onnx
 PHOTOS := samples/photos
+# Real-camera-sized photos made from the samples (1-24 MP): the bench's corpus, and the
+# scaled-decoding accuracy test's.
+CORPUS := .cache/corpus
+CORPUS_COUNT ?= 300
+# Images of the bench's end-to-end run (the corpus repeated): its peak RSS is reported.
+BENCH_IMAGES ?= 10000
 CARGO_FLAGS ?=
 
 
-.PHONY: demo test test-gpu nextest k8s-check venv model photos build bench bench-publish tools lint clean
+.PHONY: demo test test-gpu nextest k8s-check venv model photos corpus build bench bench-publish tools lint clean
 
 demo: model photos build
 	./target/release/tagfleet run $(PHOTOS) --out tagfleet-results
 
 # The integration tests talk to real RabbitMQ, S3 (SeaweedFS) and SQS (moto) servers that
 # scripts/services.sh installs and starts on 127.0.0.1 for the duration of the run.
-test: model photos tools
+test: model photos corpus tools
 	$(PY) -m unittest discover -s scripts -p 'test_*.py'
 	$(MAKE) --no-print-directory k8s-check
 	scripts/with-services.sh $(MAKE) --no-print-directory nextest
@@ -56,6 +62,7 @@ venv: $(VENV)/.ready
 
 $(VENV)/.ready: scripts/setup-venv.sh
 	PYTHON=$(PYTHON) scripts/setup-venv.sh
+	touch $@
 
 model: $(MODEL)
 
@@ -68,11 +75,22 @@ $(PHOTOS)/.ready: $(VENV)/.ready scripts/extract_photos.py
 	$(PY) scripts/extract_photos.py --wheels .cache/wheels --out $(PHOTOS)
 	touch $@
 
+corpus: $(CORPUS)/.ready
+
+$(CORPUS)/.ready: $(PHOTOS)/.ready scripts/make_corpus.py
+	$(PY) scripts/make_corpus.py --photos $(PHOTOS) --out $(CORPUS) --count $(CORPUS_COUNT)
+	touch $@
+
 build: model tools
 	cargo build --release
 
-bench: model photos build
-	./target/release/tagfleet bench $(PHOTOS)
+# The bounds and a long end-to-end run (peak RSS) on the real-sized corpus, then
+# `tagfleet run` against the Python baseline (benches/python_baseline.py), A B A B, and
+# the engine alone against a Python ONNX Runtime session.
+bench: model photos corpus build
+	./target/release/tagfleet bench $(CORPUS) --images $(BENCH_IMAGES)
+	$(PY) benches/python_engine.py --corpus $(CORPUS)
+	$(PY) benches/compare.py --tagfleet ./target/release/tagfleet --corpus $(CORPUS) --rounds 2
 
 # How fast the scheduler turns a 100,000-ref manifest into task messages on RabbitMQ.
 bench-publish: build

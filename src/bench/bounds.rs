@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tagfleet_models::gpu_preprocess::GpuPreprocessor;
 use tagfleet_models::preprocess::Crop;
-use tagfleet_models::{Backend, DecodeLimits, Decoded, Device, Preprocessor, decode};
+use tagfleet_models::{
+    Backend, DecodeLimits, Decoded, Device, Preprocessor, decode, decode_to_fit,
+};
 
 use super::cpu::{process_cpu, thread_cpu};
 use crate::engine::{self, EngineArgs, Model};
@@ -35,13 +37,17 @@ pub fn measure(
     has_gpu: bool,
 ) -> anyhow::Result<Bounds> {
     let cores = engine::cores();
-    // Decode (+ preprocess), one thread: CPU-seconds per image.
     let bytes: Vec<&[u8]> = photos.iter().map(|(_, b)| b.as_slice()).collect();
-    let (decode_cpu, _) = measure_prepare(&bytes, None, budget);
+    // What each DCT scale costs on the JPEGs, then decode as the worker does it: each
+    // image at the smallest scale that still covers the model's crop.
+    let sizer = Preprocessor::new(&model.spec.input);
+    let covers = |w, h| sizer.covers(w, h);
+    report_scales(&bytes, budget);
+    let (decode_cpu, _) = measure_prepare(&bytes, &covers, None, budget);
     let mut pre = Preprocessor::new(&model.spec.input);
-    let (prepare_cpu, tensors) = measure_prepare(&bytes, Some(&mut pre), budget);
+    let (prepare_cpu, tensors) = measure_prepare(&bytes, &covers, Some(&mut pre), budget);
     println!(
-        "decode              {:8.2} ms CPU per image (one thread)",
+        "decode              {:8.2} ms CPU per image (one thread, JPEGs scaled to fit the crop)",
         decode_cpu * 1e3
     );
     println!(
@@ -52,18 +58,21 @@ pub fn measure(
     // The engine alone on ready tensors, at the chosen batch size; with GPU preprocessing
     // also on decoded pixels, upload and kernel included.
     let mut backends = engine_args.backends(model)?;
+    let (engine_rate, infer_cpu) = measure_engines(&mut backends, &tensors, max_batch, budget)?;
+    println!(
+        "engine              {engine_rate:8.1} images/s, {:.2} ms CPU per image ({} executor{} x {} thread{}; python benches/python_engine.py for ONNX Runtime from Python)",
+        infer_cpu * 1e3,
+        backends.len(),
+        if backends.len() == 1 { "" } else { "s" },
+        engine_args.threads(),
+        if engine_args.threads() == 1 { "" } else { "s" },
+    );
     let backend = backends.first_mut().expect("at least one backend");
     let device = backend.device();
     let on_gpu = backend.preprocesses();
-    let (engine_rate, infer_cpu) = measure_engine(backend.as_mut(), &tensors, max_batch, budget)?;
-    println!(
-        "engine              {engine_rate:8.1} images/s, {:.2} ms CPU per image ({} threads)",
-        infer_cpu * 1e3,
-        engine_args.threads()
-    );
     let decoded: Vec<Decoded> = bytes
         .iter()
-        .map(|b| decode(b, DecodeLimits::default()).expect("photos were checked"))
+        .map(|b| decode_to_fit(b, DecodeLimits::default(), &covers).expect("photos were checked"))
         .collect();
     let pixels_rate = if on_gpu {
         let rate = measure_pixels(backend.as_mut(), &pre, &decoded, max_batch, budget)?;
@@ -121,16 +130,62 @@ fn gpu_bound(device: &Device, gpu_rate: f64, decode_rate: f64, what: &str) -> (f
     (decode_rate, bound)
 }
 
-/// Decodes the photos round-robin on this thread for about `budget`, and preprocesses
-/// them when given a preprocessor; returns CPU-seconds per image and, with a
-/// preprocessor, one tensor per photo.
+/// Decode CPU per JPEG at each DCT scale (the full size and 1/2, 1/4, 1/8 of each
+/// side), one thread, whatever the model needs.
+fn report_scales(photos: &[&[u8]], budget: Duration) {
+    let jpegs: Vec<(&[u8], (u32, u32))> = photos
+        .iter()
+        .filter(|b| b.starts_with(&[0xFF, 0xD8]))
+        .filter_map(|b| Some((*b, decode(b, DecodeLimits::default()).ok()?.full_size)))
+        .collect();
+    if jpegs.is_empty() {
+        return;
+    }
+    let mega = jpegs
+        .iter()
+        .map(|(_, (w, h))| f64::from(*w) * f64::from(*h))
+        .sum::<f64>()
+        / 1e6;
+    let mut costs = Vec::new();
+    for denom in [1, 2, 4, 8] {
+        let start = Instant::now();
+        let cpu0 = thread_cpu();
+        let mut n = 0usize;
+        while start.elapsed() < budget / 4 || n < jpegs.len() {
+            let (bytes, (w, h)) = jpegs[n % jpegs.len()];
+            // The smallest scale keeping at least 1/denom of each side is 1/denom.
+            let at_least = |sw: u32, sh: u32| {
+                sw.max(sh) >= w.max(h).div_ceil(denom) && sw.min(sh) >= w.min(h).div_ceil(denom)
+            };
+            let decoded = decode_to_fit(bytes, DecodeLimits::default(), &at_least);
+            std::hint::black_box(decoded.expect("photos were checked"));
+            n += 1;
+        }
+        costs.push(format!(
+            "1/{denom} {:.2} ms",
+            (thread_cpu() - cpu0) / n as f64 * 1e3
+        ));
+    }
+    println!(
+        "decode by scale     {} CPU per JPEG ({} JPEGs, {:.1} MP mean)",
+        costs.join(", "),
+        jpegs.len(),
+        mega / jpegs.len() as f64
+    );
+}
+
+/// Decodes the photos round-robin on this thread for about `budget`, each at the
+/// smallest scale that `fits`, and preprocesses them when given a preprocessor; returns
+/// CPU-seconds per image and, with a preprocessor, one tensor per photo.
 fn measure_prepare(
     photos: &[&[u8]],
+    fits: &dyn Fn(u32, u32) -> bool,
     mut pre: Option<&mut Preprocessor>,
     budget: Duration,
 ) -> (f64, Vec<Vec<f32>>) {
     let mut prepare = |bytes: &[u8]| {
-        let decoded: Decoded = decode(bytes, DecodeLimits::default()).expect("photos were checked");
+        let decoded: Decoded =
+            decode_to_fit(bytes, DecodeLimits::default(), fits).expect("photos were checked");
         pre.as_deref_mut().map(|pre| {
             let mut tensor = vec![0.0; pre.tensor_len()];
             pre.run(&decoded, &mut tensor);
@@ -148,13 +203,13 @@ fn measure_prepare(
     ((thread_cpu() - cpu0) / n as f64, tensors)
 }
 
-/// Runs `run_batch` once to warm up, then for about `budget`; returns images/s and
-/// process CPU-seconds per image.
+/// Runs `run_batch` once to warm up, then for about `budget`; returns images/s, process
+/// CPU-seconds per image and the images run.
 fn repeat_batches(
     batch: usize,
     budget: Duration,
     mut run_batch: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, usize)> {
     run_batch().context("warm-up batch")?;
     let start = Instant::now();
     let cpu0 = process_cpu();
@@ -164,7 +219,11 @@ fn repeat_batches(
         images += batch;
     }
     let wall = start.elapsed().as_secs_f64();
-    Ok((images as f64 / wall, (process_cpu() - cpu0) / images as f64))
+    Ok((
+        images as f64 / wall,
+        (process_cpu() - cpu0) / images as f64,
+        images,
+    ))
 }
 
 /// `batch` of the decoded photos, round-robin, each with the model's crop.
@@ -181,9 +240,10 @@ fn pixel_batch<'a>(
         .collect()
 }
 
-/// The engine alone on full batches of ready tensors: images/s and CPU-seconds per image.
-fn measure_engine(
-    backend: &mut dyn Backend,
+/// The engine alone on full batches of ready tensors, every executor at once as in a
+/// run: images/s in all, and process CPU-seconds per image.
+fn measure_engines(
+    backends: &mut [Box<dyn Backend>],
     tensors: &[Vec<f32>],
     batch: usize,
     budget: Duration,
@@ -195,10 +255,27 @@ fn measure_engine(
         .flatten()
         .copied()
         .collect();
-    repeat_batches(batch, budget, || {
-        backend.run(&input, batch, false).context("engine batch")?;
-        Ok(())
-    })
+    let cpu0 = process_cpu();
+    let rates = std::thread::scope(|scope| {
+        let runs: Vec<_> = backends
+            .iter_mut()
+            .map(|backend| {
+                let input = &input;
+                scope.spawn(move || {
+                    repeat_batches(batch, budget, || {
+                        backend.run(input, batch, false).context("engine batch")?;
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("an engine thread panicked"))
+            .collect::<anyhow::Result<Vec<(f64, f64, usize)>>>()
+    })?;
+    let rate = rates.iter().map(|r| r.0).sum();
+    let images: usize = rates.iter().map(|r| r.2).sum();
+    Ok((rate, (process_cpu() - cpu0) / images.max(1) as f64))
 }
 
 /// Full batches of decoded pixels through GPU preprocessing and the model: images/s.
@@ -210,7 +287,7 @@ fn measure_pixels(
     budget: Duration,
 ) -> anyhow::Result<f64> {
     let images = pixel_batch(decoded, pre, batch);
-    let (rate, _) = repeat_batches(batch, budget, || {
+    let (rate, ..) = repeat_batches(batch, budget, || {
         backend
             .run_pixels(&images, false)
             .context("engine batch from pixels")?;
@@ -238,5 +315,5 @@ fn measure_kernel(
     })
     .inspect_err(|e| eprintln!("GPU preprocessing failed: {e:#}"))
     .ok()
-    .map(|(rate, _)| rate)
+    .map(|(rate, ..)| rate)
 }

@@ -90,9 +90,20 @@ pub fn measure(
         let pct = l.strip_prefix("executors busy ")?.split('%').next()?;
         pct.trim().parse::<f64>().ok().map(|p| p / 100.0)
     });
+    // "peak RSS 412 MiB": the run's own, since it started. The rusage of children would
+    // also count this process's memory, which a spawned child holds until it execs.
+    let peak_rss = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("peak RSS ")?
+                .strip_suffix(" MiB")?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or_else(children_peak_rss, |mib| mib << 20);
     Ok(Run {
         images_per_second: n as f64 / wall,
-        peak_rss: children_peak_rss(),
+        peak_rss,
         busy,
     })
 }
