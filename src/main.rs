@@ -17,6 +17,7 @@ mod inputs;
 mod io_args;
 mod join;
 mod logging;
+mod malloc;
 mod pipeline_args;
 mod run;
 mod run_printer;
@@ -82,6 +83,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::tune();
     // ONNX Runtime's telemetry, unless told otherwise, writes a device id and an event
     // database under ~/.cache and a session file in $TMPDIR, and sends usage events.
     // The worker writes nothing to disk and sends nothing anywhere, so it is off.
