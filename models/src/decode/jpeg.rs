@@ -193,7 +193,7 @@ pub fn dc_scans_only(bytes: &[u8]) -> Option<Vec<u8>> {
                 .any(|c| c.0 == id && (c.1, c.2) == (max_h, max_v))
         };
         // AC scans hold one component each.
-        let id = selectors[0];
+        let id = *selectors.first()?;
         if spectral_start > 0 && count == 1 && full_resolution(id) {
             if !replaced.contains(&id) {
                 replaced.push(id);
@@ -431,6 +431,12 @@ mod tests {
         let jpeg = progressive_photo(turbojpeg::Subsamp::Sub2x2);
         assert!(dc_scans_only(&jpeg[..jpeg.len() / 2]).is_none());
         assert!(dc_scans_only(b"\xFF\xD8\xFF").is_none());
+        // A scan of no component, after the frame header.
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC2]).unwrap();
+        let mut crafted = jpeg[..sof].to_vec();
+        crafted.extend_from_slice(&jpeg[sof..sof + 2 + 17]);
+        crafted.extend_from_slice(&[0xFF, 0xDA, 0, 6, 0, 1, 63, 0, 0xFF, 0xD9]);
+        assert!(dc_scans_only(&crafted).is_none());
         assert!(dc_scans_only(&[]).is_none());
     }
 }
