@@ -68,6 +68,10 @@ DEFAULT_MODEL_DIR = ROOT / "models" / "efficientnet-lite0"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TOP_K = 5
 ORIENTATION_TAG = 0x0112
+# How much the crop of a draft-decoded JPEG must still be reduced to the input size
+# (--min-reduction). 1.0 is what Image.draft is usually asked for; tagfleet asks for 1.5,
+# which keeps its tags those of the full-size decode (models/tests/scaled_accuracy.rs).
+MIN_REDUCTION = 1.0
 
 
 class Model:
@@ -99,7 +103,8 @@ class Model:
         """The smallest decoded size whose crop still covers the model's input size:
         Image.draft picks the largest DCT scale that keeps the image at least this big."""
         left, top, right, bottom = self.crop_box(w, h)
-        return (math.ceil(w * self.width / (right - left)), math.ceil(h * self.height / (bottom - top)))
+        r = MIN_REDUCTION
+        return (math.ceil(r * w * self.width / (right - left)), math.ceil(r * h * self.height / (bottom - top)))
 
     def load(self, path: Path) -> tuple[np.ndarray, int, int]:
         """Decode and crop+resize one image: (HWC uint8 at the model's size, upright width,
@@ -266,6 +271,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("folder", type=Path, help="folder of photos, walked recursively")
     ap.add_argument("--out", type=Path, required=True, help="JSON-lines file to write, one line per image")
+    ap.add_argument("--min-reduction", type=float, default=1.0,
+                    help="draft JPEGs so that the crop is at least this many times the model's input "
+                         "(default: %(default)s, the usual draft; tagfleet uses 1.5)")
     ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
                     help="folder with model.toml, the ONNX file and labels (default: the repo's efficientnet-lite0)")
     ap.add_argument("--batch", type=int, default=None,
@@ -283,8 +291,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    global MIN_REDUCTION
     start = time.perf_counter()
     args = parse_args(argv)
+    MIN_REDUCTION = args.min_reduction  # the pool's processes are forked: they inherit it
     model = Model(args.model_dir)
     batch = args.batch or model.max_batch
     paths = [str(p) for p in find_images(args.folder)]
@@ -306,6 +316,7 @@ def main(argv=None) -> int:
         "structure": args.structure,
         "workers": args.workers,
         "batch": batch,
+        "min_reduction": args.min_reduction,
     }))
     return 3 if errors else 0
 
