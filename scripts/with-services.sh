@@ -5,5 +5,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 trap '"$here/services.sh" stop >&2 || true' EXIT
-eval "$("$here/services.sh" start)"
+# Captured first: a failed start must stop here (an `eval "$(...)"` would go on with an
+# empty environment, and every integration test would fail for want of its services).
+services_env=$("$here/services.sh" start)
+eval "$services_env"
 "$@"
