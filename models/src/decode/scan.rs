@@ -129,9 +129,22 @@ fn jpeg(bytes: &[u8]) -> Result<JpegFrame, ImageError> {
     // An end-of-image marker (FF D9) must follow the last start-of-scan (FF DA). Inside
     // entropy-coded data a 0xFF byte is always stuffed or a restart marker, so neither
     // pair occurs by accident; bytes after the EOI (some cameras append data) are allowed.
-    let marker_at = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
-    let complete =
-        matches!((marker_at(0xDA), marker_at(0xD9)), (Some(sos), Some(eoi)) if eoi > sos);
+    // One pass over the 0xFF bytes: the scans, the last SOS and the last EOI.
+    let (mut scans, mut last_sos, mut last_eoi) = (0usize, None, None);
+    let mut at = 0;
+    while let Some(found) = bytes[at..].iter().position(|&b| b == 0xFF) {
+        let i = at + found;
+        match bytes.get(i + 1) {
+            Some(0xDA) => {
+                scans += 1;
+                last_sos = Some(i);
+            }
+            Some(0xD9) => last_eoi = Some(i),
+            _ => {}
+        }
+        at = i + 1;
+    }
+    let complete = matches!((last_sos, last_eoi), (Some(sos), Some(eoi)) if eoi > sos);
     if !complete {
         // The JPEG decoder fills a cut-off scan with grey instead of failing.
         return Err(ImageError::new(
@@ -139,7 +152,6 @@ fn jpeg(bytes: &[u8]) -> Result<JpegFrame, ImageError> {
             "JPEG data is cut short: no end-of-image marker after the last scan",
         ));
     }
-    let scans = bytes.windows(2).filter(|w| *w == [0xFF, 0xDA]).count();
     if scans > MAX_JPEG_SCANS {
         return Err(ImageError::new(
             ErrorKind::TooLarge,
