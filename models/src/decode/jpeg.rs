@@ -125,8 +125,9 @@ pub fn decode(bytes: &[u8], header: &Header, scale: ScalingFactor) -> Result<Rgb
 pub fn dc_scans_only(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len() / 2);
     out.extend_from_slice(bytes.get(..2)?);
-    // (component id, horizontal and vertical sampling) and the size, from the frame header.
-    let mut components: Vec<(u8, u8, u8)> = Vec::new();
+    // From the frame header: the ids of the components sampled at full resolution, and
+    // how many blocks such a component has.
+    let mut full_resolution: Option<Vec<u8>> = None;
     let mut blocks = 0usize;
     // Components whose AC scans were replaced; whether the AC table slot the
     // replacements use still holds theirs.
@@ -161,12 +162,17 @@ pub fn dc_scans_only(bytes: &[u8]) -> Option<Vec<u8>> {
                 };
                 blocks = side(5)?.div_ceil(8) * side(7)?.div_ceil(8);
                 let count = usize::from(*segment.get(9)?);
-                components = (0..count)
-                    .map(|i| {
-                        let c = segment.get(10 + 3 * i..13 + 3 * i)?;
-                        Some((c[0], c[1] >> 4, c[1] & 0x0F))
-                    })
-                    .collect::<Option<_>>()?;
+                let components = segment.get(10..10 + 3 * count)?;
+                let sampling = |c: &[u8]| (c[1] >> 4, c[1] & 0x0F);
+                let max_h = components.chunks(3).map(|c| sampling(c).0).max()?;
+                let max_v = components.chunks(3).map(|c| sampling(c).1).max()?;
+                full_resolution = Some(
+                    components
+                        .chunks(3)
+                        .filter(|c| sampling(c) == (max_h, max_v))
+                        .map(|c| c[0])
+                        .collect(),
+                );
             }
             // DRI: a run of empty blocks would have to stop at every restart marker.
             0xDD if segment.get(4..6)? != [0, 0] => return None,
@@ -183,18 +189,10 @@ pub fn dc_scans_only(bytes: &[u8]) -> Option<Vec<u8>> {
         let selectors = segment.get(5..5 + 2 * count)?;
         let spectral_start = *segment.get(5 + 2 * count)?;
         let data_end = segment_end + entropy_data_len(bytes.get(segment_end..)?)?;
-        let (max_h, max_v) = (
-            components.iter().map(|c| c.1).max()?,
-            components.iter().map(|c| c.2).max()?,
-        );
-        let full_resolution = |id: u8| {
-            components
-                .iter()
-                .any(|c| c.0 == id && (c.1, c.2) == (max_h, max_v))
-        };
+        let full_resolution = full_resolution.as_ref()?;
         // AC scans hold one component each.
         let id = *selectors.first()?;
-        if spectral_start > 0 && count == 1 && full_resolution(id) {
+        if spectral_start > 0 && count == 1 && full_resolution.contains(&id) {
             if !replaced.contains(&id) {
                 replaced.push(id);
                 zero_ac_scan(id, blocks, &mut out);
@@ -351,30 +349,13 @@ fn error(e: turbojpeg::Error) -> ImageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::tests::{photo, turbo_jpeg};
 
     fn progressive_photo(subsamp: turbojpeg::Subsamp) -> Vec<u8> {
-        let photo = crate::test_support::photos()
-            .into_iter()
-            .find(|p| p.full_size == (600, 400))
-            .expect("coffee.png among the sample photos");
-        let big = image::imageops::resize(
-            &photo.pixels,
-            2400,
-            1600,
-            image::imageops::FilterType::Triangle,
-        );
-        let mut c = turbojpeg::Compressor::new().unwrap();
-        c.set_quality(90).unwrap();
-        c.set_progressive(true).unwrap();
-        c.set_subsamp(subsamp).unwrap();
-        c.compress_to_vec(turbojpeg::Image {
-            pixels: big.as_raw().as_slice(),
-            width: 2400,
-            pitch: 2400 * 3,
-            height: 1600,
-            format: PixelFormat::RGB,
+        turbo_jpeg(&photo(2400, 1600), |c| {
+            c.set_progressive(true).unwrap();
+            c.set_subsamp(subsamp).unwrap();
         })
-        .unwrap()
     }
 
     #[test]

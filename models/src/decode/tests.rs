@@ -329,7 +329,7 @@ fn covers_224(w: u32, h: u32) -> bool {
 }
 
 /// A sample photo enlarged to `w`x`h`: real content at a camera's size.
-fn photo(w: u32, h: u32) -> RgbImage {
+pub(super) fn photo(w: u32, h: u32) -> RgbImage {
     let coffee = crate::test_support::photos()
         .into_iter()
         .find(|p| p.full_size == (600, 400))
@@ -338,7 +338,10 @@ fn photo(w: u32, h: u32) -> RgbImage {
 }
 
 /// `image` as a JPEG by libjpeg-turbo, with `tune` setting the encoder's options.
-fn turbo_jpeg(image: &RgbImage, tune: impl FnOnce(&mut turbojpeg::Compressor)) -> Vec<u8> {
+pub(super) fn turbo_jpeg(
+    image: &RgbImage,
+    tune: impl FnOnce(&mut turbojpeg::Compressor),
+) -> Vec<u8> {
     let mut c = turbojpeg::Compressor::new().unwrap();
     c.set_quality(88).unwrap();
     tune(&mut c);
