@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use tagfleet_models::devices::{self, Selection};
-use tagfleet_models::{Backend, Device, ModelSpec, OrtBackend};
+use tagfleet_models::{Backend, Classes, Device, ModelSpec, OrtBackend};
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
@@ -18,6 +18,13 @@ pub struct EngineArgs {
     /// ./models, else the models folder of the checkout the binary was built in.
     #[arg(long, env = "TAGFLEET_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
+
+    /// Folder of extra categorizers (`<name>.toml`: categories and the WordNet synsets
+    /// under each) that jobs may choose with `options.categorizer`, besides the built-in
+    /// `general` and `retail` (a file of the same name replaces one). A file naming a
+    /// synset the model does not know stops start-up.
+    #[arg(long, env = "TAGFLEET_CATEGORIZERS_DIR")]
+    pub categorizers_dir: Option<PathBuf>,
 
     /// Path of the ONNX Runtime shared library (libonnxruntime.so.1.x). Default: the
     /// onnxruntime wheel in $VIRTUAL_ENV or ./.venv (`make venv` creates it).
@@ -59,10 +66,10 @@ pub enum PreprocessOn {
     Cpu,
 }
 
-/// A loaded model: its spec and labels.
+/// A loaded model: its spec and what its outputs mean.
 pub struct Model {
     pub spec: ModelSpec,
-    pub labels: Arc<Vec<String>>,
+    pub classes: Arc<Classes>,
 }
 
 impl EngineArgs {
@@ -76,13 +83,10 @@ impl EngineArgs {
             );
         }
         let spec = ModelSpec::load(&dir)?;
-        let labels = spec.load_labels()?;
-        if labels.is_empty() {
-            bail!("model {}: labels file is empty", spec.id());
-        }
+        let classes = Classes::load(&spec, self.categorizers_dir.as_deref())?;
         Ok(Model {
             spec,
-            labels: Arc::new(labels),
+            classes: Arc::new(classes),
         })
     }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use tagfleet_contracts::analyses::CropRequest;
 use tagfleet_contracts::schema::{Analysis, TaskMessage, TaskOptions, TaskPlan};
 use tagfleet_models::{DecodeLimits, ModelSpec};
 use tagfleet_worker::BatchPolicy;
@@ -13,7 +14,10 @@ use crate::decode_threads;
 /// What each task asks for.
 #[derive(Debug, Clone, Args)]
 pub struct TaskArgs {
-    /// Analyses to run, comma separated: tags, embedding.
+    /// Analyses to run, comma separated: tags (labels with their WordNet synsets),
+    /// embedding (a vector for visual search), categories (of --categorizer), colors
+    /// (dominant colors of the image, its background and foreground), crops (the box for
+    /// each of --crops that keeps the most salient content).
     #[arg(
         long,
         env = "TAGFLEET_ANALYSES",
@@ -30,6 +34,30 @@ pub struct TaskArgs {
     #[arg(long, env = "TAGFLEET_THRESHOLD", default_value_t = TaskOptions::default().threshold)]
     pub threshold: f32,
 
+    /// Adds each tag's WordNet parents ("tabby" also yields "cat", "feline", "animal"),
+    /// each with the probability of every class under it.
+    #[arg(long, env = "TAGFLEET_PARENTS")]
+    pub parents: bool,
+
+    /// Categorizer of the categories analysis: general (what a photo library browses by),
+    /// retail (catalogue departments), or one in --categorizers-dir.
+    #[arg(long, env = "TAGFLEET_CATEGORIZER", default_value_t = TaskOptions::default().categorizer)]
+    pub categorizer: String,
+
+    /// Colors each list of the colors analysis reports at most (1 to 16).
+    #[arg(long, env = "TAGFLEET_COLORS", default_value_t = TaskOptions::default().colors)]
+    pub colors: usize,
+
+    /// Crops the crops analysis suggests, comma separated: aspect ratios (16:9) or sizes
+    /// in pixels (300x200: a box of that ratio at least that big).
+    #[arg(
+        long,
+        env = "TAGFLEET_CROPS",
+        value_delimiter = ',',
+        default_value = "1:1"
+    )]
+    pub crops: Vec<CropRequest>,
+
     /// Images per task message (and per result object).
     #[arg(long, env = "TAGFLEET_CHUNK_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub chunk_size: u32,
@@ -41,6 +69,10 @@ impl TaskArgs {
             top_k: self.top_k,
             threshold: self.threshold,
             retain: true,
+            parents: self.parents,
+            categorizer: self.categorizer.clone(),
+            colors: self.colors,
+            crops: self.crops.clone(),
         };
         options.validate()?;
         Ok(options)

@@ -125,6 +125,10 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         .task
         .messages(&job_id, LOCAL_TENANT, &model.spec.id(), &refs)?
     {
+        if let Some(why) = model.classes.refuses(&msg) {
+            let valid = model.classes.categorizers().join(", ");
+            bail!("cannot run this job: {why} (categorizers: {valid})");
+        }
         queue.publish(msg.to_json()).await?;
     }
     tracing::info!(job = %job_id, images = inputs.items.len(), model = %model.spec.id(), "job started");
@@ -155,7 +159,7 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
         store: Arc::new(store),
         tenants: Tenants::single(LOCAL_TENANT, pseudonymiser.clone()).into(),
         spec: model.spec,
-        labels: model.labels,
+        classes: model.classes,
         backends,
         config,
         health: Health::default(),

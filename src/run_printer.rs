@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use tagfleet_contracts::Pseudonymiser;
+use tagfleet_contracts::analyses::Color;
 use tagfleet_contracts::schema::ResultLine;
 
 use crate::inputs::Inputs;
@@ -119,9 +120,13 @@ fn describe(line: &ResultLine) -> String {
     }
     let mut parts = Vec::new();
     if let Some(tags) = &line.tags {
+        // Parent tags read as the model's tags' hierarchy: marked, after them.
         let tags: Vec<String> = tags
             .iter()
-            .map(|t| format!("{} {:.2}", t.label, t.confidence))
+            .map(|t| {
+                let mark = if t.parent { "^" } else { "" };
+                format!("{mark}{} {:.2}", t.label, t.confidence)
+            })
             .collect();
         parts.push(if tags.is_empty() {
             "no tag over the threshold".into()
@@ -131,6 +136,35 @@ fn describe(line: &ResultLine) -> String {
     }
     if let Some(e) = &line.embedding {
         parts.push(format!("embedding[{}]", e.len()));
+    }
+    if let Some(categories) = &line.categories {
+        let shown: Vec<String> = categories
+            .iter()
+            .map(|c| format!("{} {:.2}", c.name, c.confidence))
+            .collect();
+        parts.push(format!("[{}]", shown.join(", ")));
+    }
+    if let Some(colors) = &line.colors {
+        let names = |list: &[Color]| {
+            let names: Vec<&str> = list.iter().map(|c| c.name.as_str()).collect();
+            names.join("/")
+        };
+        parts.push(format!(
+            "colors {} (background {}, foreground {})",
+            names(&colors.image),
+            names(&colors.background),
+            if colors.foreground.is_empty() {
+                "-".into()
+            } else {
+                names(&colors.foreground)
+            }
+        ));
+    }
+    for crop in line.crops.iter().flatten() {
+        parts.push(match (&crop.region, &crop.error) {
+            (Some(r), _) => format!("{} {}x{}+{}+{}", crop.request, r.width, r.height, r.x, r.y),
+            (None, error) => format!("{} none ({})", crop.request, error.as_deref().unwrap_or("")),
+        });
     }
     parts.join("  ")
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use tagfleet_contracts::Secrets;
 use tagfleet_io::netguard::UrlPolicy;
+use tagfleet_models::categorizer::CategorizerFiles;
 use tagfleet_scheduler::server::{self, ServeConfig};
 use tagfleet_scheduler::tls::{self, TlsAcceptor, TlsError};
 use tagfleet_scheduler::{
@@ -63,6 +64,12 @@ pub struct SchedulerArgs {
         default_value = "efficientnet-lite0@1"
     )]
     pub models: Vec<String>,
+
+    /// The workers' folder of extra categorizers (their --categorizers-dir): jobs may name
+    /// those and the built-in general and retail in options.categorizer. The workers check
+    /// each file's synsets against their model at start-up.
+    #[arg(long, env = "TAGFLEET_CATEGORIZERS_DIR")]
+    pub categorizers_dir: Option<PathBuf>,
 
     /// Move the tasks waiting in the one task queue of versions before per-model queues
     /// (named as --queue-name, or sqs://NAME) to their models' queues, at start and every
@@ -176,6 +183,7 @@ pub async fn main(args: SchedulerArgs) -> anyhow::Result<i32> {
         opened.s3.as_ref().map(|s| s.client().clone()),
         SchedulerConfig {
             models: args.models.clone(),
+            categorizers: CategorizerFiles::load(args.categorizers_dir.as_deref())?.names(),
             chunk_size: args.chunk_size as usize,
             retention: args.store.retention(),
             max_job_images: args.max_job_images,

@@ -141,7 +141,7 @@ pub async fn main(args: WorkerArgs) -> anyhow::Result<i32> {
         store: opened.store,
         tenants,
         spec: model.spec,
-        labels: model.labels,
+        classes: model.classes,
         backends,
         config: PipelineConfig {
             batch,

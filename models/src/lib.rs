@@ -2,7 +2,9 @@
 //! the [`Backend`] inference boundary with its ONNX Runtime implementation, and
 //! postprocessing.
 
+pub mod analysis;
 pub mod backend;
+pub mod categorizer;
 pub mod decode;
 pub mod devices;
 pub mod gpu_preprocess;
@@ -13,10 +15,12 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod runtime;
 pub mod spec;
+pub mod taxonomy;
 
 pub use backend::{Backend, BackendError, BatchOutput, Device};
 pub use decode::{DecodeLimits, Decoded, decode, decode_cost, decode_to_fit};
 pub use ort_backend::OrtBackend;
+pub use postprocess::Classes;
 pub use preprocess::Preprocessor;
 pub use spec::ModelSpec;
 
@@ -38,6 +42,14 @@ pub(crate) mod test_support {
     pub fn model() -> ModelSpec {
         ModelSpec::load(&folder("TAGFLEET_MODELS_DIR", ".").join("efficientnet-lite0"))
             .expect("the model spec is committed")
+    }
+
+    /// One sample photo, decoded as the worker decodes it (orientation applied).
+    pub fn photo(name: &str) -> image::RgbImage {
+        let path = folder("TAGFLEET_TEST_PHOTOS", "../samples/photos").join(name);
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (make photos extracts them)", path.display()));
+        crate::decode(&bytes, Default::default()).unwrap().pixels
     }
 
     /// The sample photos, decoded, in name order.

@@ -1,34 +1,201 @@
-//! Model outputs to results: top-k tags over a threshold, normalised embeddings.
+//! Model outputs to results: top-k tags over a threshold (with their synsets and, on
+//! request, their parents), categories, normalised embeddings.
 
-use tagfleet_contracts::schema::Tag;
+use std::collections::HashSet;
+use std::path::Path;
 
-/// Softmax over `logits`, then the `top_k` labels whose probability is at least
-/// `threshold`, most confident first.
-pub fn top_k_tags(logits: &[f32], labels: &[String], top_k: usize, threshold: f32) -> Vec<Tag> {
+use tagfleet_contracts::analyses::Category;
+use tagfleet_contracts::schema::{Analysis, Tag, TaskMessage, TaskOptions};
+
+use crate::categorizer::{CategorizerError, CategorizerFiles, Categorizers};
+use crate::spec::{ModelSpec, SpecError};
+use crate::taxonomy::{Taxonomy, TaxonomyError};
+
+/// What a classifier's outputs mean: its labels, their place in WordNet (where the model
+/// has a taxonomy) and the categorizers built on it.
+#[derive(Debug)]
+pub struct Classes {
+    labels: Vec<String>,
+    taxonomy: Option<Taxonomy>,
+    categorizers: Categorizers,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassesError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("model {0}: labels file is empty")]
+    NoLabels(String),
+    #[error(transparent)]
+    Taxonomy(#[from] TaxonomyError),
+    #[error(transparent)]
+    Categorizer(#[from] CategorizerError),
+}
+
+impl Classes {
+    pub fn new(
+        labels: Vec<String>,
+        taxonomy: Option<Taxonomy>,
+        categorizers: Categorizers,
+    ) -> Self {
+        Self {
+            labels,
+            taxonomy,
+            categorizers,
+        }
+    }
+
+    /// Reads a model's labels and taxonomy, and ties the categorizers (the built-in ones
+    /// and those in `categorizers_dir`) to it. A model without a taxonomy gets none.
+    pub fn load(spec: &ModelSpec, categorizers_dir: Option<&Path>) -> Result<Self, ClassesError> {
+        let labels = spec.load_labels()?;
+        if labels.is_empty() {
+            return Err(ClassesError::NoLabels(spec.id()));
+        }
+        let taxonomy = spec.load_taxonomy()?;
+        let files = CategorizerFiles::load(categorizers_dir)?;
+        let categorizers = match &taxonomy {
+            Some(taxonomy) => files.resolve(taxonomy)?,
+            None => Categorizers::default(),
+        };
+        Ok(Self::new(labels, taxonomy, categorizers))
+    }
+
+    /// Labels only: no synsets, parents or categories.
+    pub fn plain(labels: Vec<String>) -> Self {
+        Self::new(labels, None, Categorizers::default())
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The categorizers jobs may choose from.
+    pub fn categorizers(&self) -> Vec<String> {
+        self.categorizers.names()
+    }
+
+    /// Why this model cannot run `msg` as asked, if it cannot: a categorizer it does not
+    /// have, or parent tags or categories without a taxonomy.
+    pub fn refuses(&self, msg: &TaskMessage) -> Option<String> {
+        let wants_taxonomy = msg.options.parents || msg.analyses.contains(&Analysis::Categories);
+        if wants_taxonomy && self.taxonomy.is_none() {
+            return Some("the model has no taxonomy: no parent tags or categories".into());
+        }
+        let categorizer = &msg.options.categorizer;
+        (msg.analyses.contains(&Analysis::Categories)
+            && self.categorizers.get(categorizer).is_none())
+        .then(|| format!("no categorizer {categorizer:?} on this worker"))
+    }
+
+    /// The categories of `options.categorizer` for one image's class probabilities
+    /// ([`softmax`]); none for a categorizer this model lacks ([`Classes::refuses`]).
+    pub fn categories(&self, probs: &[f32], options: &TaskOptions) -> Vec<Category> {
+        self.categorizers
+            .get(&options.categorizer)
+            .map(|c| c.categorize(probs, options.threshold))
+            .unwrap_or_default()
+    }
+
+    /// The top tags of one image's class probabilities ([`softmax`]), with their synsets,
+    /// and their parents when `options.parents` asks.
+    pub fn tags(&self, probs: &[f32], options: &TaskOptions) -> Vec<Tag> {
+        let top = top_k(probs, options.top_k, options.threshold);
+        let mut tags: Vec<Tag> = top
+            .iter()
+            .map(|&(class, confidence)| Tag {
+                label: self.label(class),
+                confidence,
+                synset: self.taxonomy.as_ref().map(|t| t.class(class).name.clone()),
+                parent: false,
+            })
+            .collect();
+        if let (true, Some(taxonomy)) = (options.parents, &self.taxonomy) {
+            tags.extend(parent_tags(taxonomy, probs, &top, options.threshold));
+        }
+        tags
+    }
+
+    fn label(&self, class: usize) -> String {
+        self.labels
+            .get(class)
+            .cloned()
+            .unwrap_or_else(|| format!("class_{class}"))
+    }
+}
+
+/// The hypernyms of the reported classes, each once, with the mass of every class under
+/// it; most confident first, and the more specific first where the mass is the same
+/// ("cat" before "feline" when only cats are likely).
+fn parent_tags(
+    taxonomy: &Taxonomy,
+    probs: &[f32],
+    top: &[(usize, f32)],
+    threshold: f32,
+) -> Vec<Tag> {
+    let own: HashSet<&str> = top
+        .iter()
+        .map(|&(c, _)| taxonomy.class(c).id.as_str())
+        .collect();
+    let mut seen = HashSet::new();
+    let mut parents: Vec<(Tag, usize)> = top
+        .iter()
+        .flat_map(|&(class, _)| taxonomy.parents(class))
+        .filter(|s| !own.contains(s.id.as_str()) && seen.insert(s.id.as_str()))
+        .map(|s| {
+            let tag = Tag {
+                label: s.label.clone(),
+                confidence: s.covers.mass(probs),
+                synset: Some(s.name.clone()),
+                parent: true,
+            };
+            (tag, s.covers.len())
+        })
+        .filter(|(t, _)| t.confidence >= threshold)
+        .collect();
+    parents.sort_by(|(a, a_len), (b, b_len)| {
+        b.confidence.total_cmp(&a.confidence).then(a_len.cmp(b_len))
+    });
+    parents.into_iter().map(|(t, _)| t).collect()
+}
+
+/// Softmax probabilities of `logits`.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    let k = top_k.min(order.len());
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// The `k` most probable classes whose probability is at least `threshold`, most
+/// probable first (ties by class index).
+pub fn top_k(probs: &[f32], k: usize, threshold: f32) -> Vec<(usize, f32)> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    let k = k.min(order.len());
     if k == 0 {
         return Vec::new();
     }
     // Partial selection, then sort only the k winners.
-    order.select_nth_unstable_by(k - 1, |a, b| exps[*b].total_cmp(&exps[*a]));
+    order.select_nth_unstable_by(k - 1, |a, b| probs[*b].total_cmp(&probs[*a]));
     order.truncate(k);
-    order.sort_by(|a, b| exps[*b].total_cmp(&exps[*a]).then(a.cmp(b)));
+    order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b)));
     order
         .into_iter()
-        .map(|i| (i, exps[i] / sum))
+        .map(|i| (i, probs[i]))
         .filter(|(_, p)| *p >= threshold)
-        .map(|(i, p)| Tag {
-            label: labels
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("class_{i}")),
-            confidence: p,
-        })
         .collect()
+}
+
+/// Softmax over `logits`, then the `top_k` labels whose probability is at least
+/// `threshold`, most confident first.
+pub fn top_k_tags(logits: &[f32], labels: &[String], top_k: usize, threshold: f32) -> Vec<Tag> {
+    let classes = Classes::plain(labels.to_vec());
+    let options = TaskOptions {
+        top_k,
+        threshold,
+        ..TaskOptions::default()
+    };
+    classes.tags(&softmax(logits), &options)
 }
 
 /// `v / |v|`; a zero vector stays zero.
@@ -68,6 +235,86 @@ mod tests {
             top_k_tags(&[0.0; 4], &labels(4), 4, 0.3).is_empty(),
             "uniform 0.25 < 0.3"
         );
+    }
+
+    fn model_classes() -> Classes {
+        Classes::load(&crate::test_support::model(), None).unwrap()
+    }
+
+    /// Logits that give `tabby` 0.6, `tiger cat` 0.3 and spread the rest.
+    fn cat_logits(classes: &Classes) -> Vec<f32> {
+        let at = |l: &str| classes.labels().iter().position(|x| x == l).unwrap();
+        let mut logits = vec![0.0f32; classes.labels().len()];
+        let rest = 0.1 / (logits.len() - 2) as f32;
+        logits[at("tabby")] = (0.6 / rest).ln();
+        logits[at("tiger cat")] = (0.3 / rest).ln();
+        logits
+    }
+
+    #[test]
+    fn tags_carry_their_synset_and_parents_sum_their_classes() {
+        let classes = model_classes();
+        let options = TaskOptions {
+            top_k: 2,
+            parents: true,
+            ..TaskOptions::default()
+        };
+        let tags = classes.tags(&softmax(&cat_logits(&classes)), &options);
+        assert_eq!(tags[0].label, "tabby");
+        assert_eq!(tags[0].synset.as_deref(), Some("tabby.n.01"));
+        assert!(!tags[0].parent);
+        let parent = |name: &str| tags.iter().find(|t| t.label == name && t.parent);
+        // Both classes are cats: "cat" holds their mass (0.9) and a little of the rest.
+        let cat = parent("cat").expect("cat is a parent of tabby");
+        assert!((cat.confidence - 0.9).abs() < 0.01, "{cat:?}");
+        assert_eq!(cat.synset.as_deref(), Some("cat.n.01"));
+        let animal = parent("animal").expect("animal too");
+        assert!(animal.confidence > cat.confidence && animal.confidence <= 1.0);
+        assert!(
+            parent("entity").is_none() && parent("whole").is_none(),
+            "{tags:?}"
+        );
+        let confidences: Vec<f32> = tags
+            .iter()
+            .filter(|t| t.parent)
+            .map(|t| t.confidence)
+            .collect();
+        assert!(
+            confidences.windows(2).all(|w| w[0] >= w[1]),
+            "{confidences:?}"
+        );
+        let without = classes.tags(&softmax(&cat_logits(&classes)), &TaskOptions::default());
+        assert!(without.iter().all(|t| !t.parent));
+    }
+
+    #[test]
+    fn categories_follow_the_chosen_categorizer() {
+        let classes = model_classes();
+        let mut options = TaskOptions::default();
+        let probs = softmax(&cat_logits(&classes));
+        let general = classes.categories(&probs, &options);
+        assert_eq!(general[0].name, "animals");
+        assert!(general[0].confidence > 0.9, "{general:?}");
+        options.categorizer = "retail".into();
+        let retail = classes.categories(&probs, &options);
+        assert!(retail.iter().all(|c| c.name != "animals"), "{retail:?}");
+    }
+
+    #[test]
+    fn a_task_the_model_cannot_run_is_refused_with_the_reason() {
+        let classes = model_classes();
+        let mut msg = TaskMessage::from_json(
+            br#"{"v":1,"job_id":"j","task_id":"t","tenant":"t","analyses":["categories"],
+                "model":"m@1","options":{"categorizer":"pets"},"items":[{"ref":"file:///a"}]}"#,
+        )
+        .unwrap();
+        assert!(classes.refuses(&msg).unwrap().contains("\"pets\""));
+        msg.options.categorizer = "retail".into();
+        assert_eq!(classes.refuses(&msg), None);
+        let plain = Classes::plain(classes.labels().to_vec());
+        assert!(plain.refuses(&msg).unwrap().contains("no taxonomy"));
+        msg.analyses = vec![Analysis::Tags];
+        assert_eq!(plain.refuses(&msg), None);
     }
 
     #[test]

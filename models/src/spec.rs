@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::taxonomy::{Taxonomy, TaxonomyError};
+
 /// A model folder, parsed and checked.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +18,10 @@ pub struct ModelSpec {
     pub onnx: PathBuf,
     /// One label per line, in output order.
     pub labels: PathBuf,
+    /// Each label's WordNet synset and hypernyms (`scripts/build_taxonomy.py`): what tag
+    /// synsets, parent tags and categories come from. A model without one offers none.
+    #[serde(default)]
+    pub taxonomy: Option<PathBuf>,
     pub input: InputSpec,
     pub outputs: OutputSpec,
     #[serde(default)]
@@ -171,6 +177,15 @@ impl ModelSpec {
             .map(|l| l.trim().to_owned())
             .filter(|l| !l.is_empty())
             .collect())
+    }
+
+    /// Reads the taxonomy file, where the spec names one.
+    pub fn load_taxonomy(&self) -> Result<Option<Taxonomy>, TaxonomyError> {
+        let Some(file) = &self.taxonomy else {
+            return Ok(None);
+        };
+        let classes = self.load_labels().map_or(0, |l| l.len());
+        Taxonomy::load(&self.dir.join(file), classes).map(Some)
     }
 
     /// Floats in one input tensor of batch size 1.

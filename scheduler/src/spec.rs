@@ -117,7 +117,8 @@ fn strip_position(reason: &str) -> String {
 impl JobSpec {
     /// Checks what parsing cannot: choices against what this scheduler serves, option
     /// ranges, and the shape of the source. Returns the model to run.
-    pub fn validate(&self, models: &[String]) -> Result<String, Invalid> {
+    /// `categorizers` are those the workers have (`options.categorizer` must be one).
+    pub fn validate(&self, models: &[String], categorizers: &[String]) -> Result<String, Invalid> {
         if self.analyses.is_empty() {
             return Err(Invalid::new("analyses", "asks for no analysis")
                 .with_valid(Analysis::ALL.iter().map(|a| a.name().to_owned()).collect()));
@@ -139,6 +140,13 @@ impl JobSpec {
             }
             other => Invalid::new("options", other.to_string()),
         })?;
+        if !categorizers.contains(&self.options.categorizer) {
+            return Err(Invalid::new(
+                "options.categorizer",
+                format!("unknown categorizer {:?}", self.options.categorizer),
+            )
+            .with_valid(categorizers.to_vec()));
+        }
         match &self.source {
             Source::S3Prefix { uri, suffixes } => {
                 S3Location::parse(uri).map_err(|e| Invalid::new("source.uri", e.to_string()))?;
@@ -195,10 +203,14 @@ mod tests {
         vec!["efficientnet-lite0@1".into()]
     }
 
+    fn categorizers() -> Vec<String> {
+        vec!["general".into(), "retail".into()]
+    }
+
     fn refusal(body: &str) -> Invalid {
         match parse::<JobSpec>(body.as_bytes()) {
             Err(e) => e,
-            Ok(spec) => spec.validate(&models()).unwrap_err(),
+            Ok(spec) => spec.validate(&models(), &categorizers()).unwrap_err(),
         }
     }
 
@@ -208,7 +220,10 @@ mod tests {
             parse(br#"{"source":{"kind":"s3_prefix","uri":"s3://media/2026/"}}"#).unwrap();
         assert_eq!(spec.analyses, vec![Analysis::Tags]);
         assert_eq!(spec.options, TaskOptions::default());
-        assert_eq!(spec.validate(&models()).unwrap(), "efficientnet-lite0@1");
+        assert_eq!(
+            spec.validate(&models(), &categorizers()).unwrap(),
+            "efficientnet-lite0@1"
+        );
     }
 
     #[test]
@@ -262,6 +277,26 @@ mod tests {
                 "colour",
                 "unknown field `colour`",
             ),
+            (
+                r#"{"source":{"kind":"urls","urls":["https://a.example/x.jpg"]},"options":{"crops":["16:0"]}}"#,
+                "options.crops[0]",
+                "both terms must be positive",
+            ),
+            (
+                r#"{"source":{"kind":"urls","urls":["https://a.example/x.jpg"]},"options":{"colors":40}}"#,
+                "options.colors",
+                "outside 1..=16",
+            ),
+            (
+                r#"{"source":{"kind":"urls","urls":["https://a.example/x.jpg"]},"options":{"categorizer":"pets"}}"#,
+                "options.categorizer",
+                "unknown categorizer \"pets\"",
+            ),
+            (
+                r#"{"source":{"kind":"urls","urls":["https://a.example/x.jpg"]},"options":{"categorizer":"../../x"}}"#,
+                "options.categorizer",
+                "not a categorizer name",
+            ),
         ];
         for (body, field, reason) in cases {
             let e = refusal(body);
@@ -275,7 +310,14 @@ mod tests {
         let e = refusal(
             r#"{"source":{"kind":"urls","urls":["https://a.example/x.jpg"]},"analyses":["faces"]}"#,
         );
-        assert_eq!(e.valid.unwrap(), vec!["tags", "embedding"]);
+        assert_eq!(
+            e.valid.unwrap(),
+            vec!["tags", "embedding", "categories", "colors", "crops"]
+        );
+        let e = refusal(
+            r#"{"source":{"kind":"urls","urls":["https://a.example/x.jpg"]},"options":{"categorizer":"pets"}}"#,
+        );
+        assert_eq!(e.valid.unwrap(), categorizers());
         let e = refusal(
             r#"{"source":{"kind":"urls","urls":["https://a.example/x.jpg"]},"model":"resnet@9"}"#,
         );

@@ -52,6 +52,7 @@ pub async fn run(url: &str, refs: usize, chunk_size: usize) -> anyhow::Result<i3
         None,
         SchedulerConfig {
             models: vec![MODEL.into()],
+            categorizers: vec![tagfleet_contracts::schema::DEFAULT_CATEGORIZER.into()],
             chunk_size,
             retention: tagfleet_contracts::retention::DEFAULT_RETENTION,
             max_job_images: refs.max(1),

@@ -15,6 +15,16 @@ use tagfleet_io::ObjectStore;
 
 const TENANT: &str = "acme";
 
+/// Every analysis that reads the model or the pixels, with options off their defaults:
+/// the fleet must agree with the embedded mode on all of them.
+const ANALYSES: [&str; 5] = [
+    "--analyses",
+    "tags,categories,colors,crops",
+    "--parents",
+    "--crops",
+    "1:1,16:9",
+];
+
 /// A folder of real photos plus one broken file, and a keys folder with the tenant's key.
 fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let photos = dir.join("photos");
@@ -43,19 +53,19 @@ fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (photos, keys)
 }
 
-/// pseudonym -> (status, labels) of the embedded mode on `photos` with the tenant's key.
+/// pseudonym -> (status, what the analyses found) of the embedded mode on `photos` with
+/// the tenant's key.
 fn embedded(photos: &Path, keys: &Path, out: &Path) -> BTreeMap<String, (String, Vec<String>)> {
-    let run = tagfleet(
-        &[
-            "run",
-            photos.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-        &keys.join(format!("{TENANT}.key")),
-    );
+    let mut args = vec![
+        "run",
+        photos.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    args.extend(ANALYSES);
+    let run = tagfleet(&args, &keys.join(format!("{TENANT}.key")));
     assert_eq!(
         run.status.code(),
         Some(3),
@@ -65,21 +75,28 @@ fn embedded(photos: &Path, keys: &Path, out: &Path) -> BTreeMap<String, (String,
     summarise(&json_lines(&run))
 }
 
+/// Per image: its status and what each analysis found, confidences left out (a batch of
+/// other images may move them in the last digits).
 fn summarise(lines: &[serde_json::Value]) -> BTreeMap<String, (String, Vec<String>)> {
+    let strings = |list: &serde_json::Value, field: &str| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|item| item[field].to_string())
+            .collect()
+    };
     lines
         .iter()
         .map(|l| {
-            let labels = l["tags"].as_array().map(|t| {
-                t.iter()
-                    .map(|t| t["label"].as_str().unwrap().to_owned())
-                    .collect()
-            });
+            let mut found = strings(&l["tags"], "label");
+            found.extend(strings(&l["categories"], "name"));
+            for list in ["image", "background", "foreground"] {
+                found.extend(strings(&l["colors"][list], "hex"));
+            }
+            found.extend(strings(&l["crops"], "box"));
             (
                 l["image"].as_str().unwrap().to_owned(),
-                (
-                    l["status"].as_str().unwrap().to_owned(),
-                    labels.unwrap_or_default(),
-                ),
+                (l["status"].as_str().unwrap().to_owned(), found),
             )
         })
         .collect()
@@ -104,7 +121,9 @@ async fn same_tags_as_embedded(kind: &str) {
 
     let fleet = Fleet::new(kind, &keys, &photos);
     let store = fleet.store().await;
-    let job = fleet.submit(&photos, TENANT, &["--chunk-size", "2"]);
+    let mut submit = vec!["--chunk-size", "2"];
+    submit.extend(ANALYSES);
+    let job = fleet.submit(&photos, TENANT, &submit);
     let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
     worker.wait_ready().await;
     let lines = fleet
@@ -122,6 +141,27 @@ async fn same_tags_as_embedded(kind: &str) {
         1,
         "the broken file is an error record, not a redelivery"
     );
+    for line in lines.iter().filter(|l| l["status"] == "ok") {
+        assert!(
+            line["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["parent"] == true),
+            "{line}"
+        );
+        assert!(line["categories"].is_array(), "{line}");
+        assert!(
+            !line["colors"]["image"].as_array().unwrap().is_empty(),
+            "{line}"
+        );
+        let crops = line["crops"].as_array().unwrap();
+        assert_eq!(crops.len(), 2, "{line}");
+        assert!(
+            crops.iter().all(|c| c["box"]["width"].as_u64() > Some(0)),
+            "{line}"
+        );
+    }
 
     // Every result object was written with server-side encryption.
     let objects = store.list(&job_results_prefix(TENANT, &job)).await.unwrap();
@@ -249,6 +289,15 @@ async fn same_tags_as_embedded(kind: &str) {
             count.unwrap_or(0.0) > 0.0,
             "stage {stage} not measured:\n{metrics}"
         );
+    }
+    for analysis in ["tags", "categories", "colors", "crops"] {
+        let label = format!("analysis=\"{analysis}\"");
+        let count = metric(
+            &metrics,
+            "tagfleet_worker_analysis_duration_seconds_count",
+            &[&label],
+        );
+        assert_eq!(count, Some(4.0), "{analysis}, once per photo:\n{metrics}");
     }
     assert!(
         metric(&metrics, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0,
@@ -556,7 +605,9 @@ async fn a_job_from_an_s3_prefix_is_fetched_from_s3() {
 
     let source = format!("s3://{}/media/2026/", store.bucket());
     let endpoint = common::fleet::service_env("TAGFLEET_TEST_S3_ENDPOINT");
-    let job = fleet.submit(Path::new(&source), TENANT, &["--s3-endpoint", &endpoint]);
+    let mut submit = vec!["--s3-endpoint", endpoint.as_str()];
+    submit.extend(ANALYSES);
+    let job = fleet.submit(Path::new(&source), TENANT, &submit);
     let mut worker = fleet.worker(&dir.path().join("worker.log"), &[]);
     worker.wait_ready().await;
     let lines = fleet

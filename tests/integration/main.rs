@@ -6,6 +6,7 @@
 mod common;
 
 mod abusive_client;
+mod analyses;
 mod api_tls;
 mod decode_memory;
 mod fence;

@@ -823,7 +823,10 @@ async fn every_bad_request_is_refused_with_its_reason_and_leaves_nothing() {
         Some(ACME_TOKEN),
         Some(s3(json!({"analyses": ["faces"]}))),
     );
-    assert_eq!(answer["valid"], json!(["tags", "embedding"]));
+    assert_eq!(
+        answer["valid"],
+        json!(["tags", "embedding", "categories", "colors", "crops"])
+    );
     let (_, answer) = api(
         scheduler.port,
         "POST",
@@ -832,6 +835,39 @@ async fn every_bad_request_is_refused_with_its_reason_and_leaves_nothing() {
         Some(s3(json!({"model": "x@1"}))),
     );
     assert_eq!(answer["valid"], json!(["efficientnet-lite0@1"]));
+    let (code, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(s3(
+            json!({"analyses": ["categories"], "options": {"categorizer": "pets"}}),
+        )),
+    );
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (400, Some("options.categorizer")),
+        "{answer}"
+    );
+    assert_eq!(answer["valid"], json!(["general", "retail"]));
+    let (code, answer) = api(
+        scheduler.port,
+        "POST",
+        "/v1/jobs",
+        Some(ACME_TOKEN),
+        Some(s3(
+            json!({"analyses": ["crops"], "options": {"crops": ["1:1", "0x5"]}}),
+        )),
+    );
+    assert_eq!(
+        (code, answer["field"].as_str()),
+        (400, Some("options.crops[1]")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("0x5"),
+        "{answer}"
+    );
     // Schedules and listings refuse bad input the same way.
     let (code, answer) = api(
         scheduler.port,
@@ -924,6 +960,14 @@ async fn every_bad_request_is_refused_with_its_reason_and_leaves_nothing() {
         assert!(doc["paths"][path].is_object(), "{path} in {doc}");
     }
     assert!(doc["components"]["schemas"]["JobSpec"].is_object());
+    let options = &doc["components"]["schemas"]["TaskOptions"]["properties"];
+    for option in ["top_k", "parents", "categorizer", "colors", "crops"] {
+        assert!(options[option].is_object(), "options.{option} in {options}");
+    }
+    let line = &doc["components"]["schemas"]["ResultLine"]["properties"];
+    for field in ["tags", "categories", "colors", "crops", "error"] {
+        assert!(line[field].is_object(), "{field} in {line}");
+    }
 }
 
 /// `openssl s_server -WWW`: a real HTTPS server for the files of a folder, with a

@@ -67,6 +67,7 @@ mod tests {
                 input: ModelInput::Tensor(vec![0.5; 3]),
                 width: 1,
                 height: 1,
+                described: Default::default(),
             })
             .collect()
     }

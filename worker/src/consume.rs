@@ -11,6 +11,7 @@ use tagfleet_contracts::TaskMessage;
 use tagfleet_contracts::keys::Key;
 use tagfleet_contracts::schema::{GivenUp, ResultLine, SchemaError};
 use tagfleet_io::{Delivery, ObjectStore, Queue};
+use tagfleet_models::Classes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +44,8 @@ pub(crate) struct Consumer {
     pub gate: Arc<JobGate>,
     pub tenants: LiveTenants,
     pub model_id: String,
+    /// What this worker's model offers: a task asking for more is given up.
+    pub classes: Arc<Classes>,
     pub settler: Arc<Settler>,
     pub health: Health,
     pub in_flight: Arc<Semaphore>,
@@ -152,6 +155,12 @@ impl Consumer {
             return None;
         }
         let ticket = self.settler.ticket(delivery, &msg);
+        if let Some(why) = self.classes.refuses(&msg) {
+            // Every worker of this model is configured alike: redelivery cannot help.
+            tracing::warn!(job = %msg.job_id, task = %msg.task_id, reason = %why, "giving up a task this worker cannot run");
+            ticket.give_up(GivenUp::Unsupported).await;
+            return None;
+        }
         let Some(tenant) = self.tenants.get(&msg.tenant) else {
             if !self.tenants.can_change() {
                 tracing::warn!(job = %msg.job_id, task = %msg.task_id, tenant = %msg.tenant, "giving up a task of an unknown tenant");

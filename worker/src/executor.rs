@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use tagfleet_contracts::schema::{Analysis, ResultLine, SCHEMA_VERSION, Status};
-use tagfleet_models::postprocess::{l2_normalised, top_k_tags};
+use tagfleet_models::postprocess::{l2_normalised, softmax};
 use tagfleet_models::preprocess::Crop;
 use tagfleet_models::spec::InputSpec;
-use tagfleet_models::{Backend, BackendError, BatchOutput, Decoded, Preprocessor};
+use tagfleet_models::{Backend, BackendError, BatchOutput, Classes, Decoded, Preprocessor};
 
 use crate::batcher::Batch;
 use crate::health::Health;
@@ -66,7 +66,7 @@ pub fn spawn(
     spec: &InputSpec,
     input: Receiver<Batch>,
     output: Sender<Completed>,
-    labels: Arc<Vec<String>>,
+    classes: Arc<Classes>,
     executors: Arc<Executors>,
     health: Health,
 ) -> std::thread::JoinHandle<()> {
@@ -86,7 +86,7 @@ pub fn spawn(
             let mut failures = 0;
             while let Ok(batch) = input.recv_blocking() {
                 executors.set_busy(slot, true);
-                let done = execute(backend.as_mut(), &mut pre, batch, &labels);
+                let done = execute(backend.as_mut(), &mut pre, batch, &classes);
                 executors.set_busy(slot, false);
                 match done {
                     Ok(done) => {
@@ -124,7 +124,7 @@ pub fn execute(
     backend: &mut dyn Backend,
     pre: &mut Preprocessor,
     batch: Batch,
-    labels: &[String],
+    classes: &Classes,
 ) -> Result<Vec<Completed>, BackendError> {
     let n = batch.items.len();
     let want_embedding = batch
@@ -166,7 +166,7 @@ pub fn execute(
         .enumerate()
         .map(|(i, mut prepared)| {
             prepared.work.timings.record("inference", inference_ms);
-            let line = ok_line(&mut prepared, &out, i, labels);
+            let line = ok_line(&mut prepared, &out, i, classes);
             Completed {
                 work: prepared.work,
                 line,
@@ -203,18 +203,21 @@ fn ok_line(
     prepared: &mut Prepared,
     out: &BatchOutput,
     row: usize,
-    labels: &[String],
+    classes: &Classes,
 ) -> ResultLine {
     let work = &mut prepared.work;
     let msg = &work.task.msg;
-    let tags = msg.analyses.contains(&Analysis::Tags).then(|| {
-        top_k_tags(
-            out.logits_row(row),
-            labels,
-            msg.options.top_k,
-            msg.options.threshold,
-        )
-    });
+    let wants = |a| msg.analyses.contains(&a);
+    // Tags and categories read the same probabilities; each is timed as its own analysis.
+    let probs = if wants(Analysis::Tags) || wants(Analysis::Categories) {
+        softmax(out.logits_row(row))
+    } else {
+        Vec::new()
+    };
+    let tags = wants(Analysis::Tags).then(|| classes.tags(&probs, &msg.options));
+    work.timings.lap_if(tags.is_some(), "tags");
+    let categories = wants(Analysis::Categories).then(|| classes.categories(&probs, &msg.options));
+    work.timings.lap_if(categories.is_some(), "categories");
     let embedding = msg
         .analyses
         .contains(&Analysis::Embedding)
@@ -231,6 +234,9 @@ fn ok_line(
         height: Some(prepared.height),
         tags,
         embedding,
+        categories,
+        colors: prepared.described.colors.take(),
+        crops: prepared.described.crops.take(),
         error: None,
         timings_ms: work.timings.ms.clone(),
     }

@@ -22,6 +22,11 @@ pub const STAGES: [&str; 7] = [
     "write",
 ];
 
+/// The analyses timed on their own (the `analysis` label). Embeddings cost nothing
+/// beyond inference; tags and categories are timed within `postprocess`, colors and crops
+/// after `decode`, on the decode threads.
+pub const ANALYSES: [&str; 4] = ["tags", "categories", "colors", "crops"];
+
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register_int_counter_vec!(Opts::new(name, help), labels).expect("metric registers once")
 }
@@ -135,11 +140,29 @@ pub static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Records an image's per-stage milliseconds, as written in its result line.
+/// Seconds an image's analyses took, each on its own.
+pub static ANALYSIS_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        HistogramOpts::new(
+            "tagfleet_worker_analysis_duration_seconds",
+            "Seconds an analysis took per image"
+        )
+        .buckets(exponential_buckets(0.000_05, 2.5, 12).expect("valid buckets")),
+        &["analysis"]
+    )
+    .expect("metric registers once")
+});
+
+/// Records an image's per-stage and per-analysis milliseconds, as written in its result
+/// line.
 pub fn observe_stages(timings_ms: &std::collections::BTreeMap<String, f64>) {
-    for (stage, ms) in timings_ms {
-        if let Some(stage) = STAGES.iter().find(|s| **s == stage) {
+    for (name, ms) in timings_ms {
+        if let Some(stage) = STAGES.iter().find(|s| **s == name) {
             STAGE_SECONDS.with_label_values(&[stage]).observe(ms / 1e3);
+        } else if let Some(analysis) = ANALYSES.iter().find(|a| **a == name) {
+            ANALYSIS_SECONDS
+                .with_label_values(&[analysis])
+                .observe(ms / 1e3);
         }
     }
 }

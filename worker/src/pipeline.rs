@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_channel::bounded;
 use tagfleet_io::{ObjectStore, Queue};
-use tagfleet_models::{Backend, DecodeLimits, ModelSpec};
+use tagfleet_models::{Backend, Classes, DecodeLimits, ModelSpec};
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
@@ -67,7 +67,8 @@ pub struct Pipeline {
     pub store: Arc<dyn ObjectStore>,
     pub tenants: LiveTenants,
     pub spec: ModelSpec,
-    pub labels: Arc<Vec<String>>,
+    /// What the model's outputs mean: labels, synsets, categorizers.
+    pub classes: Arc<Classes>,
     /// One per device; every one pulls from the same batch queue.
     pub backends: Vec<Box<dyn Backend>>,
     pub config: PipelineConfig,
@@ -92,7 +93,7 @@ impl Pipeline {
             store,
             tenants,
             spec,
-            labels,
+            classes,
             backends,
             config,
             health,
@@ -134,6 +135,7 @@ impl Pipeline {
             gate,
             tenants,
             model_id: spec.id(),
+            classes: classes.clone(),
             settler: Settler::new(queue, config.progress.clone(), config.delivery_limit),
             health: health.clone(),
             in_flight: Arc::new(Semaphore::new(config.max_tasks_in_flight.max(1))),
@@ -183,7 +185,7 @@ impl Pipeline {
                 &spec.input,
                 batch_rx.clone(),
                 done_tx.clone(),
-                labels.clone(),
+                classes.clone(),
                 executors.clone(),
                 health.clone(),
             )

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
 use tagfleet_contracts::{ErrorKind, ImageError};
+use tagfleet_models::analysis::{Described, describe};
 use tagfleet_models::preprocess::Crop;
 use tagfleet_models::{DecodeLimits, Decoded, Preprocessor, spec::InputSpec};
 
@@ -49,6 +50,8 @@ pub struct Prepared {
     pub input: ModelInput,
     pub width: u32,
     pub height: u32,
+    /// What the pixel analyses (colors, crops) found, for its result line.
+    pub described: Described,
 }
 
 /// What the threads make of fetched bytes.
@@ -87,12 +90,13 @@ pub fn spawn(
                     let result = prepare(&mut pre, &preprocessing, &bytes, limits, &mut work);
                     drop(bytes);
                     let sent = match result {
-                        Ok((input, width, height)) => output
+                        Ok((input, described, (width, height))) => output
                             .send_blocking(Prepared {
                                 work,
                                 input,
                                 width,
                                 height,
+                                described,
                             })
                             .is_ok(),
                         Err(error) => {
@@ -115,7 +119,7 @@ fn prepare(
     bytes: &[u8],
     limits: DecodeLimits,
     work: &mut Work,
-) -> Result<(ModelInput, u32, u32), ImageError> {
+) -> Result<(ModelInput, Described, (u32, u32)), ImageError> {
     // JPEGs decode at the smallest DCT scale that still covers the model's crop. A
     // decoder bug on hostile input must cost one image, not the worker.
     let fits = |w, h| pre.covers(w, h);
@@ -124,7 +128,14 @@ fn prepare(
     }))
     .map_err(|_| ImageError::new(ErrorKind::Decode, "the decoder failed on this image"))??;
     work.timings.lap("decode");
-    let (width, height) = decoded.full_size;
+    let task = work.task.clone();
+    let described = describe(
+        &decoded,
+        &task.msg.analyses,
+        &task.msg.options,
+        |analysis| work.timings.lap(analysis),
+    );
+    let size = decoded.full_size;
     let input = match preprocessing {
         Preprocessing::Cpu => {
             let mut tensor = vec![0.0; pre.tensor_len()];
@@ -138,5 +149,5 @@ fn prepare(
             image: decoded,
         },
     };
-    Ok((input, width, height))
+    Ok((input, described, size))
 }

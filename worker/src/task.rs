@@ -248,6 +248,13 @@ impl Timings {
         self.mark = now;
     }
 
+    /// [`Timings::lap`] when `done` (an analysis that ran), else nothing.
+    pub fn lap_if(&mut self, done: bool, name: &str) {
+        if done {
+            self.lap(name);
+        }
+    }
+
     /// Records a duration measured elsewhere (a batch's inference) and restarts the mark.
     pub fn record(&mut self, name: &str, ms: f64) {
         self.ms.insert(name.to_owned(), (ms * 1e3).round() / 1e3);

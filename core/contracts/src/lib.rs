@@ -3,6 +3,7 @@
 //! retention rule and which task queue a model's tasks go to. Queues, stores and network
 //! access live in `tagfleet-io`.
 
+pub mod analyses;
 pub mod job;
 pub mod keys;
 pub mod location;

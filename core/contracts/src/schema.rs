@@ -9,6 +9,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::analyses::{Category, Colors, Crop, CropRequest, MAX_COLORS, MAX_CROPS};
 use crate::{S3Location, TaskId};
 
 /// The schema version this build writes and reads.
@@ -149,6 +150,9 @@ pub enum GivenUp {
     StoreRefused,
     /// No worker that took the task knew its tenant (a secrets file without it).
     UnknownTenant,
+    /// The worker cannot run what the task asks for: a categorizer it does not have, or
+    /// categories or parent tags of a model without a taxonomy.
+    Unsupported,
 }
 
 impl GivenUp {
@@ -158,6 +162,7 @@ impl GivenUp {
             GivenUp::OutputRefused => "output_refused",
             GivenUp::StoreRefused => "store_refused",
             GivenUp::UnknownTenant => "unknown_tenant",
+            GivenUp::Unsupported => "unsupported",
         }
     }
 
@@ -169,6 +174,9 @@ impl GivenUp {
             GivenUp::StoreRefused => "the fleet's store refused the results",
             GivenUp::UnknownTenant => {
                 "no worker knew the job's tenant (check the workers' secrets)"
+            }
+            GivenUp::Unsupported => {
+                "the workers cannot run what the job asks for (check their categorizers)"
             }
         }
     }
@@ -204,19 +212,34 @@ pub enum SchemaError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Analysis {
-    /// Top-k labels of the classifier with their confidence.
+    /// Top-k labels of the classifier with their confidence (and WordNet synset).
     Tags,
     /// The L2-normalised feature vector, for visual search.
     Embedding,
+    /// The categories of `options.categorizer` with the probability mass under each.
+    Categories,
+    /// Dominant colors of the image, its background and its foreground, named.
+    Colors,
+    /// For each of `options.crops`, the box that keeps the most salient content.
+    Crops,
 }
 
 impl Analysis {
-    pub const ALL: [Analysis; 2] = [Analysis::Tags, Analysis::Embedding];
+    pub const ALL: [Analysis; 5] = [
+        Analysis::Tags,
+        Analysis::Embedding,
+        Analysis::Categories,
+        Analysis::Colors,
+        Analysis::Crops,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Analysis::Tags => "tags",
             Analysis::Embedding => "embedding",
+            Analysis::Categories => "categories",
+            Analysis::Colors => "colors",
+            Analysis::Crops => "crops",
         }
     }
 }
@@ -235,15 +258,57 @@ impl std::str::FromStr for Analysis {
 }
 
 /// Per-task knobs. Defaults match what a user gets without asking.
+///
+/// Options added after the first release are left out of a message while they hold their
+/// default, so a message that does not use them still reads on workers that predate them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskOptions {
     /// How many tags to report at most.
     pub top_k: usize,
-    /// Tags with a lower confidence (0..1) are left out.
+    /// Tags (and categories) with a lower confidence (0..1) are left out.
     pub threshold: f32,
     /// `false` is the "keep nothing" option: results must not stay in our store.
     pub retain: bool,
+    /// Adds the WordNet hypernyms of each tag ("tabby" also yields "cat", "feline",
+    /// "animal"), each with the probability mass of every class under it.
+    #[serde(skip_serializing_if = "is_false")]
+    pub parents: bool,
+    /// The categorizer the `categories` analysis sorts into: `general`, `retail`, or one
+    /// an operator added.
+    #[serde(skip_serializing_if = "is_default_categorizer")]
+    pub categorizer: String,
+    /// How many colors each list of the `colors` analysis reports at most (1..=16).
+    #[serde(skip_serializing_if = "is_default_colors")]
+    pub colors: usize,
+    /// The crops the `crops` analysis suggests: aspect ratios ("16:9") or sizes
+    /// ("300x200"), at most 16.
+    #[serde(skip_serializing_if = "is_default_crops")]
+    pub crops: Vec<CropRequest>,
+}
+
+/// The categorizer jobs get unless they ask for another.
+pub const DEFAULT_CATEGORIZER: &str = "general";
+const DEFAULT_COLORS: usize = 5;
+
+fn default_crops() -> Vec<CropRequest> {
+    vec![CropRequest::Aspect { w: 1, h: 1 }]
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+fn is_default_categorizer(c: &String) -> bool {
+    c == DEFAULT_CATEGORIZER
+}
+
+fn is_default_colors(n: &usize) -> bool {
+    *n == DEFAULT_COLORS
+}
+
+fn is_default_crops(c: &Vec<CropRequest>) -> bool {
+    *c == default_crops()
 }
 
 impl Default for TaskOptions {
@@ -252,26 +317,59 @@ impl Default for TaskOptions {
             top_k: 5,
             threshold: 0.05,
             retain: true,
+            parents: false,
+            categorizer: DEFAULT_CATEGORIZER.to_owned(),
+            colors: DEFAULT_COLORS,
+            crops: default_crops(),
         }
     }
 }
 
 impl TaskOptions {
+    /// Checks every option against its range. Whether `categorizer` names one that exists
+    /// is for whoever knows the categorizers (the scheduler, the worker).
     pub fn validate(&self) -> Result<(), SchemaError> {
+        let invalid = |field, reason| Err(SchemaError::Option { field, reason });
         if self.top_k == 0 || self.top_k > 1000 {
-            return Err(SchemaError::Option {
-                field: "top_k",
-                reason: format!("{} is outside 1..=1000", self.top_k),
-            });
+            return invalid("top_k", format!("{} is outside 1..=1000", self.top_k));
         }
         if !(0.0..=1.0).contains(&self.threshold) {
-            return Err(SchemaError::Option {
-                field: "threshold",
-                reason: format!("{} is outside 0..=1", self.threshold),
-            });
+            return invalid("threshold", format!("{} is outside 0..=1", self.threshold));
+        }
+        if !is_categorizer_name(&self.categorizer) {
+            return invalid(
+                "categorizer",
+                format!(
+                    "{:?} is not a categorizer name (1 to 64 of a-z, 0-9, - and _)",
+                    self.categorizer
+                ),
+            );
+        }
+        if self.colors == 0 || self.colors > MAX_COLORS {
+            return invalid(
+                "colors",
+                format!("{} is outside 1..={MAX_COLORS}", self.colors),
+            );
+        }
+        if self.crops.is_empty() || self.crops.len() > MAX_CROPS {
+            return invalid(
+                "crops",
+                format!(
+                    "{} crops asked for; 1 to {MAX_CROPS} are allowed",
+                    self.crops.len()
+                ),
+            );
         }
         Ok(())
     }
+}
+
+/// What a categorizer may be called: it is a file name, so nothing that walks paths.
+pub fn is_categorizer_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// One image of a task. `ref` is a location (`file:///…`, `s3://…`): it never leaves the
@@ -284,7 +382,11 @@ pub struct TaskItem {
 }
 
 /// One line of a result object: what one image gave.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Version 1 grows only by optional fields, left out when empty: a reader must ignore
+/// fields it does not know. A field's meaning never changes within a version; removing or
+/// renaming one makes version 2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResultLine {
     pub v: u32,
     /// Pseudonym of the image: HMAC-SHA256(tenant key, canonical ref), hex.
@@ -301,6 +403,12 @@ pub struct ResultLine {
     pub tags: Option<Vec<Tag>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<Category>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colors: Option<Colors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crops: Option<Vec<Crop>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ImageError>,
     /// Milliseconds spent per stage (`fetch`, `decode`, `queue`, `inference`, ...).
@@ -321,13 +429,16 @@ impl ResultLine {
             height: None,
             tags: None,
             embedding: None,
+            categories: None,
+            colors: None,
+            crops: None,
             error: Some(error),
             timings_ms: BTreeMap::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -335,15 +446,22 @@ pub enum Status {
 }
 
 /// A label and the model's confidence in it (softmax probability).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tag {
     pub label: String,
     pub confidence: f32,
+    /// The label's WordNet 3.0 noun synset (`tabby.n.01`), where the model has a taxonomy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synset: Option<String>,
+    /// A hypernym of the model's tags (`options.parents`), not a class of the model: its
+    /// confidence is the probability mass of every class under it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub parent: bool,
 }
 
 /// Why one image has no analysis. Never names the image: messages are written for a
 /// person, but must not carry paths, URLs or metadata of the input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema)]
 #[error("{kind}: {message}")]
 pub struct ImageError {
     pub kind: ErrorKind,
@@ -360,7 +478,19 @@ impl ImageError {
 }
 
 /// The fixed set of failure kinds a result line can report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The bytes could not be read.
@@ -481,6 +611,57 @@ mod tests {
     }
 
     #[test]
+    fn new_options_name_the_field_when_out_of_range() {
+        for (options, field) in [
+            (r#"{"categorizer":"../etc/passwd"}"#, "categorizer"),
+            (r#"{"categorizer":""}"#, "categorizer"),
+            (r#"{"colors":0}"#, "colors"),
+            (r#"{"colors":17}"#, "colors"),
+            (r#"{"crops":[]}"#, "crops"),
+        ] {
+            let options: TaskOptions = serde_json::from_str(options).unwrap();
+            let err = options.validate().unwrap_err();
+            assert!(
+                matches!(err, SchemaError::Option { field: f, .. } if f == field),
+                "{err}"
+            );
+        }
+        let many = format!(r#"{{"crops":[{}]}}"#, vec!["\"1:1\""; 17].join(","));
+        let options: TaskOptions = serde_json::from_str(&many).unwrap();
+        assert!(
+            options
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("17 crops")
+        );
+        let bad_crop = serde_json::from_str::<TaskOptions>(r#"{"crops":["16:0"]}"#).unwrap_err();
+        assert!(bad_crop.to_string().contains("16:0"), "{bad_crop}");
+    }
+
+    #[test]
+    fn options_left_at_their_default_stay_out_of_the_message() {
+        // Workers from before these options refuse unknown fields: a message that does not
+        // use them must read exactly as it did.
+        let json = serde_json::to_value(TaskOptions::default()).unwrap();
+        let fields: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["retain", "threshold", "top_k"]);
+        let asked = TaskOptions {
+            parents: true,
+            categorizer: "retail".into(),
+            colors: 3,
+            crops: vec!["16:9".parse().unwrap(), "300x200".parse().unwrap()],
+            ..TaskOptions::default()
+        };
+        let json = serde_json::to_string(&asked).unwrap();
+        assert!(
+            json.contains(r#""crops":["16:9","300x200"]"#) && json.contains(r#""parents":true"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<TaskOptions>(&json).unwrap(), asked);
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let mut value = serde_json::to_value(message()).unwrap();
         value["colour"] = serde_json::json!("red");
@@ -497,7 +678,10 @@ mod tests {
             Analysis::Embedding
         );
         let err = "faces".parse::<Analysis>().unwrap_err();
-        assert!(err.contains("tags, embedding"), "{err}");
+        assert!(
+            err.contains("tags, embedding, categories, colors, crops"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -122,10 +122,10 @@ pub(super) async fn retry_job(
     Ok(Json(service.book.retry(&tenant, &id).await?))
 }
 
-/// The job's result lines as JSON Lines (one per image, named by pseudonym).
+/// The job's result lines as JSON Lines: one `ResultLine` per image, named by pseudonym.
 #[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, description = "JSON Lines, one result line per image", content_type = "application/x-ndjson", body = String),
+    responses((status = 200, description = "JSON Lines, one ResultLine (see the schemas) per image", content_type = "application/x-ndjson", body = String),
               (status = 404, body = ErrorBody), (status = 410, description = "Cancelled or expired, or (retain: false) read once already: the results are gone", body = ErrorBody),
               (status = 409, description = "retain: false: the job has not ended, or another request is reading its results", body = ErrorBody),
               (status = 401, body = ErrorBody)),

@@ -48,6 +48,9 @@ pub struct Service {
 pub struct SchedulerConfig {
     /// Models the fleet serves, `name@version`; the first is the default.
     pub models: Vec<String>,
+    /// Categorizers the workers have (built in and from their --categorizers-dir), for
+    /// `options.categorizer`.
+    pub categorizers: Vec<String>,
     /// Refs per task message.
     pub chunk_size: usize,
     /// How long results and job records are kept.
@@ -91,6 +94,7 @@ impl Service {
             sources,
             BookConfig {
                 models: config.models,
+                categorizers: config.categorizers,
                 chunk_size: config.chunk_size,
                 retention: config.retention,
             },

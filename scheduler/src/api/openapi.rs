@@ -34,7 +34,8 @@ impl utoipa::Modify for BearerAuth {
           schedules::get_schedule, schedules::delete_schedule, schedules::erase_data),
     components(schemas(JobSpec, Source, ManifestFormat, JobView, JobPage, Counts, Retried,
                        Schedule, ScheduleSpec, ErrorBody, JobState, Erased,
-                       tagfleet_contracts::Analysis, tagfleet_contracts::TaskOptions)),
+                       tagfleet_contracts::Analysis, tagfleet_contracts::TaskOptions,
+                       tagfleet_contracts::ResultLine)),
     modifiers(&BearerAuth),
     tags((name = "jobs", description = "Batch jobs"), (name = "schedules", description = "Recurring jobs"),
          (name = "erasure", description = "The right to erasure"))

@@ -37,6 +37,7 @@ fn new_service(store: Arc<dyn ObjectStore>) -> Arc<Service> {
         None,
         SchedulerConfig {
             models: vec!["efficientnet-lite0@1".into()],
+            categorizers: vec!["general".into(), "retail".into()],
             chunk_size: 2,
             retention: RETENTION,
             max_job_images: 1000,

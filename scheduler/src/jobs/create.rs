@@ -23,7 +23,7 @@ impl JobBook {
         spec: JobSpec,
         schedule_id: Option<String>,
     ) -> Result<JobView, ApiError> {
-        let model = spec.validate(&self.config.models)?;
+        let model = spec.validate(&self.config.models, &self.config.categorizers)?;
         self.check_locations(tenant, &spec)?;
         // At the jobs quota already: refused before the source is read.
         let one_job = InFlight { jobs: 1, images: 0 };

@@ -45,6 +45,8 @@ use gauges::refresh_gauges;
 pub struct BookConfig {
     /// Models the fleet serves, `name@version`; the first is the default.
     pub models: Vec<String>,
+    /// Categorizers the workers have, for `options.categorizer`.
+    pub categorizers: Vec<String>,
     /// Refs per task message.
     pub chunk_size: usize,
     /// How long results and job records are kept.
@@ -132,6 +134,10 @@ impl JobBook {
 
     pub fn models(&self) -> &[String] {
         &self.config.models
+    }
+
+    pub fn categorizers(&self) -> &[String] {
+        &self.config.categorizers
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {

@@ -63,6 +63,7 @@ fn serving(store: &Arc<dyn ObjectStore>, queues: TaskQueues, tenant: &NewTenant)
         },
         BookConfig {
             models,
+            categorizers: vec!["general".into()],
             chunk_size: 2,
             retention: Duration::from_secs(3600),
         },

@@ -211,10 +211,12 @@ impl Schedules {
         let first = self
             .timing(&spec.cron, &spec.time_zone)?
             .check(now, self.limits.min_interval)?;
-        spec.job.validate(book.models()).map_err(|mut e| {
-            e.field = format!("job.{}", e.field);
-            e
-        })?;
+        spec.job
+            .validate(book.models(), book.categorizers())
+            .map_err(|mut e| {
+                e.field = format!("job.{}", e.field);
+                e
+            })?;
         let holds_refs = holds_refs(&spec.job);
         if holds_refs && !spec.job.options.retain {
             return Err(Invalid::new(

@@ -31,6 +31,7 @@ fn new_service(store: Arc<dyn ObjectStore>) -> Arc<Service> {
         None,
         SchedulerConfig {
             models: vec!["efficientnet-lite0@1".into()],
+            categorizers: vec!["general".into(), "retail".into()],
             chunk_size: 32,
             retention: Duration::from_secs(24 * 3600),
             max_job_images: 1000,

@@ -14,7 +14,7 @@ use tagfleet_contracts::{Pseudonymiser, TenantKey};
 use tagfleet_io::queue::MemoryQueue;
 use tagfleet_io::store::FsStore;
 use tagfleet_io::{ObjectStore, Queue};
-use tagfleet_models::{Backend, DecodeLimits, ModelSpec, OrtBackend};
+use tagfleet_models::{Backend, Classes, DecodeLimits, ModelSpec, OrtBackend};
 use tagfleet_worker::{BatchPolicy, FileRoots, Health, Pipeline, PipelineConfig, Summary, Tenants};
 use tokio_util::sync::CancellationToken;
 
@@ -147,7 +147,7 @@ impl Harness {
     /// Runs until the queue drains or the pipeline fails; returns its summary and health.
     pub async fn run_on(&self, run: Run) -> (Summary, Health) {
         let spec = spec();
-        let labels = Arc::new(spec.load_labels().unwrap());
+        let classes = Arc::new(Classes::load(&spec, None).unwrap());
         let health = Health::default();
         let backends = if run.backends.is_empty() {
             vec![ort()]
@@ -159,7 +159,7 @@ impl Harness {
             store: run.store.unwrap_or_else(|| self.store.clone()),
             tenants: Tenants::single("acme", key()).into(),
             spec,
-            labels,
+            classes,
             backends,
             config: PipelineConfig {
                 batch: BatchPolicy {
