@@ -101,6 +101,32 @@ class Chart(unittest.TestCase):
         self.assertEqual(service["spec"]["ports"][0]["targetPort"], "http")
         self.assertEqual(policy["spec"]["ingress"][0]["ports"][0]["port"], "http")
 
+    def test_operator_categorizers_reach_workers_and_scheduler(self):
+        _, docs = k.render_chart(k.CHART / "ci" / "cpu-only-values.yaml")
+        configs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+        files = configs["tagfleet-categorizers"]["data"]
+        self.assertEqual(list(files), ["pets.toml"])
+        self.assertIn('"cats" = ["cat.n.01"]', files["pets.toml"])
+        self.assertEqual(configs["tagfleet"]["data"]["TAGFLEET_CATEGORIZERS_DIR"], "/etc/tagfleet/categorizers")
+        for d in docs:
+            if d["kind"] != "Deployment":
+                continue
+            pod = d["spec"]["template"]["spec"]
+            (volume,) = [v for v in pod["volumes"] if v["name"] == "categorizers"]
+            self.assertEqual(volume["configMap"]["name"], "tagfleet-categorizers")
+            (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "categorizers"]
+            self.assertEqual((mount["mountPath"], mount["readOnly"]), ("/etc/tagfleet/categorizers", True))
+            self.assertIn("checksum/categorizers", d["spec"]["template"]["metadata"]["annotations"])
+
+        # None asked for: no folder, no volume, the built-in categorizers only.
+        _, docs = k.render_chart(k.CHART / "ci" / "rabbitmq-values.yaml")
+        (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        self.assertNotIn("TAGFLEET_CATEGORIZERS_DIR", config["data"])
+        for d in docs:
+            if d["kind"] == "Deployment":
+                volumes = d["spec"]["template"]["spec"]["volumes"]
+                self.assertNotIn("categorizers", [v["name"] for v in volumes])
+
     def test_config_checksum_on_pod_templates(self):
         _, docs = k.render_chart(k.CHART / "ci" / "rabbitmq-values.yaml")
         for d in docs:

@@ -140,6 +140,30 @@ The tenants Secret volume, mounted read-only at the folder of TAGFLEET_SECRETS.
         path: {{ .Values.tenants.key }}
 {{- end }}
 
+{{/*
+The operator's categorizers (values.categorizers), one file each, where both processes
+read them; empty when there are none.
+*/}}
+{{- define "tagfleet.categorizersDir" -}}
+/etc/tagfleet/categorizers
+{{- end }}
+
+{{- define "tagfleet.categorizersVolume" -}}
+{{- if .Values.categorizers }}
+- name: categorizers
+  configMap:
+    name: {{ include "tagfleet.fullname" . }}-categorizers
+{{- end }}
+{{- end }}
+
+{{- define "tagfleet.categorizersMount" -}}
+{{- if .Values.categorizers }}
+- name: categorizers
+  mountPath: {{ include "tagfleet.categorizersDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{- define "tagfleet.tenantsMount" -}}
 - name: tenants
   mountPath: {{ .Values.tenants.mountPath }}
