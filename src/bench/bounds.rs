@@ -5,6 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tagfleet_contracts::schema::{Analysis, TaskOptions};
+use tagfleet_models::analysis::describe;
 use tagfleet_models::gpu_preprocess::GpuPreprocessor;
 use tagfleet_models::preprocess::Crop;
 use tagfleet_models::{
@@ -74,6 +76,7 @@ pub fn measure(
         .iter()
         .map(|b| decode_to_fit(b, DecodeLimits::default(), &covers).expect("photos were checked"))
         .collect();
+    report_pixel_analyses(&decoded, budget);
     let pixels_rate = if on_gpu {
         let rate = measure_pixels(backend.as_mut(), &pre, &decoded, max_batch, budget)?;
         println!("engine from pixels  {rate:8.1} images/s (upload + GPU preprocessing + model)");
@@ -177,6 +180,33 @@ fn report_scales(photos: &[&[u8]], budget: Duration) {
 /// Decodes the photos round-robin on this thread for about `budget`, each at the
 /// smallest scale that `fits`, and preprocesses them when given a preprocessor; returns
 /// CPU-seconds per image and, with a preprocessor, one tensor per photo.
+/// CPU per image of each pixel analysis on the images as the worker decodes them, with
+/// the crops `bench::ALL_ANALYSES_ARGS` asks for.
+fn report_pixel_analyses(decoded: &[Decoded], budget: Duration) {
+    let options = TaskOptions {
+        crops: super::BENCH_CROPS
+            .split(',')
+            .map(|c| c.parse().expect("the bench's crops parse"))
+            .collect(),
+        ..TaskOptions::default()
+    };
+    for analysis in [Analysis::Colors, Analysis::Crops] {
+        let start = Instant::now();
+        let cpu0 = thread_cpu();
+        let mut n = 0usize;
+        while start.elapsed() < budget / 4 || n < decoded.len() {
+            let image = &decoded[n % decoded.len()];
+            std::hint::black_box(describe(image, &[analysis], &options, |_| {}));
+            n += 1;
+        }
+        let ms = (thread_cpu() - cpu0) / n as f64 * 1e3;
+        println!(
+            "{:<19} {ms:8.2} ms CPU per image (one thread, on the image as decoded)",
+            analysis.name()
+        );
+    }
+}
+
 fn measure_prepare(
     photos: &[&[u8]],
     fits: &dyn Fn(u32, u32) -> bool,

@@ -43,6 +43,7 @@ pub fn measure(
     work: &Path,
     n: usize,
     max_batch: usize,
+    extra: &[&str],
 ) -> anyhow::Result<Run> {
     let exe = std::env::current_exe().context("finding the tagfleet binary")?;
     let mut cmd = Command::new(exe);
@@ -60,7 +61,8 @@ pub fn measure(
             "--max-batch",
             &max_batch.to_string(),
         ])
-        .args(["--model", &args.engine.model]);
+        .args(["--model", &args.engine.model])
+        .args(extra);
     if let Some(dir) = &args.engine.models_dir {
         cmd.arg("--models-dir").arg(dir);
     }
