@@ -31,10 +31,12 @@ const BUILT_IN: [(&str, &str); 2] = [
 
 /// Most categories one file may define: each costs a pass over the classes per image.
 const MAX_CATEGORIES: usize = 256;
+/// Largest categorizer file read: a few hundred categories fit in a tenth of it.
+const MAX_FILE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CategorizerError {
-    #[error("reading categorizers from {path}: {source}")]
+    #[error("reading categorizers from {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -82,9 +84,14 @@ impl CategorizerFiles {
             .collect::<Result<_, _>>()
             .map_err(read_error)?;
         paths.sort();
+        // Hidden files are an editor's or Kubernetes' (a ConfigMap's `..data`), not ours.
+        let hidden = |p: &Path| {
+            p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes()[0] == b'.')
+        };
         for path in paths
             .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && !hidden(p))
         {
             let origin = path.display().to_string();
             let name = path
@@ -97,10 +104,7 @@ impl CategorizerFiles {
                     "a categorizer's file name is its name: 1 to 64 of a-z, 0-9, - and _",
                 ));
             }
-            let text = std::fs::read_to_string(path).map_err(|source| CategorizerError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text = read_file(path)?;
             if BUILT_IN.iter().any(|(n, _)| *n == name) {
                 tracing::info!(categorizer = name, file = %origin, "a categorizer file replaces the built-in one");
             }
@@ -143,6 +147,44 @@ impl CategorizerFiles {
         }
         Ok(Categorizers { by_name })
     }
+}
+
+/// A categorizer file's text: a regular file (a link to one is fine), at most
+/// [`MAX_FILE_BYTES`]. Anything else, such as a FIFO that would block start-up or a link
+/// to a device that never ends, is refused before it is opened for reading.
+fn read_file(path: &Path) -> Result<String, CategorizerError> {
+    use std::io::Read;
+    let origin = path.display().to_string();
+    let io_error = |source| CategorizerError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_error)?;
+    if !meta.is_file() {
+        return Err(invalid(&origin, "not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(invalid(
+            &origin,
+            format!(
+                "{} bytes, more than the {MAX_FILE_BYTES} a categorizer may have",
+                meta.len()
+            ),
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(io_error)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io_error)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(invalid(
+            &origin,
+            "it grew past the size a categorizer may have",
+        ));
+    }
+    Ok(text)
 }
 
 fn invalid(origin: &str, message: impl Into<String>) -> CategorizerError {
@@ -298,6 +340,47 @@ mod tests {
         }
         let missing = CategorizerFiles::load(Some(Path::new("/no/such/folder")));
         assert!(missing.unwrap_err().to_string().contains("/no/such/folder"));
+    }
+
+    #[test]
+    fn only_regular_files_of_a_sane_size_are_read() {
+        let good = "[categories]\n\"cats\" = [\"cat.n.01\"]\n";
+        // A FIFO would block start-up; /dev/zero would fill memory.
+        let fifo = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(fifo.path().join("x.toml"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let zero = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", zero.path().join("x.toml")).unwrap();
+        let big = tempfile::tempdir().unwrap();
+        let padding = format!("# {}\n", "x".repeat(1 << 20));
+        std::fs::write(big.path().join("x.toml"), padding + good).unwrap();
+        for (dir, says) in [
+            (&fifo, "not a regular file"),
+            (&zero, "not a regular file"),
+            (&big, "more than the 1048576"),
+        ] {
+            let err = CategorizerFiles::load(Some(dir.path()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says) && err.contains("x.toml"), "{err}");
+        }
+
+        // Kubernetes mounts a ConfigMap as links into a hidden `..data` folder; editors
+        // leave hidden lock files. Both are passed over, the links followed.
+        let mounted = tempfile::tempdir().unwrap();
+        let data = mounted.path().join("..2026_11_29");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("pets.toml"), good).unwrap();
+        std::os::unix::fs::symlink(&data, mounted.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/pets.toml", mounted.path().join("pets.toml")).unwrap();
+        std::fs::write(mounted.path().join(".#pets.toml"), "not toml").unwrap();
+        let names = CategorizerFiles::load(Some(mounted.path()))
+            .unwrap()
+            .names();
+        assert_eq!(names, ["general", "pets", "retail"]);
     }
 
     #[test]

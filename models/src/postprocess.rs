@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use tagfleet_contracts::analyses::Category;
-use tagfleet_contracts::schema::{Analysis, Tag, TaskMessage, TaskOptions};
+use tagfleet_contracts::schema::{Analysis, DEFAULT_CATEGORIZER, Tag, TaskMessage, TaskOptions};
 
 use crate::categorizer::{CategorizerError, CategorizerFiles, Categorizers};
 use crate::spec::{ModelSpec, SpecError};
@@ -82,8 +82,11 @@ impl Classes {
         if wants_taxonomy && self.taxonomy.is_none() {
             return Some("the model has no taxonomy: no parent tags or categories".into());
         }
+        // A categorizer asked for by name must exist even where categories are not asked
+        // for (as the scheduler holds it): a typo is found before a run, not after.
         let categorizer = &msg.options.categorizer;
-        (msg.analyses.contains(&Analysis::Categories)
+        let named = categorizer != DEFAULT_CATEGORIZER;
+        ((named || msg.analyses.contains(&Analysis::Categories))
             && self.categorizers.get(categorizer).is_none())
         .then(|| format!("no categorizer {categorizer:?} on this worker"))
     }
@@ -93,7 +96,7 @@ impl Classes {
     pub fn categories(&self, probs: &[f32], options: &TaskOptions) -> Vec<Category> {
         self.categorizers
             .get(&options.categorizer)
-            .map(|c| c.categorize(probs, options.threshold))
+            .map(|c| c.categorize(&evidence(probs), options.threshold))
             .unwrap_or_default()
     }
 
@@ -111,7 +114,12 @@ impl Classes {
             })
             .collect();
         if let (true, Some(taxonomy)) = (options.parents, &self.taxonomy) {
-            tags.extend(parent_tags(taxonomy, probs, &top, options.threshold));
+            tags.extend(parent_tags(
+                taxonomy,
+                &evidence(probs),
+                &top,
+                options.threshold,
+            ));
         }
         tags
     }
@@ -151,12 +159,29 @@ fn parent_tags(
             };
             (tag, s.covers.len())
         })
-        .filter(|(t, _)| t.confidence >= threshold)
+        .filter(|(t, _)| t.confidence > 0.0 && t.confidence >= threshold)
         .collect();
     parents.sort_by(|(a, a_len), (b, b_len)| {
         b.confidence.total_cmp(&a.confidence).then(a_len.cmp(b_len))
     });
     parents.into_iter().map(|(t, _)| t).collect()
+}
+
+/// A class counts towards a synset's mass only with this many times the probability every
+/// class would have if the model knew nothing (1% for 1,000 classes).
+const EVIDENCE_FACTOR: f32 = 10.0;
+
+/// `probs` without the spread a classifier puts on every class: below
+/// [`EVIDENCE_FACTOR`] times the uniform probability a class is taken as noise. Without
+/// this, a blank frame is 40% "animal" (398 of ImageNet's 1,000 classes are animals,
+/// each with its 0.1%), and a category's confidence would say more about how many
+/// classes it covers than about the photo.
+fn evidence(probs: &[f32]) -> Vec<f32> {
+    let floor = EVIDENCE_FACTOR / probs.len().max(1) as f32;
+    probs
+        .iter()
+        .map(|&p| if p >= floor { p } else { 0.0 })
+        .collect()
 }
 
 /// Softmax probabilities of `logits`.
@@ -264,12 +289,24 @@ mod tests {
         assert_eq!(tags[0].synset.as_deref(), Some("tabby.n.01"));
         assert!(!tags[0].parent);
         let parent = |name: &str| tags.iter().find(|t| t.label == name && t.parent);
-        // Both classes are cats: "cat" holds their mass (0.9) and a little of the rest.
+        // Both classes are cats: "cat" holds their mass (0.9); the rest is spread too thin
+        // over the other classes to count.
         let cat = parent("cat").expect("cat is a parent of tabby");
-        assert!((cat.confidence - 0.9).abs() < 0.01, "{cat:?}");
+        assert!((cat.confidence - 0.9).abs() < 1e-4, "{cat:?}");
         assert_eq!(cat.synset.as_deref(), Some("cat.n.01"));
         let animal = parent("animal").expect("animal too");
-        assert!(animal.confidence > cat.confidence && animal.confidence <= 1.0);
+        assert_eq!(animal.confidence, cat.confidence);
+        // Same mass: the more specific first.
+        let order: Vec<&str> = tags
+            .iter()
+            .filter(|t| t.parent)
+            .map(|t| t.label.as_str())
+            .collect();
+        let at = |l: &str| order.iter().position(|x| *x == l).unwrap();
+        assert!(
+            at("cat") < at("feline") && at("feline") < at("animal"),
+            "{order:?}"
+        );
         assert!(
             parent("entity").is_none() && parent("whole").is_none(),
             "{tags:?}"
@@ -294,10 +331,35 @@ mod tests {
         let probs = softmax(&cat_logits(&classes));
         let general = classes.categories(&probs, &options);
         assert_eq!(general[0].name, "animals");
-        assert!(general[0].confidence > 0.9, "{general:?}");
+        assert!((general[0].confidence - 0.9).abs() < 1e-4, "{general:?}");
         options.categorizer = "retail".into();
         let retail = classes.categories(&probs, &options);
         assert!(retail.iter().all(|c| c.name != "animals"), "{retail:?}");
+    }
+
+    #[test]
+    fn a_model_that_sees_nothing_it_knows_gives_no_category_or_parent() {
+        let classes = model_classes();
+        let options = TaskOptions {
+            parents: true,
+            threshold: 0.0,
+            ..TaskOptions::default()
+        };
+        // Every class equally likely: 398 animal classes hold 40% of the mass.
+        let uniform = softmax(&vec![0.0; classes.labels().len()]);
+        assert_eq!(classes.categories(&uniform, &options), []);
+        let tags = classes.tags(&uniform, &options);
+        assert!(tags.iter().all(|t| !t.parent), "{tags:?}");
+        // A real belief counts whole, however many classes its category covers.
+        let mut mostly_cat = uniform.clone();
+        let at = |l: &str| classes.labels().iter().position(|x| x == l).unwrap();
+        mostly_cat[at("tabby")] += 0.5;
+        let sum: f32 = mostly_cat.iter().sum();
+        let mostly_cat: Vec<f32> = mostly_cat.iter().map(|p| p / sum).collect();
+        let found = classes.categories(&mostly_cat, &options);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].name, "animals");
+        assert!((found[0].confidence - mostly_cat[at("tabby")]).abs() < 1e-6);
     }
 
     #[test]
@@ -314,7 +376,13 @@ mod tests {
         let plain = Classes::plain(classes.labels().to_vec());
         assert!(plain.refuses(&msg).unwrap().contains("no taxonomy"));
         msg.analyses = vec![Analysis::Tags];
+        msg.options.categorizer = DEFAULT_CATEGORIZER.into();
         assert_eq!(plain.refuses(&msg), None);
+        msg.options.categorizer = "pets".into();
+        assert!(
+            classes.refuses(&msg).unwrap().contains("\"pets\""),
+            "a typo without categories"
+        );
     }
 
     #[test]

@@ -59,6 +59,17 @@ fn photos_are_sorted_into_the_categories_a_library_browses_by() {
         assert!(synset.contains(".n."), "{file}: {synset}");
     }
 
+    // A blank frame is in no category: the model's spread over 398 animal classes is not
+    // evidence of an animal.
+    let blank = dir.path().join("blank");
+    std::fs::create_dir_all(&blank).unwrap();
+    image::RgbImage::from_pixel(500, 300, image::Rgb([128, 128, 128]))
+        .save(blank.join("grey.png"))
+        .unwrap();
+    let lines = run_json(&blank, dir.path(), &["--analyses", "categories", "--parents"]);
+    let grey = &line_for(&lines, "grey.png")["categories"];
+    assert_eq!(grey.as_array().map(Vec::len), Some(0), "{grey}");
+
     // The retail categorizer sorts the espresso among groceries, not animals or vehicles.
     let retail = run_json(
         &photos(dir.path()),

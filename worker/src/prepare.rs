@@ -128,13 +128,18 @@ fn prepare(
     }))
     .map_err(|_| ImageError::new(ErrorKind::Decode, "the decoder failed on this image"))??;
     work.timings.lap("decode");
+    // The pixel analyses read what the decoder made of a tenant's bytes: a bug there
+    // too must cost one image, not the worker.
     let task = work.task.clone();
-    let described = describe(
-        &decoded,
-        &task.msg.analyses,
-        &task.msg.options,
-        |analysis| work.timings.lap(analysis),
-    );
+    let described = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        describe(
+            &decoded,
+            &task.msg.analyses,
+            &task.msg.options,
+            |analysis| work.timings.lap(analysis),
+        )
+    }))
+    .map_err(|_| ImageError::new(ErrorKind::Inference, "an analysis failed on this image"))?;
     let size = decoded.full_size;
     let input = match preprocessing {
         Preprocessing::Cpu => {

@@ -100,6 +100,14 @@ impl FromStr for CropRequest {
                     .to_owned(),
             );
         }
+        // The longest request is "65535x65535": a longer text is refused without being
+        // quoted back, so an error never carries much of what a client sent.
+        if text.len() > 11 {
+            return Err(format!(
+                "a crop request of {} characters is too long to be one (at most \"65535x65535\")",
+                text.chars().count()
+            ));
+        }
         let (kind, separator) = if text.contains(':') {
             ("aspect ratio", ':')
         } else if text.contains('x') {
@@ -130,30 +138,33 @@ impl FromStr for CropRequest {
                 "{kind} \"{text}\" is taller than 1:{MAX_RATIO}, the tallest accepted"
             ));
         }
-        if separator == ':' {
-            return Ok(CropRequest::Aspect {
-                w: first,
-                h: second,
-            });
-        }
         if let Some(side) = [first, second].into_iter().find(|&v| v > MAX_SIDE) {
             return Err(format!(
-                "size \"{text}\": {side} is above the largest side, {MAX_SIDE}"
+                "{kind} \"{text}\": {side} is above the largest term, {MAX_SIDE}"
             ));
         }
-        Ok(CropRequest::Size {
-            width: first,
-            height: second,
+        Ok(if separator == ':' {
+            CropRequest::Aspect {
+                w: first,
+                h: second,
+            }
+        } else {
+            CropRequest::Size {
+                width: first,
+                height: second,
+            }
         })
     }
 }
 
-/// One term of a request: plain digits (no sign, no spaces, no decimals).
+/// One term of a request: plain digits (no sign, no spaces, no decimals, no leading zero,
+/// so that a request has one spelling).
 fn term(digits: &str, kind: &str, text: &str) -> Result<u32, String> {
     if digits.is_empty() {
         return Err(format!("{kind} \"{text}\" is missing a term"));
     }
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return Err(format!(
             "{kind} \"{text}\": \"{digits}\" is not a whole number"
         ));
@@ -189,10 +200,10 @@ impl utoipa::PartialSchema for CropRequest {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(r"^[1-9][0-9]{0,4}[:x][1-9][0-9]{0,4}$"))
+            .pattern(Some(r"^\s*[1-9][0-9]{0,4}[:x][1-9][0-9]{0,4}\s*$"))
             .description(Some(
-                "An aspect ratio (\"16:9\") or a size in pixels (\"300x200\"); \
-                 at most 10:1 either way",
+                "An aspect ratio (\"16:9\") or a size in pixels (\"300x200\"), each term \
+                 at most 65535, at most 10:1 either way",
             ))
             .examples([serde_json::json!("16:9")])
             .into()
@@ -256,8 +267,10 @@ mod tests {
             ("2000x100", "size \"2000x100\" is wider than 10:1"),
             (
                 "70000x7000",
-                "size \"70000x7000\": 70000 is above the largest side, 65535",
+                "size \"70000x7000\": 70000 is above the largest term, 65535",
             ),
+            ("70000:7000", "70000 is above the largest term"),
+            ("01:1", "\"01\" is not a whole number"),
             ("1:1:1", "aspect ratio \"1:1:1\" has more than one ':'"),
             ("1x1x1", "size \"1x1x1\" has more than one 'x'"),
             ("16:", "aspect ratio \"16:\" is missing a term"),
@@ -267,7 +280,8 @@ mod tests {
             ("-4:3", "\"-4\" is not a whole number"),
             ("4 : 3", "\"4 \" is not a whole number"),
             ("16:9x2", "\"9x2\" is not a whole number"),
-            ("99999999999:1", "99999999999 is too large"),
+            ("99999999999:1", "13 characters is too long"),
+            (&"9".repeat(5000), "5000 characters is too long"),
         ];
         for (input, expected) in cases {
             let err = parse(input).expect_err(input);
