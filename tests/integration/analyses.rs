@@ -66,7 +66,11 @@ fn photos_are_sorted_into_the_categories_a_library_browses_by() {
     image::RgbImage::from_pixel(500, 300, image::Rgb([128, 128, 128]))
         .save(blank.join("grey.png"))
         .unwrap();
-    let lines = run_json(&blank, dir.path(), &["--analyses", "categories", "--parents"]);
+    let lines = run_json(
+        &blank,
+        dir.path(),
+        &["--analyses", "categories", "--parents"],
+    );
     let grey = &line_for(&lines, "grey.png")["categories"];
     assert_eq!(grey.as_array().map(Vec::len), Some(0), "{grey}");
 
