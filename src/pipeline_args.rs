@@ -139,8 +139,9 @@ pub struct PipelineArgs {
     pub max_decode_mib: u64,
 
     /// Memory for decoded images on their way to GPU preprocessing, in MiB. The decode
-    /// threads hand over full-size pixels then (a 12-megapixel photo is 36 MB) and wait
-    /// while this is spent.
+    /// threads hand over the pixels of each image's crop (a JPEG at its reduced DCT scale
+    /// is well under 2 MB; a 12-megapixel PNG's crop up to 27 MB) and wait while this is
+    /// spent.
     #[arg(long, env = "TAGFLEET_PIXEL_BUDGET_MIB", default_value_t = tagfleet_worker::DEFAULT_PIXEL_BUDGET >> 20)]
     pub pixel_budget_mib: usize,
 

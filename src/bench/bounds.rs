@@ -77,8 +77,14 @@ pub fn measure(
         .map(|b| decode_to_fit(b, DecodeLimits::default(), &covers).expect("photos were checked"))
         .collect();
     report_pixel_analyses(&decoded, budget);
+    // What crosses to a GPU: each image's crop window, as the decode threads hand it over.
+    let windows: Vec<(Decoded, Crop)> = decoded
+        .iter()
+        .map(|d| pre.window(d.clone(), pre.crop_box(d.width(), d.height())))
+        .collect();
+    report_upload(&decoded, &windows, pre.tensor_len());
     let pixels_rate = if on_gpu {
-        let rate = measure_pixels(backend.as_mut(), &pre, &decoded, max_batch, budget)?;
+        let rate = measure_pixels(backend.as_mut(), &windows, max_batch, budget)?;
         println!("engine from pixels  {rate:8.1} images/s (upload + GPU preprocessing + model)");
         Some(rate)
     } else {
@@ -87,7 +93,7 @@ pub fn measure(
     drop(backends);
     // The kernel alone wherever there is a GPU, even when ONNX Runtime has no CUDA.
     let kernel_rate = has_gpu
-        .then(|| measure_kernel(&model.spec.input, &pre, &decoded, max_batch, budget))
+        .then(|| measure_kernel(&model.spec.input, &windows, max_batch, budget))
         .flatten();
     if let Some(rate) = kernel_rate {
         println!("GPU preprocessing   {rate:8.1} images/s (upload + kernel on cuda:0)");
@@ -257,17 +263,36 @@ fn repeat_batches(
 }
 
 /// `batch` of the decoded photos, round-robin, each with the model's crop.
-fn pixel_batch<'a>(
-    decoded: &'a [Decoded],
-    pre: &Preprocessor,
-    batch: usize,
-) -> Vec<(&'a Decoded, Crop)> {
-    decoded
+fn pixel_batch(windows: &[(Decoded, Crop)], batch: usize) -> Vec<(&Decoded, Crop)> {
+    windows
         .iter()
         .cycle()
         .take(batch)
-        .map(|d| (d, pre.crop_box(d.width(), d.height())))
+        .map(|(d, crop)| (d, *crop))
         .collect()
+}
+
+/// Bytes per image a GPU executor uploads (uint8 pixels of the crop window) against the
+/// float tensor it becomes, and what the whole decoded frame would have been.
+fn report_upload(decoded: &[Decoded], windows: &[(Decoded, Crop)], tensor_floats: usize) {
+    let mean = |bytes: &mut dyn Iterator<Item = usize>| {
+        bytes.sum::<usize>() as f64 / decoded.len().max(1) as f64
+    };
+    let frame = mean(&mut decoded.iter().map(|d| d.pixels.as_raw().len()));
+    let window = mean(&mut windows.iter().map(|(w, _)| w.pixels.as_raw().len()));
+    let worst = windows
+        .iter()
+        .map(|(w, _)| w.pixels.as_raw().len())
+        .max()
+        .unwrap_or(0);
+    let tensor = (tensor_floats * std::mem::size_of::<f32>()) as f64;
+    println!(
+        "GPU upload          {:8.0} KiB per image, {:.2} x its float tensor (largest {:.2} x; the whole decoded frame would be {:.2} x)",
+        window / 1024.0,
+        window / tensor,
+        worst as f64 / tensor,
+        frame / tensor
+    );
 }
 
 /// The engine alone on full batches of ready tensors, every executor at once as in a
@@ -311,12 +336,11 @@ fn measure_engines(
 /// Full batches of decoded pixels through GPU preprocessing and the model: images/s.
 fn measure_pixels(
     backend: &mut dyn Backend,
-    pre: &Preprocessor,
-    decoded: &[Decoded],
+    windows: &[(Decoded, Crop)],
     batch: usize,
     budget: Duration,
 ) -> anyhow::Result<f64> {
-    let images = pixel_batch(decoded, pre, batch);
+    let images = pixel_batch(windows, batch);
     let (rate, ..) = repeat_batches(batch, budget, || {
         backend
             .run_pixels(&images, false)
@@ -330,15 +354,14 @@ fn measure_pixels(
 /// images/s, or `None` (said on stderr) where the kernel cannot run.
 fn measure_kernel(
     input: &tagfleet_models::spec::InputSpec,
-    pre: &Preprocessor,
-    decoded: &[Decoded],
+    windows: &[(Decoded, Crop)],
     batch: usize,
     budget: Duration,
 ) -> Option<f64> {
     let mut gpu = GpuPreprocessor::new(0, input)
         .inspect_err(|e| eprintln!("GPU preprocessing not measured: {e}"))
         .ok()?;
-    let images = pixel_batch(decoded, pre, batch);
+    let images = pixel_batch(windows, batch);
     repeat_batches(batch, budget, || {
         gpu.run(&images)?;
         Ok(())

@@ -1,6 +1,7 @@
 //! A memory budget for decoded images. When executors preprocess on their GPU, the decode
-//! threads hand over full-size uint8 pixels (a 12-megapixel photo is 36 MB), not the
-//! model's small float tensor, and the bounded channels count images, not bytes. The
+//! threads hand over uint8 pixels (the crop's window of the image as decoded: a JPEG's is
+//! small, a 12-megapixel PNG's up to 27 MB), not the model's small float tensor, and the
+//! bounded channels count images, not bytes. The
 //! budget bounds the bytes: a decode thread reserves an image's size before handing it on
 //! and waits while the budget is spent; the reservation is returned when the executor
 //! drops the image after its batch.

@@ -148,11 +148,17 @@ fn prepare(
             work.timings.lap("preprocess");
             ModelInput::Tensor(tensor)
         }
-        Preprocessing::Executors(budget) => ModelInput::Pixels {
-            _budget: budget.reserve(decoded.pixels.as_raw().len()),
-            crop: pre.crop_box(decoded.width(), decoded.height()),
-            image: decoded,
-        },
+        // Only the pixels the crop's resize reads travel on, to wait in the budget and
+        // cross to the GPU.
+        Preprocessing::Executors(budget) => {
+            let crop = pre.crop_box(decoded.width(), decoded.height());
+            let (image, crop) = pre.window(decoded, crop);
+            ModelInput::Pixels {
+                _budget: budget.reserve(image.pixels.as_raw().len()),
+                crop,
+                image,
+            }
+        }
     };
     Ok((input, described, size))
 }
