@@ -158,7 +158,9 @@ impl PipelineArgs {
     }
 
     /// The batch policy for these executors: the model's GPU batch when any runs on a GPU
-    /// (the batcher feeds all of them from one queue), its CPU batch otherwise.
+    /// (the batcher feeds all of them from one queue), its CPU batch otherwise. Where
+    /// executors preprocess images as pixels, a batch also closes before its pixels pass
+    /// twice the bytes of its float tensors at the full batch size.
     pub fn batch(
         &self,
         spec: &ModelSpec,
@@ -167,9 +169,13 @@ impl PipelineArgs {
         let gpu = backends
             .iter()
             .any(|b| !matches!(b.device(), tagfleet_models::Device::Cpu));
+        let max_batch = self.max_batch.unwrap_or(spec.batch.max_batch_on(gpu));
+        let tensor_bytes = spec.input_len() * std::mem::size_of::<f32>();
         BatchPolicy {
-            max_batch: self.max_batch.unwrap_or(spec.batch.max_batch_on(gpu)),
+            max_batch,
             max_delay: Duration::from_millis(self.max_delay_ms.unwrap_or(spec.batch.max_delay_ms)),
+            max_batch_bytes: tagfleet_worker::pipeline::preprocesses_on_executors(backends)
+                .then_some(2 * tensor_bytes * max_batch),
         }
     }
 

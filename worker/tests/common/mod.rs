@@ -165,6 +165,7 @@ impl Harness {
                 batch: BatchPolicy {
                     max_batch: run.max_batch,
                     max_delay: Duration::from_millis(5),
+                    max_batch_bytes: None,
                 },
                 prepare_threads: 2,
                 fetch_concurrency: 4,
