@@ -237,12 +237,15 @@ pub fn compile() -> Result<cudarc::nvrtc::Ptx, GpuError> {
     .clone()
 }
 
-/// Preprocessing on one GPU: the compiled kernel, its stream, and device buffers reused
-/// from batch to batch (they grow to the largest batch seen and stay).
+/// Preprocessing on one GPU: the compiled kernel, its stream, and buffers reused from
+/// batch to batch (they grow to the largest batch seen and stay).
 pub struct GpuPreprocessor {
     input: InputSpec,
     stream: Arc<cudarc::driver::CudaStream>,
     function: cudarc::driver::CudaFunction,
+    /// Page-locked host memory the batch's pixels are packed into, so that they cross in
+    /// one DMA copy rather than one staged copy per image from pageable memory.
+    staging: Option<cudarc::driver::PinnedHostSlice<u8>>,
     /// The batch's decoded images, uint8 RGB, one after another.
     pixels: Option<cudarc::driver::CudaSlice<u8>>,
     /// The model's input, NCHW floats.
@@ -269,6 +272,39 @@ fn ensure<T: cudarc::driver::DeviceRepr>(
     Ok(())
 }
 
+/// `buffer`, grown to hold at least `len` bytes of page-locked host memory.
+fn ensure_pinned(
+    stream: &Arc<cudarc::driver::CudaStream>,
+    buffer: &mut Option<cudarc::driver::PinnedHostSlice<u8>>,
+    len: usize,
+) -> Result<(), GpuError> {
+    if buffer.as_ref().is_none_or(|b| b.len() < len) {
+        *buffer = None;
+        // SAFETY: uninitialised host memory; only the bytes `pack` wrote are copied.
+        *buffer = Some(
+            unsafe { stream.context().alloc_pinned::<u8>(len.next_power_of_two()) }
+                .map_err(cuda_error)?,
+        );
+    }
+    Ok(())
+}
+
+/// Lays a batch's pixels out one after another at the start of `staging`, which holds at
+/// least their sum; returns where each image's lie.
+pub fn pack(images: &[(&Decoded, Crop)], staging: &mut [u8]) -> Vec<std::ops::Range<usize>> {
+    let mut offset = 0;
+    images
+        .iter()
+        .map(|(image, _)| {
+            let raw = image.pixels.as_raw();
+            let range = offset..offset + raw.len();
+            staging[range.clone()].copy_from_slice(raw);
+            offset = range.end;
+            range
+        })
+        .collect()
+}
+
 impl GpuPreprocessor {
     /// Compiles the kernel and loads it on GPU `ordinal`. Needs the driver and NVRTC.
     pub fn new(ordinal: usize, input: &InputSpec) -> Result<Self, GpuError> {
@@ -289,6 +325,7 @@ impl GpuPreprocessor {
             input: input.clone(),
             stream,
             function,
+            staging: None,
             pixels: None,
             output: None,
         })
@@ -299,9 +336,9 @@ impl GpuPreprocessor {
         &self.stream
     }
 
-    /// Uploads a batch's pixels and preprocesses them into one device buffer, NCHW, ready
-    /// for the model; returns once the buffer is complete. The buffer is reused by the
-    /// next call.
+    /// Uploads a batch's pixels (packed into page-locked memory, one copy) and
+    /// preprocesses them into one device buffer, NCHW, ready for the model; returns once
+    /// the buffer is complete. The buffers are reused by the next call.
     pub fn run(
         &mut self,
         images: &[(&Decoded, Crop)],
@@ -309,13 +346,24 @@ impl GpuPreprocessor {
         use cudarc::driver::{LaunchConfig, PushKernelArg};
         let (out_w, out_h) = (self.input.width as i32, self.input.height as i32);
         let per_image = 3 * (out_w * out_h) as usize;
-        let total_pixels = images.iter().map(|(i, _)| i.pixels.as_raw().len()).sum();
+        let total_pixels: usize = images.iter().map(|(i, _)| i.pixels.as_raw().len()).sum();
+        ensure_pinned(&self.stream, &mut self.staging, total_pixels)?;
         ensure(&self.stream, &mut self.pixels, total_pixels)?;
         ensure(&self.stream, &mut self.output, per_image * images.len())?;
-        let (pixels, output) = (
+        let (staging, pixels, output) = (
+            self.staging.as_mut().expect("ensured"),
             self.pixels.as_mut().expect("ensured"),
             self.output.as_mut().expect("ensured"),
         );
+        // The previous batch's copy finished before it returned (it synchronises), so the
+        // staging memory is free to overwrite.
+        let host = &mut staging.as_mut_slice().map_err(cuda_error)?[..total_pixels];
+        let spans = pack(images, host);
+        // From page-locked memory the copy is asynchronous: `host` must stay as it is
+        // until the stream has run it, which the synchronisation below waits for.
+        self.stream
+            .memcpy_htod(&*host, &mut pixels.slice_mut(..total_pixels))
+            .map_err(cuda_error)?;
         let block = (16u32, 16u32, 1u32);
         let grid = (
             (self.input.width).div_ceil(block.0),
@@ -324,15 +372,7 @@ impl GpuPreprocessor {
         );
         let [mr, mg, mb] = self.input.mean;
         let [sr, sg, sb] = self.input.std;
-        let mut offset = 0;
-        for (n, (image, crop)) in images.iter().enumerate() {
-            let raw = image.pixels.as_raw().as_slice();
-            let range = offset..offset + raw.len();
-            offset += raw.len();
-            // From pageable memory the copy has left `raw` when this returns.
-            self.stream
-                .memcpy_htod(raw, &mut pixels.slice_mut(range.clone()))
-                .map_err(cuda_error)?;
+        for (n, ((image, crop), range)) in images.iter().zip(spans).enumerate() {
             let source = pixels.slice(range);
             let (src_w, src_h) = (image.width() as i32, image.height() as i32);
             let (left, top, cw, ch) = (crop.0 as f32, crop.1 as f32, crop.2 as f32, crop.3 as f32);
@@ -381,6 +421,25 @@ mod tests {
 
     fn spec() -> InputSpec {
         crate::test_support::model().input
+    }
+
+    #[test]
+    fn a_batch_is_packed_one_image_after_another() {
+        let photos = photos();
+        let cpu = Preprocessor::new(&spec());
+        let batch: Vec<_> = photos
+            .iter()
+            .map(|p| (p, cpu.crop_box(p.width(), p.height())))
+            .collect();
+        let total: usize = photos.iter().map(|p| p.pixels.as_raw().len()).sum();
+        let mut staging = vec![0u8; total + 7];
+        let spans = pack(&batch, &mut staging);
+        assert_eq!(spans.first().map(|r| r.start), Some(0));
+        assert_eq!(spans.last().map(|r| r.end), Some(total));
+        for (span, photo) in spans.iter().zip(&photos) {
+            assert_eq!(&staging[span.clone()], photo.pixels.as_raw().as_slice());
+        }
+        assert!(spans.windows(2).all(|w| w[0].end == w[1].start));
     }
 
     /// The kernel's arithmetic (f32 weights, no rounding) against the CPU path
