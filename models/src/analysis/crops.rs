@@ -271,6 +271,8 @@ impl Candidate {
 
 /// Candidate box sizes, largest first, without repeats: `SCALES` of the largest box of
 /// aspect `aspect` inside `frame`, none smaller than `min` (which must fit the frame).
+/// A smaller box whose short side would round up from under a pixel is left out: it
+/// would not have the aspect asked for (on a 9-pixel-wide strip, 10:1 is 9x1, not 5x1).
 fn box_sizes(frame: (u32, u32), aspect: (u32, u32), min: (u32, u32)) -> Vec<(u32, u32)> {
     let (fw, fh) = frame;
     let (aw, ah) = aspect;
@@ -278,13 +280,18 @@ fn box_sizes(frame: (u32, u32), aspect: (u32, u32), min: (u32, u32)) -> Vec<(u32
     let height_limited = u64::from(fw) * u64::from(ah) >= u64::from(fh) * u64::from(aw);
     let mut sizes: Vec<(u32, u32)> = Vec::with_capacity(SCALES.len());
     for scale in SCALES {
-        let size = if height_limited {
+        let (size, derived) = if height_limited {
             let bh = ((scale * f64::from(fh)).round() as u32).clamp(min.1.max(1), fh);
-            (mul_div_round(bh, aw, ah).clamp(1, fw), bh)
+            let exact = f64::from(bh) * f64::from(aw) / f64::from(ah);
+            ((mul_div_round(bh, aw, ah).clamp(1, fw), bh), exact)
         } else {
             let bw = ((scale * f64::from(fw)).round() as u32).clamp(min.0.max(1), fw);
-            (bw, mul_div_round(bw, ah, aw).clamp(1, fh))
+            let exact = f64::from(bw) * f64::from(ah) / f64::from(aw);
+            ((bw, mul_div_round(bw, ah, aw).clamp(1, fh)), exact)
         };
+        if !sizes.is_empty() && derived < 1.0 {
+            continue;
+        }
         if !sizes.contains(&size) {
             sizes.push(size);
         }

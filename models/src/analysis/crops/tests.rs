@@ -210,6 +210,16 @@ fn boxes_are_exact_and_inside_for_awkward_sizes() {
 }
 
 #[test]
+fn thin_strips_keep_the_aspect_as_far_as_a_pixel_allows() {
+    let strip = RgbImage::from_fn(9, 600, |_, y| Rgb([(y % 256) as u8, 40, 200]));
+    let b = crop(&strip, aspect(10, 1));
+    assert_eq!((b.x, b.width, b.height), (0, 9, 1), "{b:?}");
+    let wide = RgbImage::from_fn(600, 3, |x, _| Rgb([(x % 256) as u8, 40, 200]));
+    let b = crop(&wide, aspect(1, 10));
+    assert_eq!((b.width, b.height), (1, 3), "{b:?}");
+}
+
+#[test]
 fn empty_images_are_errors_not_panics() {
     let requests = [aspect(1, 1), parse("10x10").unwrap()];
     let answers = suggest_crops(&RgbImage::new(0, 0), (0, 0), &requests);
