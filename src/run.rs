@@ -121,14 +121,15 @@ async fn execute(args: &RunArgs, inputs: &Inputs) -> anyhow::Result<RunReport> {
     let queue = Arc::new(MemoryQueue::default());
     let job_id = uuid::Uuid::new_v4().simple().to_string();
     let refs: Vec<String> = inputs.items.iter().map(|i| i.reference.clone()).collect();
-    for msg in args
+    let messages = args
         .task
-        .messages(&job_id, LOCAL_TENANT, &model.spec.id(), &refs)?
-    {
-        if let Some(why) = model.classes.refuses(&msg) {
-            let valid = model.classes.categorizers().join(", ");
-            bail!("cannot run this job: {why} (categorizers: {valid})");
-        }
+        .messages(&job_id, LOCAL_TENANT, &model.spec.id(), &refs)?;
+    // Every message asks for the same analyses and options: the first speaks for all.
+    if let Some(why) = messages.first().and_then(|m| model.classes.refuses(m)) {
+        let valid = model.classes.categorizers().join(", ");
+        bail!("cannot run this job: {why} (categorizers: {valid})");
+    }
+    for msg in messages {
         queue.publish(msg.to_json()).await?;
     }
     tracing::info!(job = %job_id, images = inputs.items.len(), model = %model.spec.id(), "job started");

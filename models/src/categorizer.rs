@@ -264,8 +264,8 @@ mod tests {
     use super::*;
 
     fn taxonomy() -> Taxonomy {
-        crate::test_support::model()
-            .load_taxonomy()
+        let spec = crate::test_support::model();
+        spec.load_taxonomy(spec.load_labels().unwrap().len())
             .unwrap()
             .expect("the model has a taxonomy")
     }

@@ -52,7 +52,7 @@ impl Classes {
         if labels.is_empty() {
             return Err(ClassesError::NoLabels(spec.id()));
         }
-        let taxonomy = spec.load_taxonomy()?;
+        let taxonomy = spec.load_taxonomy(labels.len())?;
         let files = CategorizerFiles::load(categorizers_dir)?;
         let categorizers = match &taxonomy {
             Some(taxonomy) => files.resolve(taxonomy)?,
@@ -106,11 +106,8 @@ impl Classes {
         let top = top_k(probs, options.top_k, options.threshold);
         let mut tags: Vec<Tag> = top
             .iter()
-            .map(|&(class, confidence)| Tag {
-                label: self.label(class),
-                confidence,
-                synset: self.taxonomy.as_ref().map(|t| t.class(class).name.clone()),
-                parent: false,
+            .map(|&(class, confidence)| {
+                class_tag(&self.labels, self.taxonomy.as_ref(), class, confidence)
             })
             .collect();
         if let (true, Some(taxonomy)) = (options.parents, &self.taxonomy) {
@@ -123,12 +120,18 @@ impl Classes {
         }
         tags
     }
+}
 
-    fn label(&self, class: usize) -> String {
-        self.labels
+/// The tag of one of the model's classes: its label and, with a taxonomy, its synset.
+fn class_tag(labels: &[String], taxonomy: Option<&Taxonomy>, class: usize, confidence: f32) -> Tag {
+    Tag {
+        label: labels
             .get(class)
             .cloned()
-            .unwrap_or_else(|| format!("class_{class}"))
+            .unwrap_or_else(|| format!("class_{class}")),
+        confidence,
+        synset: taxonomy.map(|t| t.class(class).name.clone()),
+        parent: false,
     }
 }
 
@@ -213,14 +216,11 @@ pub fn top_k(probs: &[f32], k: usize, threshold: f32) -> Vec<(usize, f32)> {
 
 /// Softmax over `logits`, then the `top_k` labels whose probability is at least
 /// `threshold`, most confident first.
-pub fn top_k_tags(logits: &[f32], labels: &[String], top_k: usize, threshold: f32) -> Vec<Tag> {
-    let classes = Classes::plain(labels.to_vec());
-    let options = TaskOptions {
-        top_k,
-        threshold,
-        ..TaskOptions::default()
-    };
-    classes.tags(&softmax(logits), &options)
+pub fn top_k_tags(logits: &[f32], labels: &[String], k: usize, threshold: f32) -> Vec<Tag> {
+    top_k(&softmax(logits), k, threshold)
+        .into_iter()
+        .map(|(class, confidence)| class_tag(labels, None, class, confidence))
+        .collect()
 }
 
 /// `v / |v|`; a zero vector stays zero.

@@ -179,12 +179,12 @@ impl ModelSpec {
             .collect())
     }
 
-    /// Reads the taxonomy file, where the spec names one.
-    pub fn load_taxonomy(&self) -> Result<Option<Taxonomy>, TaxonomyError> {
+    /// Reads the taxonomy file, where the spec names one, for the model's `classes`
+    /// labels.
+    pub fn load_taxonomy(&self, classes: usize) -> Result<Option<Taxonomy>, TaxonomyError> {
         let Some(file) = &self.taxonomy else {
             return Ok(None);
         };
-        let classes = self.load_labels().map_or(0, |l| l.len());
         Taxonomy::load(&self.dir.join(file), classes).map(Some)
     }
 

@@ -338,11 +338,11 @@ mod tests {
     #[test]
     fn the_model_taxonomy_maps_imagenet_classes_to_wordnet() {
         let spec = crate::test_support::model();
+        let labels = spec.load_labels().unwrap();
         let t = spec
-            .load_taxonomy()
+            .load_taxonomy(labels.len())
             .unwrap()
             .expect("the model has a taxonomy");
-        let labels = spec.load_labels().unwrap();
         let tabby = labels.iter().position(|l| l == "tabby").unwrap();
         assert_eq!(t.class(tabby).name, "tabby.n.01");
         assert_eq!(t.class(tabby).id, "n02123045");
