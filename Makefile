@@ -96,7 +96,7 @@ build: model tools
 bench: model photos corpus build
 	./target/release/tagfleet bench $(CORPUS) --images $(BENCH_IMAGES)
 	$(PY) benches/python_engine.py --corpus $(CORPUS)
-	$(PY) benches/compare.py --tagfleet ./target/release/tagfleet --corpus $(CORPUS) --rounds 2
+	$(PY) benches/compare.py --tagfleet ./target/release/tagfleet --corpus $(CORPUS) --rounds 2 --by-kind
 
 # How fast the scheduler turns a 100,000-ref manifest into task messages on RabbitMQ.
 bench-publish: build

@@ -26,6 +26,12 @@ A run fails loudly (exit 1, with the child's stderr) when it exits non-zero or d
 produce exactly one result line per image: tagfleet's JSON-lines files under its --out
 folder, the baseline's --out file; lines are counted, not parsed.
 
+--by-kind then runs one more A B pair per kind of file in the corpus (baseline JPEG,
+progressive JPEG, PNG, WebP, other), each on a folder of links to that kind's files, and
+prints each side's CPU per image of that kind, net of a run on one image (start-up, model
+load and pool start), with their ratio and the kind's share of each side's CPU: where the
+overall ratio comes from.
+
 --tagfleet may be any command that takes tagfleet's arguments (split like a shell
 would when it is not an existing file), e.g. a stand-in script when no release binary
 is built. Extra arguments: --tagfleet-arg=--devices=cpu, --baseline-arg=--structure=decode-pool.
@@ -145,6 +151,99 @@ def run_python(args, images: int, rnd: int, work: Path) -> Run:
     return Run("python", rnd, wall, images, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, extra)
 
 
+KINDS = ("baseline JPEG", "progressive JPEG", "PNG", "WebP", "other")
+
+
+def kind_of(path: Path) -> str:
+    """What decoding `path` is like: a JPEG by its frame marker (SOF0/SOF1 baseline,
+    SOF2 progressive), PNG and WebP by their signatures, anything else "other"."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if not head.startswith(b"\xff\xd8"):
+        return "other"
+    if len(head) == 1 << 16:  # metadata can push the frame header past the first read
+        with open(path, "rb") as f:
+            head = f.read()
+    at = 2
+    while at + 4 <= len(head) and head[at] == 0xFF:
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0xC0, 0xC1):
+            return "baseline JPEG"
+        if marker == 0xC2:
+            return "progressive JPEG"
+        if 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return "other"  # lossless, hierarchical, arithmetic-coded
+        at += 2 + int.from_bytes(head[at + 2:at + 4], "big")
+    return "other"
+
+
+def link_folder(paths: list[Path], parent: Path, name: str) -> Path:
+    """A folder under `parent` holding `paths` as hard links (copies across devices)."""
+    folder = parent / name
+    folder.mkdir()
+    for i, p in enumerate(paths):
+        target = folder / f"{i:06d}{p.suffix.lower()}"
+        try:
+            os.link(p, target)
+        except OSError:
+            shutil.copyfile(p, target)
+    return folder
+
+
+def by_kind(args, paths: list[Path], say) -> list[dict]:
+    """One A B pair per kind of file: each side's CPU per image of that kind, net of a
+    one-image run, and the kind's share of each side's CPU."""
+    kinds: dict[str, list[Path]] = {}
+    for p in paths:
+        kinds.setdefault(kind_of(p), []).append(p)
+    root = Path(tempfile.mkdtemp(prefix="compare-kinds-", dir=args.work_dir))
+    try:
+        def cpu(corpus: Path, count: int, label: str) -> dict[str, float]:
+            sub = argparse.Namespace(**{**vars(args), "corpus": corpus})
+            out = {}
+            for side, fn in (("tagfleet", run_tagfleet), ("python", run_python)):
+                work = Path(tempfile.mkdtemp(prefix=f"{label}-{side}-", dir=root))
+                out[side] = fn(sub, count, 1, work).cpu_seconds
+            return out
+
+        smallest = min(paths, key=lambda p: p.stat().st_size)
+        fixed = cpu(link_folder([smallest], root, "one"), 1, "one")
+        say()
+        say(f"by kind (one A B pair each; CPU net of a one-image run: tagfleet "
+            f"{fixed['tagfleet']:.2f} s, python {fixed['python']:.2f} s)")
+        say(f"{'kind':<18}{'images':>7}{'tagfleet ms':>13}{'python ms':>11}{'ratio':>7}"
+            f"{'share tf':>10}{'share py':>10}")
+        rows = []
+        for i, kind in enumerate(k for k in KINDS if k in kinds):
+            files = kinds[kind]
+            spent = cpu(link_folder(files, root, f"kind{i}"), len(files), f"kind{i}")
+            net = {s: max(spent[s] - fixed[s], 0.0) for s in spent}
+            rows.append({"kind": kind, "images": len(files),
+                         "tagfleet_cpu_seconds": round(net["tagfleet"], 3),
+                         "python_cpu_seconds": round(net["python"], 3)})
+        total = {s: sum(r[f"{s}_cpu_seconds"] for r in rows) or 1.0 for s in ("tagfleet", "python")}
+        for r in rows:
+            tf_ms = r["tagfleet_cpu_seconds"] / r["images"] * 1e3
+            py_ms = r["python_cpu_seconds"] / r["images"] * 1e3
+            ratio = f"{py_ms / tf_ms:6.2f}x" if tf_ms > 0 else "     -"
+            say(f"{r['kind']:<18}{r['images']:>7}{tf_ms:>13.1f}{py_ms:>11.1f}{ratio:>7}"
+                f"{r['tagfleet_cpu_seconds'] / total['tagfleet']:>10.0%}"
+                f"{r['python_cpu_seconds'] / total['python']:>10.0%}")
+        say("(ratio: python's CPU per image / tagfleet's, the speed-up on that kind where both "
+            "use every core)")
+        return rows
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def warm_page_cache(paths: list[Path]) -> int:
     total = 0
     for p in paths:
@@ -176,6 +275,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work-dir", type=Path, default=None,
                     help="where the per-run temporary folders go (default: the system's)")
     ap.add_argument("--keep", action="store_true", help="keep the per-run folders (their paths are printed)")
+    ap.add_argument("--by-kind", action="store_true",
+                    help="also one A B pair per kind of file (baseline/progressive JPEG, PNG, WebP)")
     ap.add_argument("--json", action="store_true",
                     help="print one summary JSON line on stdout (the report goes to stderr)")
     args = ap.parse_args(argv)
@@ -242,8 +343,10 @@ def main(argv=None) -> int:
     say(f"python baseline  {py_mean:8.1f} images/s (mean of {len(py)})")
     say(f"ratio  {ratio:.2f}x  tagfleet run / python baseline "
         f"(pairs: {', '.join(f'{p:.2f}' for p in pairs)})")
+    kinds = by_kind(args, paths, say) if args.by_kind else None
     if args.json:
         print(json.dumps({
+            "by_kind": kinds,
             "images": images,
             "batch": args.batch,
             "rounds": args.rounds,
