@@ -8,11 +8,13 @@
 //!
 //! JPEGs are decoded by libjpeg-turbo ([`jpeg`]), and [`decode_to_fit`] lets it scale
 //! them down by 2, 4 or 8 in the IDCT when the caller needs no more pixels than that.
+//! Still WebPs are decoded by libwebp ([`webp`]); other formats by the `image` crate.
 
 mod budget;
 mod jpeg;
 mod rgb8;
 mod scan;
+mod webp;
 
 use std::io::Cursor;
 
@@ -121,6 +123,12 @@ fn decode_with(
             };
             jpeg::decode(bytes, &header, scale)?
         }
+        Reader::Webp => {
+            let alpha = color.has_alpha();
+            let mut buf = vec![0u8; width as usize * height as usize * if alpha { 4 } else { 3 }];
+            webp::decode_into(bytes, width, height, alpha, &mut buf)?;
+            rgb8::into_rgb8(buf, width, height, color)?
+        }
         Reader::Image(decoder) => {
             // Within the budget: the decoder writes into a buffer converted in place.
             let mut buf = vec![0u8; decoder.total_bytes() as usize];
@@ -144,6 +152,9 @@ pub fn decode_cost(bytes: &[u8], limits: DecodeLimits) -> Result<u64, ImageError
 enum Reader<D> {
     /// libjpeg-turbo, able to scale.
     Turbo(jpeg::Header),
+    /// libwebp, for a still WebP in the colour type the `image` crate's header reader
+    /// reported (RGB8 or RGBA8).
+    Webp,
     /// The `image` crate's decoder for the format.
     Image(D),
 }
@@ -216,7 +227,17 @@ fn check(
             // upright-as-stored.
             let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
             let color = decoder.color_type();
-            (Reader::Image(decoder), w, h, color, orientation)
+            // A still WebP in a colour type libwebp writes goes to libwebp, with the
+            // header read here.
+            let still_webp = format == ImageFormat::WebP
+                && !facts.webp_animated
+                && matches!(color, ColorType::Rgb8 | ColorType::Rgba8);
+            let reader = if still_webp {
+                Reader::Webp
+            } else {
+                Reader::Image(decoder)
+            };
+            (reader, w, h, color, orientation)
         }
     };
     if width > MAX_SIDE || height > MAX_SIDE {

@@ -1,0 +1,236 @@
+//! Still WebP images through libwebp, the format's reference decoder.
+//!
+//! The `image` crate's pure-Rust WebP decoder took 66 ms for a corpus WebP (about 7 MP)
+//! where libwebp takes 27 on the same core: WebP was the one kind of file the Python
+//! baseline decoded faster than tagfleet. libwebp is built from the source `libwebp-sys`
+//! vendors and linked statically, so the binary carries it, as it does libjpeg-turbo.
+//!
+//! The `image` crate still reads the header (size, colour type, EXIF orientation, which
+//! the memory budget is reckoned from) and still decodes animations, whose first frame
+//! is composed on a canvas. What libwebp allocates besides the output (the rows of
+//! macroblocks of a lossy image; a lossless image's ARGB plane) stays within the budget's
+//! four bytes a pixel for a WebP's decoder.
+//!
+//! libwebp is C, reading tenants' bytes: the version linked (1.6.0, from `libwebp-sys`)
+//! is past the lossless Huffman-table overflow of 2023 (fixed in 1.3.2), which a test
+//! asserts, and the library is fuzzed continuously upstream. A file it rejects is an
+//! error record, never retried with the other decoder.
+
+use std::ffi::c_int;
+use std::mem::MaybeUninit;
+
+use libwebp_sys::{
+    VP8StatusCode, WEBP_CSP_MODE, WebPDecode, WebPDecoderConfig, WebPFreeDecBuffer,
+    WebPGetFeatures, WebPInitDecoderConfig, WebPRGBABuffer,
+};
+use tagfleet_contracts::{ErrorKind, ImageError};
+
+/// Decodes the still WebP `bytes` into `out`: `width` x `height` pixels, RGBA8 when
+/// `alpha`, else RGB8, rows packed, as the header read before said.
+pub fn decode_into(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    alpha: bool,
+    out: &mut [u8],
+) -> Result<(), ImageError> {
+    let bpp = if alpha { 4 } else { 3 };
+    let stride = width as usize * bpp;
+    assert_eq!(
+        out.len(),
+        stride * height as usize,
+        "an output buffer of the header's size"
+    );
+    let mut config = MaybeUninit::<WebPDecoderConfig>::zeroed();
+    // SAFETY: `config` is zeroed memory of the right type, which the call initialises.
+    if !unsafe { WebPInitDecoderConfig(config.as_mut_ptr()) } {
+        return Err(ImageError::new(
+            ErrorKind::Decode,
+            "libwebp was built for another decoder interface",
+        ));
+    }
+    // SAFETY: initialised by WebPInitDecoderConfig above.
+    let mut config = unsafe { config.assume_init() };
+    // SAFETY: libwebp reads `bytes.len()` bytes of `bytes` and writes `config.input`.
+    let status = unsafe { WebPGetFeatures(bytes.as_ptr(), bytes.len(), &mut config.input) };
+    status_ok(status)?;
+    let features = &config.input;
+    if features.has_animation != 0 {
+        return Err(ImageError::new(
+            ErrorKind::Unsupported,
+            "an animated WebP here is a caller's bug: animations go to the image crate",
+        ));
+    }
+    if (features.width, features.height) != (width as c_int, height as c_int) {
+        return Err(ImageError::new(
+            ErrorKind::Decode,
+            format!(
+                "WebP header disagrees with itself: {width}x{height} and {}x{}",
+                features.width, features.height
+            ),
+        ));
+    }
+    config.output.colorspace = if alpha {
+        WEBP_CSP_MODE::MODE_RGBA
+    } else {
+        WEBP_CSP_MODE::MODE_RGB
+    };
+    // Decode straight into `out`, which libwebp never frees.
+    config.output.is_external_memory = 1;
+    config.output.u.RGBA = WebPRGBABuffer {
+        rgba: out.as_mut_ptr(),
+        stride: c_int::try_from(stride)
+            .map_err(|_| ImageError::new(ErrorKind::TooLarge, "WebP row too long"))?,
+        size: out.len(),
+    };
+    // SAFETY: libwebp reads `bytes` and writes at most `size` bytes of `out`, rows
+    // `stride` apart, as the external buffer above describes.
+    let status = unsafe { WebPDecode(bytes.as_ptr(), bytes.len(), &mut config) };
+    // SAFETY: the buffer is external, so this frees only what libwebp may hold besides.
+    unsafe { WebPFreeDecBuffer(&mut config.output) };
+    status_ok(status)
+}
+
+/// libwebp's status as an [`ImageError`]: its codes say what is wrong with the data,
+/// never anything of the image's name.
+fn status_ok(status: VP8StatusCode) -> Result<(), ImageError> {
+    let (kind, message) = match status {
+        VP8StatusCode::VP8_STATUS_OK => return Ok(()),
+        VP8StatusCode::VP8_STATUS_NOT_ENOUGH_DATA => (ErrorKind::Decode, "WebP data is cut short"),
+        VP8StatusCode::VP8_STATUS_BITSTREAM_ERROR => (ErrorKind::Decode, "WebP data is corrupt"),
+        VP8StatusCode::VP8_STATUS_UNSUPPORTED_FEATURE => (
+            ErrorKind::Unsupported,
+            "WebP uses a feature libwebp does not decode",
+        ),
+        VP8StatusCode::VP8_STATUS_OUT_OF_MEMORY => (
+            ErrorKind::TooLarge,
+            "libwebp ran out of memory decoding this WebP",
+        ),
+        VP8StatusCode::VP8_STATUS_INVALID_PARAM
+        | VP8StatusCode::VP8_STATUS_SUSPENDED
+        | VP8StatusCode::VP8_STATUS_USER_ABORT => {
+            (ErrorKind::Decode, "libwebp could not decode this WebP")
+        }
+    };
+    Err(ImageError::new(kind, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{DynamicImage, ImageDecoder, RgbImage, RgbaImage};
+    use std::io::Cursor;
+
+    /// The sample photos, encoded by libwebp: lossy RGB, lossy with alpha, lossless.
+    fn encoded(rgb: &RgbImage, how: &str) -> Vec<u8> {
+        let (w, h) = rgb.dimensions();
+        let rgba = DynamicImage::ImageRgb8(rgb.clone()).to_rgba8();
+        let mut rgba = rgba;
+        // A transparent band across the top, so that alpha means something.
+        for (_, y, px) in rgba.enumerate_pixels_mut() {
+            if y < h / 4 {
+                px.0[3] = (y * 255 / (h / 4).max(1)) as u8;
+            }
+        }
+        let mut out = std::ptr::null_mut();
+        // SAFETY: libwebp reads w*h pixels at the given stride and allocates `out`.
+        let len = unsafe {
+            match how {
+                "lossy" => libwebp_sys::WebPEncodeRGB(
+                    rgb.as_ptr(),
+                    w as c_int,
+                    h as c_int,
+                    (w * 3) as c_int,
+                    80.0,
+                    &mut out,
+                ),
+                "lossy alpha" => libwebp_sys::WebPEncodeRGBA(
+                    rgba.as_ptr(),
+                    w as c_int,
+                    h as c_int,
+                    (w * 4) as c_int,
+                    80.0,
+                    &mut out,
+                ),
+                "lossless" => libwebp_sys::WebPEncodeLosslessRGB(
+                    rgb.as_ptr(),
+                    w as c_int,
+                    h as c_int,
+                    (w * 3) as c_int,
+                    &mut out,
+                ),
+                _ => unreachable!(),
+            }
+        };
+        assert!(len > 0, "{how}: libwebp encodes");
+        // SAFETY: `out` holds `len` bytes allocated by libwebp, freed by it after the copy.
+        let bytes = unsafe { std::slice::from_raw_parts(out, len) }.to_vec();
+        unsafe { libwebp_sys::WebPFree(out.cast()) };
+        bytes
+    }
+
+    fn with_image_crate(bytes: &[u8]) -> (Vec<u8>, bool) {
+        let decoder = image::codecs::webp::WebPDecoder::new(Cursor::new(bytes)).unwrap();
+        let alpha = decoder.color_type().has_alpha();
+        let mut buf = vec![0u8; decoder.total_bytes() as usize];
+        decoder.read_image(&mut buf).unwrap();
+        (buf, alpha)
+    }
+
+    /// On real photos, libwebp gives exactly the pixels the `image` crate's decoder
+    /// gave, lossy, lossy with alpha and lossless: switching decoders changes no result.
+    #[test]
+    fn libwebp_gives_the_pixels_of_the_image_crate_on_real_photos() {
+        let photos = crate::test_support::photos();
+        for (i, photo) in photos.iter().enumerate() {
+            let rgb = &photo.pixels;
+            let (w, h) = rgb.dimensions();
+            for how in ["lossy", "lossy alpha", "lossless"] {
+                let bytes = encoded(rgb, how);
+                let (expected, alpha) = with_image_crate(&bytes);
+                assert_eq!(alpha, how == "lossy alpha", "photo {i} {how}");
+                let mut got = vec![0u8; expected.len()];
+                decode_into(&bytes, w, h, alpha, &mut got).unwrap();
+                let differing = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
+                assert_eq!(differing, 0, "photo {i} {how}: {differing} bytes differ");
+                if how == "lossy" {
+                    // Really decoded, not passed through.
+                    assert_ne!(&got[..], &rgb.as_raw()[..], "photo {i} {how}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_linked_libwebp_has_the_lossless_huffman_fix() {
+        // SAFETY: a plain getter.
+        let version = unsafe { libwebp_sys::WebPGetDecoderVersion() };
+        assert!(
+            version >= 0x01_03_02,
+            "libwebp {version:#08x} predates 1.3.2"
+        );
+    }
+
+    #[test]
+    fn broken_files_are_errors_that_say_what_is_wrong() {
+        let rgb = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let bytes = encoded(&rgb, "lossy");
+        let mut out = vec![0u8; 64 * 48 * 3];
+        // Cut in the middle of the compressed data.
+        let err = decode_into(&bytes[..bytes.len() / 2], 64, 48, false, &mut out).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Decode);
+        assert_eq!(err.message, "WebP data is cut short");
+        // The header says another size than the one the caller was told.
+        let err = decode_into(&bytes, 48, 64, false, &mut out).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Decode);
+        assert!(err.message.contains("48x64 and 64x48"), "{err}");
+        // Not WebP at all.
+        let err = decode_into(&[0u8; 64], 64, 48, false, &mut out).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Decode);
+        // An RGBA buffer for an image the caller takes as RGBA: fine, alpha comes along.
+        let mut rgba = vec![0u8; 64 * 48 * 4];
+        decode_into(&bytes, 64, 48, true, &mut rgba).unwrap();
+        assert!(rgba.chunks(4).all(|px| px[3] == 255), "an opaque image");
+        let _ = RgbaImage::from_raw(64, 48, rgba).unwrap();
+    }
+}
