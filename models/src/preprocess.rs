@@ -97,13 +97,62 @@ impl Preprocessor {
         if (x0, y0, x1, y1) == (0, 0, image.width(), image.height()) {
             return (image, crop);
         }
-        let pixels = image::imageops::crop_imm(&image.pixels, x0, y0, x1 - x0, y1 - y0).to_image();
+        // Row by row: whole rows of the window are contiguous in the frame.
+        let stride = image.width() as usize * 3;
+        let (from, to) = (x0 as usize * 3, x1 as usize * 3);
+        let mut rows = Vec::with_capacity((to - from) * (y1 - y0) as usize);
+        for row in image
+            .pixels
+            .as_raw()
+            .chunks_exact(stride)
+            .take(y1 as usize)
+            .skip(y0 as usize)
+        {
+            rows.extend_from_slice(&row[from..to]);
+        }
+        let pixels =
+            image::RgbImage::from_raw(x1 - x0, y1 - y0, rows).expect("three bytes a pixel");
         let window = Decoded {
             pixels,
             full_size: image.full_size,
         };
         let crop = (left - f64::from(x0), top - f64::from(y0), cw, ch);
         (window, crop)
+    }
+
+    /// What the decode threads hand to an executor that preprocesses (on its GPU): the
+    /// crop's [`window`](Self::window), box-reduced by the largest whole factor after
+    /// which the crop still covers [`MIN_REDUCTION`] times the input. A JPEG's DCT
+    /// scaling already leaves its crop under twice that; this does the same for what
+    /// the IDCT cannot scale (PNG, WebP, a JPEG past 1/8), so that no image crosses to a
+    /// GPU at more than about 2.3 times its float tensor's bytes (a full-size 12 MP
+    /// PNG's window is 9 times). An image with nothing to spare is only windowed.
+    pub fn handover(&mut self, image: Decoded, crop: Crop) -> (Decoded, Crop) {
+        let (window, crop) = self.window(image, crop);
+        let (left, top, cw, ch) = crop;
+        let spare = (cw / f64::from(self.input.width)).min(ch / f64::from(self.input.height))
+            / MIN_REDUCTION;
+        let factor = spare.floor() as u32;
+        if factor < 2 {
+            return (window, crop);
+        }
+        let (w, h) = (window.width(), window.height());
+        let (rw, rh) = ((w / factor).max(1), (h / factor).max(1));
+        let src = ImageRef::new(w, h, window.pixels.as_raw(), PixelType::U8x3)
+            .expect("an RgbImage buffer holds width*height*3 bytes");
+        let mut dst = Image::new(rw, rh, PixelType::U8x3);
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
+        self.resizer
+            .resize(&src, &mut dst, &options)
+            .expect("pixel types match");
+        let pixels =
+            image::RgbImage::from_raw(rw, rh, dst.into_vec()).expect("three bytes a pixel");
+        let (sx, sy) = (f64::from(rw) / f64::from(w), f64::from(rh) / f64::from(h));
+        let reduced = Decoded {
+            pixels,
+            full_size: window.full_size,
+        };
+        (reduced, (left * sx, top * sy, cw * sx, ch * sy))
     }
 
     /// Resizes `crop` of `image` to the model's size: RGB8, HWC.
@@ -240,6 +289,68 @@ mod tests {
                 "{w}x{h}"
             );
             assert_eq!(window.full_size, frame.full_size);
+        }
+    }
+
+    /// What crosses to a GPU stays near the tensor's size however large the frame, and
+    /// the model sees about what it would from the whole frame: on the sample photos
+    /// blown up to camera sizes (as full-size PNGs arrive), within the kind of difference
+    /// DCT scaling makes, which models/tests/scaled_accuracy.rs bounds on real tags.
+    #[test]
+    fn the_handover_of_a_large_frame_is_reduced_and_sees_the_same() {
+        let model = crate::test_support::model().input;
+        let mut p = Preprocessor::new(&model);
+        let tensor_bytes = (p.tensor_len() * std::mem::size_of::<f32>()) as f64;
+        for (i, photo) in crate::test_support::photos().into_iter().enumerate() {
+            for scale in [1u32, 6] {
+                let (w, h) = (photo.width() * scale, photo.height() * scale);
+                // Blown up in fast_image_resize (optimised even in test builds).
+                let src = ImageRef::new(
+                    photo.width(),
+                    photo.height(),
+                    photo.pixels.as_raw(),
+                    PixelType::U8x3,
+                )
+                .unwrap();
+                let mut dst = Image::new(w, h, PixelType::U8x3);
+                let nearest = ResizeOptions::new().resize_alg(ResizeAlg::Nearest);
+                Resizer::new().resize(&src, &mut dst, &nearest).unwrap();
+                let frame = Decoded::full(RgbImage::from_raw(w, h, dst.into_vec()).unwrap());
+                let crop = p.crop_box(w, h);
+                let mut whole = vec![0.0; p.tensor_len()];
+                p.run_crop(&frame, crop, &mut whole);
+                let (window, _) = p.window(frame.clone(), crop);
+                let (handed, inner) = p.handover(frame.clone(), crop);
+                let bytes = handed.pixels.as_raw().len() as f64;
+                let (_, _, cw, ch) = crop;
+                let coverage = (cw / f64::from(model.width)).min(ch / f64::from(model.height));
+                if coverage < 2.0 * MIN_REDUCTION {
+                    assert_eq!(
+                        handed.pixels.dimensions(),
+                        window.pixels.dimensions(),
+                        "photo {i} x{scale}: nothing to spare, only windowed"
+                    );
+                } else {
+                    assert!(
+                        bytes <= 2.4 * tensor_bytes,
+                        "photo {i} x{scale}: {:.2} x the tensor",
+                        bytes / tensor_bytes
+                    );
+                }
+                assert_eq!(handed.full_size, frame.full_size);
+                let mut seen = vec![0.0; p.tensor_len()];
+                p.run_crop(&handed, inner, &mut seen);
+                let n = seen.len() as f32;
+                let mean = whole
+                    .iter()
+                    .zip(&seen)
+                    .map(|(a, b)| (a - b).abs())
+                    .sum::<f32>()
+                    / n;
+                // Normalised values span about 4: 0.015 is under 0.4% of it (the sample
+                // photos move by 0.002 to 0.008).
+                assert!(mean < 0.015, "photo {i} x{scale}: mean difference {mean}");
+            }
         }
     }
 

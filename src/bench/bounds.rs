@@ -77,10 +77,11 @@ pub fn measure(
         .map(|b| decode_to_fit(b, DecodeLimits::default(), &covers).expect("photos were checked"))
         .collect();
     report_pixel_analyses(&decoded, budget);
-    // What crosses to a GPU: each image's crop window, as the decode threads hand it over.
+    // What crosses to a GPU: each image's crop window, reduced to what the model needs,
+    // as the decode threads hand it over.
     let windows: Vec<(Decoded, Crop)> = decoded
         .iter()
-        .map(|d| pre.window(d.clone(), pre.crop_box(d.width(), d.height())))
+        .map(|d| pre.handover(d.clone(), pre.crop_box(d.width(), d.height())))
         .collect();
     report_upload(&decoded, &windows, pre.tensor_len());
     let pixels_rate = if on_gpu {

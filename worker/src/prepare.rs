@@ -148,11 +148,11 @@ fn prepare(
             work.timings.lap("preprocess");
             ModelInput::Tensor(tensor)
         }
-        // Only the pixels the crop's resize reads travel on, to wait in the budget and
-        // cross to the GPU.
+        // Only the pixels the crop's resize reads travel on, reduced to what the model
+        // needs, to wait in the budget and cross to the GPU.
         Preprocessing::Executors(budget) => {
             let crop = pre.crop_box(decoded.width(), decoded.height());
-            let (image, crop) = pre.window(decoded, crop);
+            let (image, crop) = pre.handover(decoded, crop);
             ModelInput::Pixels {
                 _budget: budget.reserve(image.pixels.as_raw().len()),
                 crop,
