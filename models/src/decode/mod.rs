@@ -8,7 +8,8 @@
 //!
 //! JPEGs are decoded by libjpeg-turbo ([`jpeg`]), and [`decode_to_fit`] lets it scale
 //! them down by 2, 4 or 8 in the IDCT when the caller needs no more pixels than that.
-//! Still WebPs are decoded by libwebp ([`webp`]); other formats by the `image` crate.
+//! Still WebPs are decoded by libwebp ([`webp`]); other formats, and animations, by the
+//! `image` crate.
 
 mod budget;
 mod jpeg;
@@ -227,8 +228,7 @@ fn check(
             // upright-as-stored.
             let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
             let color = decoder.color_type();
-            // A still WebP in a colour type libwebp writes goes to libwebp, with the
-            // header read here.
+            // A still WebP goes to libwebp, with the header read here.
             let still_webp = format == ImageFormat::WebP
                 && !facts.webp_animated
                 && matches!(color, ColorType::Rgb8 | ColorType::Rgba8);

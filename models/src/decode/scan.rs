@@ -238,11 +238,16 @@ fn gif_first_frame(bytes: &[u8]) -> Option<GifFrame> {
 /// WebP chunks: the animation flag, and the ICC and EXIF chunks the decoder reads whole.
 fn webp(bytes: &[u8]) -> Result<Facts, ImageError> {
     let mut facts = Facts::default();
+    let mut extended = false;
     let mut at = 12; // RIFF, size, WEBP
     while let Some(header) = bytes.get(at..at + 8) {
         let len = u64::from(u32::from_le_bytes(header[4..].try_into().unwrap()));
         match &header[..4] {
-            b"VP8X" => facts.webp_animated = bytes.get(at + 8).is_some_and(|f| f & 0x02 != 0),
+            // The decoders read the first VP8X; so does this.
+            b"VP8X" if !extended => {
+                extended = true;
+                facts.webp_animated = bytes.get(at + 8).is_some_and(|f| f & 0x02 != 0);
+            }
             b"ICCP" if len > MAX_METADATA_BYTES => return Err(too_large("ICC profile", len)),
             b"EXIF" if len > MAX_METADATA_BYTES => return Err(too_large("EXIF block", len)),
             _ => {}
@@ -378,6 +383,30 @@ mod tests {
             }
         );
         assert_eq!(gif_first_frame(&gif[..19]), None);
+    }
+
+    /// The decoders read a WebP's first VP8X chunk; a second one saying "animated" must
+    /// not send a still image to the animation path (or the reverse).
+    #[test]
+    fn the_first_vp8x_decides_a_webp_is_animated() {
+        let vp8x = |flags: u8| {
+            let mut c = b"VP8X".to_vec();
+            c.extend_from_slice(&10u32.to_le_bytes());
+            c.extend_from_slice(&[flags, 0, 0, 0, 99, 0, 0, 99, 0, 0]);
+            c
+        };
+        for (first, second, animated) in [(0x00, 0x02, false), (0x02, 0x00, true)] {
+            let mut body = b"WEBP".to_vec();
+            body.extend(vp8x(first));
+            body.extend(vp8x(second));
+            let mut file = b"RIFF".to_vec();
+            file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            file.extend(body);
+            assert_eq!(
+                scan(ImageFormat::WebP, &file).unwrap().webp_animated,
+                animated
+            );
+        }
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //! where libwebp takes 27 on the same core: WebP was the one kind of file the Python
 //! baseline decoded faster than tagfleet. libwebp is built from the source `libwebp-sys`
 //! vendors and linked statically, so the binary carries it, as it does libjpeg-turbo.
-//!
 //! The `image` crate still reads the header (size, colour type, EXIF orientation, which
 //! the memory budget is reckoned from) and still decodes animations, whose first frame
-//! is composed on a canvas. What libwebp allocates besides the output (the rows of
-//! macroblocks of a lossy image; a lossless image's ARGB plane) stays within the budget's
-//! four bytes a pixel for a WebP's decoder.
+//! is composed on a canvas.
+//!
+//! Memory beyond the output: a lossy image's rows of macroblocks, a lossless one's ARGB
+//! plane (within the budget's four bytes a pixel), and a lossless bitstream's Huffman
+//! tables, about 20 KB for each of up to 65,536 groups the bitstream declares. Nothing
+//! the header shows bounds the group count, so a crafted lossless file can hold up to
+//! 1.3 GB beyond the budget while it decodes (a 17 MB one held 1.25 GB); the `image`
+//! crate's decoder held 7.3 GB for the same file.
 //!
 //! libwebp is C, reading tenants' bytes: the version linked (1.6.0, from `libwebp-sys`)
 //! is past the lossless Huffman-table overflow of 2023 (fixed in 1.3.2), which a test
@@ -102,9 +106,11 @@ fn status_ok(status: VP8StatusCode) -> Result<(), ImageError> {
             ErrorKind::Unsupported,
             "WebP uses a feature libwebp does not decode",
         ),
+        // Also what libwebp says when an alpha plane's header is corrupt; the output
+        // already fits the budget, so the data is the likelier cause.
         VP8StatusCode::VP8_STATUS_OUT_OF_MEMORY => (
-            ErrorKind::TooLarge,
-            "libwebp ran out of memory decoding this WebP",
+            ErrorKind::Decode,
+            "libwebp could not set up a plane of this WebP (corrupt, or out of memory)",
         ),
         VP8StatusCode::VP8_STATUS_INVALID_PARAM
         | VP8StatusCode::VP8_STATUS_SUSPENDED
@@ -227,6 +233,14 @@ mod tests {
         // Not WebP at all.
         let err = decode_into(&[0u8; 64], 64, 48, false, &mut out).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Decode);
+        // An alpha plane with a compression method out of range: libwebp reports it as out
+        // of memory; it is the data.
+        let mut alpha = encoded(&rgb, "lossy alpha");
+        let at = alpha.windows(4).position(|w| w == b"ALPH").unwrap();
+        alpha[at + 8] = 0x02;
+        let mut rgba = vec![0u8; 64 * 48 * 4];
+        let err = decode_into(&alpha, 64, 48, true, &mut rgba).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Decode, "{err}");
         // An RGBA buffer for an image the caller takes as RGBA: fine, alpha comes along.
         let mut rgba = vec![0u8; 64 * 48 * 4];
         decode_into(&bytes, 64, 48, true, &mut rgba).unwrap();
