@@ -98,6 +98,114 @@ pub fn webp_animated_canvas(width: u32, height: u32) -> Vec<u8> {
     webp
 }
 
+/// A lossless WebP of `side`x`side` black pixels (`side` at most 1024) whose bitstream
+/// declares one Huffman group for each 4x4 block, 65,535 for 1024x1024, each made of
+/// one-symbol codes: a few hundred KB asking a decoder for a lookup table a group,
+/// 1.3 GB in libwebp (a colour cache of 2^11 entries makes each table about 20 KB).
+pub fn webp_huffman_groups(side: u32) -> Vec<u8> {
+    assert!((4..=1024).contains(&side), "65,536 groups at most");
+    let mut bits = LsbBits::default();
+    // Header: signature, width-1, height-1, no alpha, version 0.
+    bits.put(0x2F, 8);
+    bits.put(side - 1, 14);
+    bits.put(side - 1, 14);
+    bits.put(0, 1);
+    bits.put(0, 3);
+    bits.put(0, 1); // no transform
+    bits.put(1, 1); // a colour cache...
+    bits.put(11, 4); // ...of 2^11 entries
+    bits.put(1, 1); // meta Huffman codes: an entropy image...
+    bits.put(0, 3); // ...of one pixel a 4x4 block
+    // The entropy image: no colour cache; green and red codes of 8 bits a symbol (for
+    // the group number's two bytes), one-symbol codes for blue, alpha and distance.
+    bits.put(0, 1);
+    bits.flat_8_bit_code(280);
+    bits.flat_8_bit_code(256);
+    for _ in 0..3 {
+        bits.one_symbol_code();
+    }
+    let blocks = side.div_ceil(4).pow(2);
+    let groups = blocks.min(65_536);
+    // Block i uses group i + 1 while there are groups; the rest use group 0.
+    for i in 0..blocks {
+        let group = if i + 1 < groups { i + 1 } else { 0 };
+        bits.huffman_code(group & 0xFF, 8);
+        bits.huffman_code(group >> 8, 8);
+    }
+    // Five one-symbol codes a group: every pixel reads no bits and is black.
+    for _ in 0..groups * 5 {
+        bits.one_symbol_code();
+    }
+    let mut data = bits.finish();
+    data.extend_from_slice(&[0; 64]);
+    let mut body = b"WEBP".to_vec();
+    riff_chunk(&mut body, b"VP8L", &data);
+    let mut webp = b"RIFF".to_vec();
+    webp.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    webp.extend_from_slice(&body);
+    webp
+}
+
+/// Bits as a lossless WebP stores them: values least significant bit first, Huffman
+/// codes most significant bit first.
+#[derive(Default)]
+struct LsbBits {
+    bytes: Vec<u8>,
+    used: u32,
+}
+
+impl LsbBits {
+    fn bit(&mut self, bit: u32) {
+        if self.used % 8 == 0 {
+            self.bytes.push(0);
+        }
+        *self.bytes.last_mut().expect("pushed above") |= ((bit & 1) as u8) << (self.used % 8);
+        self.used += 1;
+    }
+
+    fn put(&mut self, value: u32, count: u32) {
+        for i in 0..count {
+            self.bit(value >> i);
+        }
+    }
+
+    fn huffman_code(&mut self, code: u32, length: u32) {
+        for i in (0..length).rev() {
+            self.bit(code >> i);
+        }
+    }
+
+    /// A simple code of one 1-bit symbol (0): reading it takes no bits.
+    fn one_symbol_code(&mut self) {
+        self.put(1, 1); // simple
+        self.put(0, 1); // one symbol
+        self.put(0, 1); // of 1 bit
+        self.put(0, 1); // symbol 0
+    }
+
+    /// A normal code over `symbols` symbols: the first 256 of 8 bits, the rest unused.
+    fn flat_8_bit_code(&mut self, symbols: u32) {
+        // Code-length code lengths, in their stored order: lengths 0 and 8 get 1 bit.
+        const ORDER: [u32; 19] = [
+            17, 18, 0, 1, 2, 3, 4, 5, 16, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+        ];
+        self.put(0, 1); // normal
+        self.put(12 - 4, 4); // twelve code-length code lengths
+        for order in &ORDER[..12] {
+            self.put(u32::from(*order == 0 || *order == 8), 3);
+        }
+        self.put(0, 1); // every symbol's length follows
+        // Length 0 is code 0, length 8 code 1 (canonical, in symbol order).
+        for symbol in 0..symbols {
+            self.put(u32::from(symbol < 256), 1);
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// A little-endian TIFF block with one IFD0 entry: Orientation = `orientation`.
 pub fn tiff_orientation(orientation: u16) -> Vec<u8> {
     let mut tiff = b"II*\0\x08\0\0\0\x01\0".to_vec(); // IFD at 8, one entry

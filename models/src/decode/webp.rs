@@ -10,10 +10,12 @@
 //!
 //! Memory beyond the output: a lossy image's rows of macroblocks, a lossless one's ARGB
 //! plane (within the budget's four bytes a pixel), and a lossless bitstream's Huffman
-//! tables, about 20 KB for each of up to 65,536 groups the bitstream declares. Nothing
-//! the header shows bounds the group count, so a crafted lossless file can hold up to
-//! 1.3 GB beyond the budget while it decodes (a 17 MB one held 1.25 GB); the `image`
-//! crate's decoder held 7.3 GB for the same file.
+//! tables, about 20 KB for each of up to 65,536 groups the bitstream declares, in one
+//! block. Nothing the header shows bounds the group count: a crafted 17 MB file held
+//! 1.25 GB in libwebp and 7.3 GB in the `image` crate's decoder. libwebp is built to
+//! refuse any block over 320 MiB (`WEBP_MAX_ALLOCABLE_MEMORY`, .cargo/config.toml), so
+//! such a file is an error record; up to about 16,000 groups still decode, the most a
+//! crafted file can hold beyond the budget (real encoders write at most a few thousand).
 //!
 //! libwebp is C, reading tenants' bytes: the version linked (1.6.0, from `libwebp-sys`)
 //! is past the lossless Huffman-table overflow of 2023 (fixed in 1.3.2), which a test
@@ -205,6 +207,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A lossless bitstream may declare a Huffman group for every 4x4 block, up to
+    /// 65,536, and libwebp allocates the groups' tables in one block before decoding a
+    /// pixel: 1.3 GB for this 295 KB file. Built with the cap in .cargo/config.toml,
+    /// libwebp refuses the block and the file is an error; the same construction with
+    /// fewer groups decodes, so it is the size that is refused, not the bitstream.
+    #[test]
+    fn a_file_declaring_65536_huffman_groups_is_refused_not_allocated() {
+        let bomb = crate::hostile::webp_huffman_groups(1024);
+        assert!(bomb.len() < 400_000, "{} bytes", bomb.len());
+        let mut out = vec![0u8; 1024 * 1024 * 3];
+        let err = decode_into(&bomb, 1024, 1024, false, &mut out).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Decode, "{err}");
+        // Through the public decode too: an error record, not 1.3 GB.
+        let err = crate::decode(&bomb, Default::default()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Decode, "{err}");
+        // 4,096 groups (80 MB of tables) decode, to black.
+        let fewer = crate::hostile::webp_huffman_groups(256);
+        let decoded = crate::decode(&fewer, Default::default()).unwrap();
+        assert_eq!(decoded.pixels.dimensions(), (256, 256));
+        assert!(decoded.pixels.as_raw().iter().all(|&v| v == 0));
     }
 
     #[test]
