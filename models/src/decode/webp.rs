@@ -132,8 +132,7 @@ mod tests {
     /// The sample photos, encoded by libwebp: lossy RGB, lossy with alpha, lossless.
     fn encoded(rgb: &RgbImage, how: &str) -> Vec<u8> {
         let (w, h) = rgb.dimensions();
-        let rgba = DynamicImage::ImageRgb8(rgb.clone()).to_rgba8();
-        let mut rgba = rgba;
+        let mut rgba = DynamicImage::ImageRgb8(rgb.clone()).to_rgba8();
         // A transparent band across the top, so that alpha means something.
         for (_, y, px) in rgba.enumerate_pixels_mut() {
             if y < h / 4 {
