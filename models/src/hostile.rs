@@ -79,16 +79,24 @@ pub fn gif_with_canvas(width: u16, height: u16) -> Vec<u8> {
 pub fn webp_animated_canvas(width: u32, height: u32) -> Vec<u8> {
     let pixel = RgbaImage::from_pixel(1, 1, image::Rgba([200, 10, 10, 255]));
     let single = encode(&DynamicImage::ImageRgba8(pixel), ImageFormat::WebP);
-    let vp8l = &single[12..]; // the VP8L chunk, header and padding included
+    webp_animation(&single, (1, 1), (width, height))
+}
+
+/// An animated WebP of one frame: the lossless still WebP `still`, `frame` (width,
+/// height) in size, at the top left of a `canvas` (width, height).
+pub fn webp_animation(still: &[u8], frame: (u32, u32), canvas: (u32, u32)) -> Vec<u8> {
+    let vp8l = &still[12..]; // the VP8L chunk, header and padding included
     assert_eq!(&vp8l[..4], b"VP8L", "a lossless WebP");
+    let minus_one = |v: u32| (v - 1).to_le_bytes();
     let mut body = b"WEBP".to_vec();
     let mut vp8x = vec![0x02, 0, 0, 0]; // animation, no alpha
-    vp8x.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
-    vp8x.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&minus_one(canvas.0)[..3]);
+    vp8x.extend_from_slice(&minus_one(canvas.1)[..3]);
     riff_chunk(&mut body, b"VP8X", &vp8x);
     riff_chunk(&mut body, b"ANIM", &[0, 0, 0, 0, 0, 0]);
     let mut anmf = vec![0; 6]; // frame at 0,0
-    anmf.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // 1x1 (stored minus one)
+    anmf.extend_from_slice(&minus_one(frame.0)[..3]);
+    anmf.extend_from_slice(&minus_one(frame.1)[..3]);
     anmf.extend_from_slice(&[100, 0, 0, 0]); // 100 ms, no blending, no disposal
     anmf.extend_from_slice(vp8l);
     riff_chunk(&mut body, b"ANMF", &anmf);

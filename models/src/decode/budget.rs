@@ -83,9 +83,9 @@ impl Plan<'_> {
                     }
                     None => w * h * 5,
                 },
-                // An animation's canvas and its first frame (RGBA, RGB and alpha planes); a
-                // still image's planes or lossless ARGB.
-                ImageFormat::WebP if self.facts.webp_animated => w * h * 11,
+                // An animation: libwebp's canvas and its disposed copy (RGBA) and the first
+                // frame's planes or lossless ARGB; a still image's planes or lossless ARGB.
+                ImageFormat::WebP if self.facts.webp_animated => w * h * 12,
                 ImageFormat::WebP => w * h * 4,
                 // Rows are read straight into the output.
                 ImageFormat::Bmp => 0,
@@ -309,7 +309,7 @@ mod tests {
         };
         let cost = |facts| plan(ImageFormat::WebP, (10_000, 10_000), ColorType::Rgb8, facts).cost();
         assert_eq!(cost(&still).peak, 300_000_000 + MIB + 400_000_000);
-        assert_eq!(cost(&animated).peak, 300_000_000 + MIB + 1_100_000_000);
+        assert_eq!(cost(&animated).peak, 300_000_000 + MIB + 1_200_000_000);
     }
 
     #[test]

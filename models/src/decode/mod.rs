@@ -8,8 +8,8 @@
 //!
 //! JPEGs are decoded by libjpeg-turbo ([`jpeg`]), and [`decode_to_fit`] lets it scale
 //! them down by 2, 4 or 8 in the IDCT when the caller needs no more pixels than that.
-//! Still WebPs are decoded by libwebp ([`webp`]); other formats, and animations, by the
-//! `image` crate.
+//! WebPs are decoded by libwebp ([`webp`]), an animation's first frame on its canvas;
+//! other formats by the `image` crate.
 
 mod budget;
 mod jpeg;
@@ -130,6 +130,11 @@ fn decode_with(
             webp::decode_into(bytes, width, height, alpha, &mut buf)?;
             rgb8::into_rgb8(buf, width, height, color)?
         }
+        Reader::AnimatedWebp => {
+            let mut buf = vec![0u8; width as usize * height as usize * 4];
+            webp::decode_first_frame(bytes, width, height, &mut buf)?;
+            rgb8::into_rgb8(buf, width, height, ColorType::Rgba8)?
+        }
         Reader::Image(decoder) => {
             // Within the budget: the decoder writes into a buffer converted in place.
             let mut buf = vec![0u8; decoder.total_bytes() as usize];
@@ -156,6 +161,9 @@ enum Reader<D> {
     /// libwebp, for a still WebP in the colour type the `image` crate's header reader
     /// reported (RGB8 or RGBA8).
     Webp,
+    /// libwebp's animation decoder, for the first frame of an animated WebP, composed on
+    /// its canvas (RGBA8).
+    AnimatedWebp,
     /// The `image` crate's decoder for the format.
     Image(D),
 }
@@ -228,14 +236,18 @@ fn check(
             // upright-as-stored.
             let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
             let color = decoder.color_type();
-            // A still WebP goes to libwebp, with the header read here.
-            let still_webp = format == ImageFormat::WebP
-                && !facts.webp_animated
-                && matches!(color, ColorType::Rgb8 | ColorType::Rgba8);
-            let reader = if still_webp {
-                Reader::Webp
-            } else {
-                Reader::Image(decoder)
+            // WebPs go to libwebp, with the header read here; an animation's first frame
+            // comes out as RGBA on its canvas.
+            let reader = match format {
+                ImageFormat::WebP if facts.webp_animated => Reader::AnimatedWebp,
+                ImageFormat::WebP if matches!(color, ColorType::Rgb8 | ColorType::Rgba8) => {
+                    Reader::Webp
+                }
+                _ => Reader::Image(decoder),
+            };
+            let color = match reader {
+                Reader::AnimatedWebp => ColorType::Rgba8,
+                _ => color,
             };
             (reader, w, h, color, orientation)
         }
