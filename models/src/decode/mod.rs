@@ -124,16 +124,15 @@ fn decode_with(
             };
             jpeg::decode(bytes, &header, scale)?
         }
-        Reader::Webp => {
-            let alpha = color.has_alpha();
-            let mut buf = vec![0u8; width as usize * height as usize * if alpha { 4 } else { 3 }];
-            webp::decode_into(bytes, width, height, alpha, &mut buf)?;
+        Reader::Webp { animated } => {
+            let bpp = usize::from(color.bytes_per_pixel());
+            let mut buf = vec![0u8; width as usize * height as usize * bpp];
+            if animated {
+                webp::decode_first_frame(bytes, width, height, &mut buf)?;
+            } else {
+                webp::decode_into(bytes, width, height, color.has_alpha(), &mut buf)?;
+            }
             rgb8::into_rgb8(buf, width, height, color)?
-        }
-        Reader::AnimatedWebp => {
-            let mut buf = vec![0u8; width as usize * height as usize * 4];
-            webp::decode_first_frame(bytes, width, height, &mut buf)?;
-            rgb8::into_rgb8(buf, width, height, ColorType::Rgba8)?
         }
         Reader::Image(decoder) => {
             // Within the budget: the decoder writes into a buffer converted in place.
@@ -158,12 +157,9 @@ pub fn decode_cost(bytes: &[u8], limits: DecodeLimits) -> Result<u64, ImageError
 enum Reader<D> {
     /// libjpeg-turbo, able to scale.
     Turbo(jpeg::Header),
-    /// libwebp, for a still WebP in the colour type the `image` crate's header reader
-    /// reported (RGB8 or RGBA8).
-    Webp,
-    /// libwebp's animation decoder, for the first frame of an animated WebP, composed on
-    /// its canvas (RGBA8).
-    AnimatedWebp,
+    /// libwebp: a still WebP in the colour type the `image` crate's header reader
+    /// reported (RGB8 or RGBA8), or an animation's first frame on its canvas (RGBA8).
+    Webp { animated: bool },
     /// The `image` crate's decoder for the format.
     Image(D),
 }
@@ -238,16 +234,14 @@ fn check(
             let color = decoder.color_type();
             // WebPs go to libwebp, with the header read here; an animation's first frame
             // comes out as RGBA on its canvas.
-            let reader = match format {
-                ImageFormat::WebP if facts.webp_animated => Reader::AnimatedWebp,
-                ImageFormat::WebP if matches!(color, ColorType::Rgb8 | ColorType::Rgba8) => {
-                    Reader::Webp
+            let (reader, color) = match format {
+                ImageFormat::WebP if facts.webp_animated => {
+                    (Reader::Webp { animated: true }, ColorType::Rgba8)
                 }
-                _ => Reader::Image(decoder),
-            };
-            let color = match reader {
-                Reader::AnimatedWebp => ColorType::Rgba8,
-                _ => color,
+                ImageFormat::WebP if matches!(color, ColorType::Rgb8 | ColorType::Rgba8) => {
+                    (Reader::Webp { animated: false }, color)
+                }
+                _ => (Reader::Image(decoder), color),
             };
             (reader, w, h, color, orientation)
         }

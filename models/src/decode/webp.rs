@@ -1,15 +1,16 @@
-//! Still WebP images through libwebp, the format's reference decoder.
+//! WebP images through libwebp, the format's reference decoder: a still image whole, an
+//! animation's first frame composed on its canvas.
 //!
 //! The `image` crate's pure-Rust WebP decoder took 66 ms for a corpus WebP (about 7 MP)
 //! where libwebp takes 27 on the same core: WebP was the one kind of file the Python
 //! baseline decoded faster than tagfleet. libwebp is built from the source `libwebp-sys`
 //! vendors and linked statically, so the binary carries it, as it does libjpeg-turbo.
-//! The `image` crate still reads the header (size, colour type, EXIF orientation, which
-//! the memory budget is reckoned from) and still decodes animations, whose first frame
-//! is composed on a canvas.
+//! The `image` crate still reads the header (size, colour type, EXIF orientation), which
+//! the memory budget is reckoned from.
 //!
-//! Memory beyond the output: a lossy image's rows of macroblocks, a lossless one's ARGB
-//! plane (within the budget's four bytes a pixel), and a lossless bitstream's Huffman
+//! Memory beyond the output: a lossy image's rows of macroblocks and alpha planes, a
+//! lossless one's ARGB plane (the budget's five bytes a pixel; an animation's canvas and
+//! its disposed copy besides), and a lossless bitstream's Huffman
 //! tables, about 20 KB for each of up to 65,536 groups the bitstream declares, in one
 //! block. Nothing the header shows bounds the group count: a crafted 17 MB file held
 //! 1.25 GB in libwebp and 7.3 GB in the `image` crate's decoder. libwebp is built to
@@ -66,18 +67,10 @@ pub fn decode_into(
     if features.has_animation != 0 {
         return Err(ImageError::new(
             ErrorKind::Unsupported,
-            "an animated WebP here is a caller's bug: animations go to the image crate",
+            "an animated WebP here is a caller's bug: animations go to decode_first_frame",
         ));
     }
-    if (features.width, features.height) != (width as c_int, height as c_int) {
-        return Err(ImageError::new(
-            ErrorKind::Decode,
-            format!(
-                "WebP header disagrees with itself: {width}x{height} and {}x{}",
-                features.width, features.height
-            ),
-        ));
-    }
+    same_size((width, height), (features.width, features.height))?;
     config.output.colorspace = if alpha {
         WEBP_CSP_MODE::MODE_RGBA
     } else {
@@ -151,15 +144,7 @@ pub fn decode_first_frame(
     }
     // SAFETY: written by the call above.
     let info = unsafe { info.assume_init() };
-    if (info.canvas_width, info.canvas_height) != (width, height) {
-        return Err(ImageError::new(
-            ErrorKind::Decode,
-            format!(
-                "WebP header disagrees with itself: {width}x{height} and {}x{}",
-                info.canvas_width, info.canvas_height
-            ),
-        ));
-    }
+    same_size((width, height), (info.canvas_width, info.canvas_height))?;
     let mut frame: *mut u8 = std::ptr::null_mut();
     let mut timestamp = 0;
     // SAFETY: a live decoder; on success `frame` points at its canvas, width*height*4
@@ -172,6 +157,22 @@ pub fn decode_first_frame(
     // SAFETY: as above; copied out before the decoder is deleted.
     out.copy_from_slice(unsafe { std::slice::from_raw_parts(frame, out.len()) });
     Ok(())
+}
+
+/// Whether libwebp reads the size the `image` crate's header reader reported, which the
+/// output buffer and the budget were made for.
+fn same_size(told: (u32, u32), read: (impl Into<i64>, impl Into<i64>)) -> Result<(), ImageError> {
+    let read = (read.0.into(), read.1.into());
+    if (i64::from(told.0), i64::from(told.1)) == read {
+        return Ok(());
+    }
+    Err(ImageError::new(
+        ErrorKind::Decode,
+        format!(
+            "WebP header disagrees with itself: {}x{} and {}x{}",
+            told.0, told.1, read.0, read.1
+        ),
+    ))
 }
 
 /// libwebp's status as an [`ImageError`]: its codes say what is wrong with the data,
